@@ -1,0 +1,67 @@
+"""The contract shared by producer and worker: job message, result record, S3 key
+layout and error classes. It imports neither torch nor boto3."""
+
+from contract.errors import (
+    GenerationFailed,
+    ImageTooLarge,
+    Img2ImgError,
+    InputNotFound,
+    InvalidImage,
+    InvalidJob,
+    LocationNotAllowed,
+    ModelNotAllowed,
+    ModelNotFound,
+    PermanentError,
+    StorageUnavailable,
+    TransientError,
+    error_type,
+    is_permanent,
+)
+from contract.job import (
+    SCHEMA_VERSION,
+    GenerationParams,
+    JobMessage,
+    OutputFormat,
+    derive_job_id,
+    job_json_schema,
+    parse_job,
+    s3_input_identity,
+    seed_from_job_id,
+    validate_params,
+)
+from contract.locations import S3Location, is_within, output_key, parse_s3_uri, result_key
+from contract.result import ErrorInfo, ResultRecord
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ErrorInfo",
+    "GenerationFailed",
+    "GenerationParams",
+    "ImageTooLarge",
+    "Img2ImgError",
+    "InputNotFound",
+    "InvalidImage",
+    "InvalidJob",
+    "JobMessage",
+    "LocationNotAllowed",
+    "ModelNotAllowed",
+    "ModelNotFound",
+    "OutputFormat",
+    "PermanentError",
+    "ResultRecord",
+    "S3Location",
+    "StorageUnavailable",
+    "TransientError",
+    "derive_job_id",
+    "error_type",
+    "is_permanent",
+    "is_within",
+    "job_json_schema",
+    "output_key",
+    "parse_job",
+    "parse_s3_uri",
+    "result_key",
+    "s3_input_identity",
+    "seed_from_job_id",
+    "validate_params",
+]

@@ -1,0 +1,79 @@
+"""Error classes shared by producer and worker.
+
+Every failure a job can meet is either permanent (retrying cannot help: write a failed
+result record and delete the message) or transient (retry, then release the message so
+SQS redelivers it and, after maxReceiveCount, redrives it to the DLQ). The class name is
+what a failed result record carries as ``error.type``.
+"""
+
+from __future__ import annotations
+
+
+class Img2ImgError(Exception):
+    """Base class of every error the project raises on purpose."""
+
+    permanent: bool = True
+
+
+class PermanentError(Img2ImgError):
+    """Retrying cannot help."""
+
+    permanent = True
+
+
+class TransientError(Img2ImgError):
+    """Worth retrying: throttling, 5xx, timeouts, a busy device."""
+
+    permanent = False
+
+
+class InvalidJob(PermanentError):
+    """The message is not a valid job (bad JSON, missing field, value out of range)."""
+
+
+class InvalidImage(PermanentError):
+    """The input is not a readable image (empty, truncated, corrupt, unknown format)."""
+
+
+class ImageTooLarge(PermanentError):
+    """The input exceeds the decompression-bomb pixel limit."""
+
+
+class InputNotFound(PermanentError):
+    """The input object or file does not exist."""
+
+
+class LocationNotAllowed(PermanentError):
+    """An input or output location lies outside the allowed buckets/prefixes."""
+
+
+class ModelNotAllowed(PermanentError):
+    """The model is not on the allow-list."""
+
+
+class ModelNotFound(PermanentError):
+    """The model reference cannot be resolved or loaded."""
+
+
+class GenerationFailed(PermanentError):
+    """The pipeline failed for this job even after the out-of-memory fallbacks."""
+
+
+class StorageUnavailable(TransientError):
+    """S3 or SQS throttled, timed out, or answered with a server error."""
+
+
+def error_type(exc: BaseException) -> str:
+    """The name a result record uses for ``exc``."""
+    return type(exc).__name__
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True for errors that must not be retried; unknown exceptions count as permanent.
+
+    An unexpected exception is a bug or bad input for this job; retrying it on every
+    worker would only burn GPU time before it lands in the DLQ anyway.
+    """
+    if isinstance(exc, Img2ImgError):
+        return exc.permanent
+    return True

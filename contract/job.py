@@ -1,0 +1,187 @@
+"""The job message: what a producer puts on the queue and a worker executes.
+
+Messages are JSON with a ``schema_version``; ``JobMessage.model_json_schema()`` is the
+published schema (``img2img-producer schema``) so any producer can write jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from contract.errors import InvalidJob
+from contract.locations import S3Location, output_key
+
+SCHEMA_VERSION = 1
+MAX_PROMPT_CHARS = 2000
+MAX_SEED = 2**63 - 1
+JOB_ID_HEX_CHARS = 32
+
+
+class OutputFormat(str, Enum):
+    PNG = "png"
+    JPG = "jpg"
+    WEBP = "webp"
+
+    @property
+    def extension(self) -> str:
+        return self.value
+
+    @property
+    def pil_format(self) -> str:
+        return {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[self.value]
+
+    @property
+    def content_type(self) -> str:
+        return {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}[self.value]
+
+
+Scheduler = Literal["dpmsolver++", "euler", "euler-ancestral", "ddim", "pndm", "lcm", "model"]
+
+
+class GenerationParams(BaseModel):
+    """What to generate, independent of where the input comes from."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    model: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^\S+$")]
+    prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+    negative_prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] = ""
+    strength: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75
+    steps: Annotated[int, Field(ge=1, le=200)] = 25
+    guidance_scale: Annotated[float, Field(ge=0.0, le=30.0)] = 7.5
+    seed: Annotated[int | None, Field(ge=0, le=MAX_SEED)] = None
+    max_side: Annotated[int, Field(ge=64, le=2048, multiple_of=8)] = 512
+    output_format: OutputFormat = OutputFormat.PNG
+    keep_size: bool = True
+    scheduler: Scheduler = "dpmsolver++"
+
+    @model_validator(mode="after")
+    def _at_least_one_denoising_step(self) -> GenerationParams:
+        # diffusers runs int(steps * strength) denoising steps; zero would be a no-op
+        # that still costs a VAE round trip and returns a blurred copy of the input.
+        if int(self.steps * self.strength) < 1:
+            raise ValueError(
+                f"steps * strength must be at least 1 denoising step "
+                f"(steps={self.steps}, strength={self.strength})"
+            )
+        return self
+
+    def effective_seed(self, job_id: str) -> int:
+        """The explicit seed, else one derived from the job id (recorded in the result)."""
+        return self.seed if self.seed is not None else seed_from_job_id(job_id)
+
+
+class JobMessage(GenerationParams):
+    """One image to transform: the SQS message body."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,128}$")]
+    batch_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
+    input: S3Location
+    input_etag: Annotated[str | None, Field(max_length=256)] = None
+    output: S3Location
+
+    @field_validator("output")
+    @classmethod
+    def _output_is_an_object(cls, value: S3Location) -> S3Location:
+        if value.key.endswith("/"):
+            raise ValueError(f"output must be an object key, not a prefix: {value.uri}")
+        return value
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        input: S3Location,
+        input_etag: str | None,
+        output_prefix: S3Location,
+        params: GenerationParams,
+        batch_id: str,
+    ) -> JobMessage:
+        """Build a job whose id and output key are derived from input and parameters."""
+        job_id = derive_job_id(s3_input_identity(input, input_etag), params)
+        out = S3Location(
+            bucket=output_prefix.bucket,
+            key=output_key(output_prefix.key, input.key, job_id, params.output_format.extension),
+        )
+        return cls(
+            job_id=job_id,
+            batch_id=batch_id,
+            input=input,
+            input_etag=input_etag,
+            output=out,
+            **params.model_dump(),
+        )
+
+    @property
+    def params(self) -> GenerationParams:
+        return GenerationParams(**self.model_dump(include=set(GenerationParams.model_fields)))
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude_none=True)
+
+
+def s3_input_identity(location: S3Location, etag: str | None) -> str:
+    """Identity of an S3 input: the same object content gives the same identity."""
+    return f"{location.uri}#{(etag or '').strip(chr(34))}"
+
+
+def derive_job_id(input_identity: str, params: GenerationParams) -> str:
+    """A stable id from the input's identity and every parameter that shapes the output."""
+    canonical = json.dumps(
+        {"input": input_identity, "params": params.model_dump(mode="json")},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:JOB_ID_HEX_CHARS]
+
+
+def seed_from_job_id(job_id: str) -> int:
+    """A 63-bit seed from a job id, so a job without an explicit seed is reproducible."""
+    return int(hashlib.sha256(job_id.encode()).hexdigest()[:16], 16) & MAX_SEED
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each naming the field and the rejected value."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "message"
+        value = err.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        if err["type"] == "missing":
+            parts.append(f"{field}: required")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{field}: {msg} (got {shown})")
+    return "; ".join(parts)
+
+
+def parse_job(body: str | bytes | dict) -> JobMessage:
+    """Parse and validate a message body; raise InvalidJob naming the bad fields."""
+    try:
+        if isinstance(body, dict):
+            return JobMessage.model_validate(body)
+        return JobMessage.model_validate_json(body)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise InvalidJob(f"message body is not JSON: {exc.errors()[0]['msg']}") from None
+        raise InvalidJob(describe_validation_error(exc)) from None
+
+
+def validate_params(**values: object) -> GenerationParams:
+    """Build GenerationParams from user input; raise InvalidJob naming the bad fields."""
+    try:
+        return GenerationParams(**values)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise InvalidJob(describe_validation_error(exc)) from None
+
+
+def job_json_schema() -> dict:
+    return JobMessage.model_json_schema()

@@ -1,0 +1,74 @@
+"""S3 URIs and the output key layout.
+
+The output key of a job is derived from its job_id, so a redelivered or re-enqueued job
+writes to the same key and the conditional PUT can tell it is already done.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contract.errors import InvalidJob
+
+S3_SCHEME = "s3://"
+RESULT_SUFFIX = ".json"
+# Bucket naming rules: 3-63 chars, lowercase letters, digits, dots and hyphens.
+_BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$"
+
+
+class S3Location(BaseModel):
+    """One object (or prefix, when key ends with '/') in S3."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bucket: Annotated[str, Field(pattern=_BUCKET_PATTERN)]
+    key: Annotated[str, Field(min_length=1, max_length=1024)]
+
+    @property
+    def uri(self) -> str:
+        return f"{S3_SCHEME}{self.bucket}/{self.key}"
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+def parse_s3_uri(uri: str, *, prefix: bool = False) -> S3Location:
+    """Parse ``s3://bucket/key``; with ``prefix`` the key may be empty and ends with '/'."""
+    if not uri.startswith(S3_SCHEME):
+        raise InvalidJob(f"not an S3 URI (expected s3://bucket/key): {uri!r}")
+    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
+    if prefix:
+        key = key if (not key or key.endswith("/")) else key + "/"
+        return S3Location.model_construct(bucket=bucket, key=key)
+    if not bucket or not key:
+        raise InvalidJob(f"S3 URI needs a bucket and a key: {uri!r}")
+    return S3Location(bucket=bucket, key=key)
+
+
+def is_within(location: S3Location, allowed_prefixes: list[str]) -> bool:
+    """True when ``location`` lies under one of ``allowed_prefixes`` (S3 URIs).
+
+    Keys with '..' segments never match: S3 does not normalise them, but a human
+    reading the prefix would assume it does.
+    """
+    if ".." in location.key.split("/"):
+        return False
+    uri = location.uri
+    return any(uri.startswith(p if p.endswith("/") else p + "/") or uri == p
+               for p in allowed_prefixes)
+
+
+def output_key(output_prefix: str, input_key: str, job_id: str, extension: str) -> str:
+    """``<prefix><input stem>.<job_id[:12]>.<ext>``: readable and unique per job."""
+    stem = posixpath.splitext(posixpath.basename(input_key))[0] or "image"
+    prefix = output_prefix if (not output_prefix or output_prefix.endswith("/")) else (
+        output_prefix + "/")
+    return f"{prefix}{stem}.{job_id[:12]}.{extension}"
+
+
+def result_key(output_key_: str) -> str:
+    """Where a job's result record lives: next to the output, done or failed."""
+    return output_key_ + RESULT_SUFFIX

@@ -1,0 +1,58 @@
+"""The result record: the system of record for a job's outcome.
+
+Stored as JSON next to the output (``<output key>.json``) by the fleet worker and as
+one line of ``results.jsonl`` by the local folder mode.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from contract.errors import error_type
+from contract.job import SCHEMA_VERSION
+
+Status = Literal["done", "failed"]
+
+
+class ErrorInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    message: str
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        return cls(type=error_type(exc), message=str(exc) or error_type(exc))
+
+
+class ResultRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    schema_version: int = SCHEMA_VERSION
+    job_id: str
+    batch_id: str | None = None
+    status: Status
+    input: str
+    output: str | None = None
+    error: ErrorInfo | None = None
+    model: str | None = None
+    prompt: str | None = None
+    seed: int | None = None
+    seconds: float = 0.0
+    timings: dict[str, float] = Field(default_factory=dict)
+    worker: str | None = None
+    finished_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @model_validator(mode="after")
+    def _status_matches_fields(self) -> ResultRecord:
+        if self.status == "done" and (self.output is None or self.error is not None):
+            raise ValueError("a done record needs an output and no error")
+        if self.status == "failed" and (self.error is None or self.output is not None):
+            raise ValueError("a failed record needs an error and no output")
+        return self
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
