@@ -1,0 +1,96 @@
+"""Worker configuration (``IMG2IMG_*``), validated when the worker starts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from contract.job import GenerationParams, OutputFormat
+from contract.settings import CommaList, CommonSettings, split_list
+
+MemoryMode = Literal["fast", "balanced", "lean"]
+DTypeName = Literal["auto", "float16", "bfloat16", "float32"]
+
+# Built-in aliases; the default allow-list admits exactly these (tiny included).
+BUILTIN_ALIASES = ["tiny", "sd15", "sd21", "sd-turbo", "sdxl", "sdxl-turbo"]
+# SQS caps a message's visibility at 12 hours from its first receipt.
+SQS_MAX_VISIBILITY_SECONDS = 12 * 60 * 60
+
+
+def default_model_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "img2img-fleet" / "models"
+
+
+class WorkerSettings(CommonSettings):
+    # Engine
+    allowed_models: CommaList = BUILTIN_ALIASES
+    memory_mode: MemoryMode = "fast"
+    dtype: DTypeName = "auto"
+    device: str = "auto"
+    max_batch_size: int = Field(8, ge=1, le=64)
+    model_cache: Path = Field(default_factory=default_model_cache)
+    max_cached_models: int = Field(2, ge=1, le=16)
+    compile: bool = False
+    max_input_pixels: int = Field(40_000_000, ge=64 * 64)
+    size_bucket: int = Field(64, ge=8, le=512, multiple_of=8)
+
+    # Fleet
+    allowed_inputs: CommaList = []
+    allowed_outputs: CommaList = []
+    visibility_timeout: int = Field(120, ge=10, le=SQS_MAX_VISIBILITY_SECONDS)
+    receive_wait_seconds: int = Field(20, ge=0, le=20)
+    stop_deadline: float = Field(100.0, ge=0)
+    release_backoff_seconds: int = Field(30, ge=0, le=SQS_MAX_VISIBILITY_SECONDS)
+    io_threads: int = Field(8, ge=1, le=64)
+    prefetch_batches: int = Field(2, ge=1, le=16)
+    worker_id: str | None = None
+    health_file: Path = Path("/tmp/img2img-worker.health")
+    health_max_age: float = Field(120.0, gt=0)
+
+    # Defaults for jobs made from S3 ObjectCreated notifications.
+    event_output_prefix: str = "outputs/"
+    event_strength: float = 0.75
+    event_steps: int = 25
+    event_guidance_scale: float = 7.5
+    event_max_side: int = 512
+    event_output_format: OutputFormat = OutputFormat.PNG
+
+    @field_validator("allowed_models", "allowed_inputs", "allowed_outputs", mode="before")
+    @classmethod
+    def _split_lists(cls, value: Any) -> Any:
+        return split_list(value)
+
+    @field_validator("allowed_inputs", "allowed_outputs")
+    @classmethod
+    def _s3_prefixes(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not v.startswith("s3://") or len(v) <= len("s3://")]
+        if bad:
+            raise ValueError(f"each entry must be an S3 URI prefix like s3://bucket/in/: {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _event_defaults_valid(self) -> WorkerSettings:
+        # Fail at start-up, not on the first notification.
+        self.event_params(model=self.default_models[0] if self.default_models else "tiny",
+                          prompt="")
+        return self
+
+    def event_params(self, *, model: str, prompt: str) -> GenerationParams:
+        return GenerationParams(
+            model=model,
+            prompt=prompt,
+            strength=self.event_strength,
+            steps=self.event_steps,
+            guidance_scale=self.event_guidance_scale,
+            max_side=self.event_max_side,
+            output_format=self.event_output_format,
+        )
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Extend visibility at a third of the timeout: two misses still leave margin."""
+        return max(1.0, self.visibility_timeout / 3)
