@@ -1,0 +1,125 @@
+"""``img2img-worker``: local folder mode, the SQS service, and the container health check."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from contract.errors import Img2ImgError, InvalidJob
+from contract.job import OutputFormat, validate_params
+from contract.settings import load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Stable Diffusion img2img worker: a local folder or the SQS fleet.")
+
+ModelOpt = Annotated[list[str] | None, typer.Option(
+    "--model", "-m", help="Model alias, hub id, folder or s3:// prefix; repeat for a random "
+    "pick per image. Default: IMG2IMG_DEFAULT_MODELS.")]
+PromptOpt = Annotated[list[str] | None, typer.Option(
+    "--prompt", "-p", help="Prompt; repeat for a random pick per image. Default: "
+    "IMG2IMG_DEFAULT_PROMPTS.")]
+
+
+@app.callback()
+def _group() -> None:
+    """Stable Diffusion img2img worker: a local folder or the SQS fleet."""
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(2)
+
+
+@app.command()
+def run(
+    inputs: Annotated[list[Path] | None, typer.Argument(
+        help="Image files or folders (default data/input_images).")] = None,
+    output_dir: Annotated[Path, typer.Option(help="Where outputs and results.jsonl go.")] = Path(
+        "data/output_images"),
+    model: ModelOpt = None,
+    prompt: PromptOpt = None,
+    negative_prompt: Annotated[str, typer.Option()] = "",
+    strength: Annotated[float, typer.Option()] = 0.75,
+    steps: Annotated[int, typer.Option()] = 25,
+    guidance_scale: Annotated[float, typer.Option()] = 7.5,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed for every image and for the model/prompt picks (default: per image, "
+        "derived from its content and parameters).")] = None,
+    max_side: Annotated[int, typer.Option(help="Long side the model sees (multiple of 8).")
+                        ] = 512,
+    keep_size: Annotated[bool, typer.Option(
+        "--keep-size/--no-keep-size", help="Resize outputs back to the input's size.")] = True,
+    output_format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.PNG,
+    scheduler: Annotated[str, typer.Option()] = "dpmsolver++",
+    batch_size: Annotated[int | None, typer.Option(
+        help="Images per pipeline call (default IMG2IMG_MAX_BATCH_SIZE).")] = None,
+    memory_mode: Annotated[str | None, typer.Option(
+        help="fast | balanced | lean (default IMG2IMG_MEMORY_MODE).")] = None,
+    log_level: Annotated[str, typer.Option()] = "WARNING",
+) -> None:
+    """Process a local folder or files with no AWS at all; writes results.jsonl."""
+    from worker.logs import configure_logging
+
+    configure_logging(log_level, fmt="text")
+    from worker.settings import WorkerSettings
+
+    overrides = {k: v for k, v in {"max_batch_size": batch_size,
+                                    "memory_mode": memory_mode}.items() if v is not None}
+    try:
+        settings = load_settings(WorkerSettings, **overrides)
+        models = model or settings.default_models
+        prompts = prompt or settings.default_prompts
+        common = dict(negative_prompt=negative_prompt, strength=strength, steps=steps,
+                      guidance_scale=guidance_scale, seed=seed, max_side=max_side,
+                      output_format=output_format, keep_size=keep_size, scheduler=scheduler)
+        for m in models:  # validate every option once, before any work
+            validate_params(model=m, prompt=prompts[0] if prompts else "", **common)
+    except Img2ImgError as exc:
+        raise _fail(str(exc)) from None
+    if not models or not prompts:
+        raise _fail("no model or prompt: pass --model/--prompt or set "
+                    "IMG2IMG_DEFAULT_MODELS/IMG2IMG_DEFAULT_PROMPTS")
+
+    from worker.local_run import RESULTS_FILE, LocalRunner, collect_inputs, plan_jobs
+
+    roots = inputs or [Path("data/input_images")]
+    missing = [str(p) for p in roots if not p.exists()]
+    if missing:
+        raise _fail(f"no such file or folder: {', '.join(missing)}")
+    files, skipped = collect_inputs(roots)
+    jobs = plan_jobs(files, output_dir, models=models, prompts=prompts, choice_seed=seed,
+                     make_params=lambda m, p: validate_params(model=m, prompt=p, **common))
+    from rich.progress import Progress
+
+    from worker.engine import Engine
+
+    try:
+        engine = Engine(settings)
+    except Img2ImgError as exc:
+        raise _fail(str(exc)) from None
+    with Progress(transient=False) as progress:
+        task = progress.add_task("img2img", total=len(jobs))
+        runner = LocalRunner(engine, max_batch_size=settings.max_batch_size,
+                             io_threads=settings.io_threads,
+                             results_path=output_dir / RESULTS_FILE,
+                             on_result=lambda r: progress.advance(task))
+        summary = runner.run(jobs)
+    summary.skipped = len(skipped)
+    typer.echo(f"{summary.line()}; results in {output_dir / RESULTS_FILE}")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        app()
+    except InvalidJob as exc:  # configuration errors found late still read well
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""The diffusers img2img engine: warm pipelines, one pipeline call per batch.
+
+A batch is a list of jobs that share a :class:`BatchKey` (model, size, steps,
+strength, guidance, scheduler); prompts and seeds may differ per image. Each image has
+its own ``torch.Generator``, so an image's noise depends only on its seed, not on
+which batch it ran in.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from contract.errors import GenerationFailed, ModelNotFound, StorageUnavailable
+from contract.job import GenerationParams
+from worker.devices import (
+    configure_backends,
+    is_out_of_memory,
+    pick_device,
+    pick_dtype,
+    release_device_memory,
+)
+from worker.memory_modes import apply_memory_mode
+from worker.model_refs import ModelSource, check_allowed, resolve_model
+from worker.pipeline_cache import PipelineCache
+from worker.schedulers import make_scheduler
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+# Fraction of the GPU the warm cache may fill before evicting the least recently used.
+GPU_CACHE_FRACTION = 0.8
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """What jobs must share to run in one pipeline call."""
+
+    model: str
+    width: int
+    height: int
+    steps: int
+    strength: float
+    guidance_scale: float
+    scheduler: str
+
+    @classmethod
+    def of(cls, params: GenerationParams, size: tuple[int, int]) -> BatchKey:
+        return cls(model=params.model, width=size[0], height=size[1], steps=params.steps,
+                   strength=params.strength, guidance_scale=params.guidance_scale,
+                   scheduler=params.scheduler)
+
+
+@dataclass(frozen=True)
+class GenerationItem:
+    image: Image.Image
+    prompt: str
+    negative_prompt: str
+    seed: int
+
+
+@dataclass
+class LoadedModel:
+    pipeline: Any
+    source: ModelSource
+    mode: str
+    load_seconds: float
+    schedulers: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BatchStats:
+    """Filled in by ``Engine.generate`` for metrics: what the last call really did."""
+
+    pipeline_calls: int = 0
+    oom_splits: int = 0
+    lean_fallbacks: int = 0
+    model_load_seconds: float = 0.0
+    peak_memory_bytes: int | None = None
+
+
+class Engine:
+    def __init__(self, settings: WorkerSettings,
+                 s3_client_factory: Callable[[], Any] | None = None) -> None:
+        self.settings = settings
+        self.device = pick_device(settings.device)
+        self.dtype = pick_dtype(settings.dtype, self.device)
+        self.mode = settings.memory_mode
+        self._s3_client_factory = s3_client_factory
+        configure_backends(self.device)
+        budget = None
+        if self.device.type == "cuda":
+            budget = int(torch.cuda.get_device_properties(self.device).total_memory
+                         * GPU_CACHE_FRACTION)
+        self.cache: PipelineCache[tuple[str, str], LoadedModel] = PipelineCache(
+            self._load,
+            max_entries=settings.max_cached_models,
+            on_evict=self._unload,
+            memory_in_use=self._memory_in_use,
+            memory_budget=budget,
+        )
+        self.last_stats = BatchStats()
+
+    # -- models ---------------------------------------------------------------------
+
+    def check_model(self, reference: str) -> None:
+        """Raise ModelNotAllowed for a model outside the allow-list (cheap, no loading)."""
+        check_allowed(reference, self.settings.allowed_models)
+
+    def model(self, reference: str, mode: str | None = None) -> LoadedModel:
+        self.check_model(reference)
+        return self.cache.get((reference, mode or self.mode))
+
+    def _load(self, key: tuple[str, str]) -> LoadedModel:
+        reference, mode = key
+        started = time.perf_counter()
+        source = resolve_model(reference, model_cache=self.settings.model_cache,
+                               s3_client_factory=self._s3_client_factory)
+        pipe = load_pipeline(source, self.dtype)
+        apply_memory_mode(pipe, mode, self.device, compile=self.settings.compile)
+        seconds = time.perf_counter() - started
+        log.info("loaded model %s (%s, %s, %s) in %.2fs", reference, mode, self.device,
+                 str(self.dtype).removeprefix("torch."), seconds)
+        self.last_stats.model_load_seconds += seconds
+        return LoadedModel(pipeline=pipe, source=source, mode=mode, load_seconds=seconds)
+
+    def _unload(self, key: tuple[str, str], loaded: LoadedModel) -> None:
+        log.info("unloading model %s (%s)", *key)
+        del loaded.pipeline
+        release_device_memory(self.device)
+
+    def _memory_in_use(self) -> int | None:
+        if self.device.type != "cuda":
+            return None
+        return torch.cuda.memory_allocated(self.device)
+
+    # -- generation -----------------------------------------------------------------
+
+    def generate(self, key: BatchKey, items: list[GenerationItem]) -> list[Image.Image]:
+        """Run one batch; on out-of-memory split it, then try ``lean`` once at size 1."""
+        self.last_stats = BatchStats()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        outputs = self._generate(key, items, self.mode)
+        if self.device.type == "cuda":
+            self.last_stats.peak_memory_bytes = torch.cuda.max_memory_allocated(self.device)
+        return outputs
+
+    def _generate(self, key: BatchKey, items: list[GenerationItem],
+                  mode: str) -> list[Image.Image]:
+        try:
+            return self._call_pipeline(self.model(key.model, mode), key, items)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            release_device_memory(self.device)
+        if len(items) > 1:
+            half = len(items) // 2
+            self.last_stats.oom_splits += 1
+            log.warning("out of memory at batch size %d; splitting", len(items))
+            return self._generate(key, items[:half], mode) + self._generate(
+                key, items[half:], mode)
+        if mode != "lean":
+            log.warning("out of memory at batch size 1 in %s mode; retrying in lean mode",
+                        mode)
+            self.last_stats.lean_fallbacks += 1
+            self.cache.evict((key.model, mode))
+            release_device_memory(self.device)
+            try:
+                return self._generate_once_lean(key, items)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+        raise GenerationFailed(
+            f"out of memory even at batch size 1 in lean mode ({key.width}x{key.height}, "
+            f"model {key.model})")
+
+    def _generate_once_lean(self, key: BatchKey,
+                            items: list[GenerationItem]) -> list[Image.Image]:
+        return self._call_pipeline(self.model(key.model, "lean"), key, items)
+
+    def _call_pipeline(self, loaded: LoadedModel, key: BatchKey,
+                       items: list[GenerationItem]) -> list[Image.Image]:
+        pipe = loaded.pipeline
+        pipe.scheduler = self._scheduler(loaded, key.scheduler)
+        negative = [item.negative_prompt for item in items]
+        # CPU generators: the same seed gives the same noise on any device.
+        generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
+        self.last_stats.pipeline_calls += 1
+        result = pipe(
+            prompt=[item.prompt for item in items],
+            negative_prompt=negative if any(negative) else None,
+            image=[item.image for item in items],
+            strength=key.strength,
+            num_inference_steps=key.steps,
+            guidance_scale=key.guidance_scale,
+            generator=generators,
+            output_type="pil",
+        )
+        return list(result.images)
+
+    def _scheduler(self, loaded: LoadedModel, name: str) -> Any:
+        if name not in loaded.schedulers:
+            base = loaded.schedulers.setdefault("model", loaded.pipeline.scheduler)
+            loaded.schedulers[name] = make_scheduler(name, base)
+        return loaded.schedulers[name]
+
+    def close(self) -> None:
+        self.cache.clear()
+
+
+def load_pipeline(source: ModelSource, dtype: torch.dtype) -> Any:
+    """Load with AutoPipelineForImage2Image: safetensors only, never remote code."""
+    from diffusers import AutoPipelineForImage2Image
+
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
+    if source.is_local:
+        kwargs["local_files_only"] = True
+    attempts = [dict(kwargs, variant="fp16"), kwargs] if (
+        not source.is_local and dtype == torch.float16) else [kwargs]
+    last_error: Exception | None = None
+    for attempt in attempts:
+        try:
+            pipe = AutoPipelineForImage2Image.from_pretrained(source.location, **attempt)
+            pipe.set_progress_bar_config(disable=True)
+            return pipe
+        except (OSError, ValueError) as exc:
+            last_error = exc
+    if last_error is not None and _is_network_error(last_error):
+        raise StorageUnavailable(f"model {source.reference!r}: {last_error}") from last_error
+    raise ModelNotFound(f"model {source.reference!r} could not be loaded from "
+                        f"{source.location}: {last_error}") from last_error
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(word in text for word in ("timeout", "timed out", "connection", "503", "502"))

@@ -1,0 +1,113 @@
+"""Decoding, normalising, resizing and encoding images (Pillow only, no torch)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from contract.errors import ImageTooLarge, InvalidImage
+from contract.job import OutputFormat
+
+# Extensions the folder scan and the S3 prefix listing treat as images.
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+_BACKGROUND = (255, 255, 255)
+_ENCODE_OPTIONS: dict[OutputFormat, dict] = {
+    OutputFormat.PNG: {"compress_level": 1},  # fast: the GPU should not wait on zlib
+    OutputFormat.JPG: {"quality": 92},
+    OutputFormat.WEBP: {"quality": 90, "method": 4},
+}
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An input ready for the pipeline, with what is needed to restore its size."""
+
+    image: Image.Image
+    original_size: tuple[int, int]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+
+def decode_image(data: bytes, *, max_pixels: int, name: str = "input") -> Image.Image:
+    """Bytes to an upright RGB image; InvalidImage / ImageTooLarge name the problem."""
+    if not data:
+        raise InvalidImage(f"{name}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLarge(
+                    f"{name}: {width}x{height} = {width * height} pixels exceeds the limit "
+                    f"of {max_pixels} (decompression bomb protection)")
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"{name}: {exc}") from None
+    except UnidentifiedImageError:
+        raise InvalidImage(f"{name}: not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImage(f"{name}: unreadable image ({exc})") from None
+    # A broken EXIF block should not reject otherwise good pixels.
+    with contextlib.suppress(Exception):
+        image = ImageOps.exif_transpose(image)
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB: alpha is composited on white, 16-bit is scaled to 8-bit."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # Pillow's own conversion of 16-bit data clips instead of scaling.
+        scale = 1 / 256 if image.mode.startswith("I;16") or image.getextrema()[1] > 255 else 1
+        image = image.point(lambda v: v * scale, mode="I").convert("L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, _BACKGROUND)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def target_size(size: tuple[int, int], max_side: int, bucket: int = 8) -> tuple[int, int]:
+    """Scale so the long side is ``max_side``; round the short side to ``bucket``.
+
+    Rounding the short side to a coarse bucket (64 px by default) makes images of
+    similar aspect share a shape, so they batch together; the small aspect change is
+    undone when the output is resized back to the input's size.
+    """
+    width, height = size
+    long_side, short_side = max(width, height), min(width, height)
+    scaled_short = short_side * max_side / long_side
+    step = min(bucket, max_side)
+    short = max(step, int(round(scaled_short / step)) * step)
+    short = min(short, max_side)
+    return (max_side, short) if width >= height else (short, max_side)
+
+
+def prepare_image(image: Image.Image, max_side: int, bucket: int = 8) -> PreparedImage:
+    size = target_size(image.size, max_side, bucket)
+    resized = image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
+    return PreparedImage(image=resized, original_size=image.size)
+
+
+def restore_size(output: Image.Image, prepared: PreparedImage, keep_size: bool) -> Image.Image:
+    if not keep_size or output.size == prepared.original_size:
+        return output
+    return output.resize(prepared.original_size, Image.Resampling.LANCZOS)
+
+
+def encode_image(image: Image.Image, fmt: OutputFormat) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt.pil_format, **_ENCODE_OPTIONS[fmt])
+    return buffer.getvalue()
