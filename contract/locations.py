@@ -72,3 +72,28 @@ def output_key(output_prefix: str, input_key: str, job_id: str, extension: str) 
 def result_key(output_key_: str) -> str:
     """Where a job's result record lives: next to the output, done or failed."""
     return output_key_ + RESULT_SUFFIX
+
+
+# Per-batch status markers: an empty object per finished job, under the output folder,
+# so ``img2img-producer status`` counts a batch with one LIST per 1000 jobs instead of
+# reading every result record. Layout: <output dir>/_batches/<batch_id>/<job_id>.<status>
+BATCHES_FOLDER = "_batches"
+MANIFEST_NAME = "manifest.json"
+
+
+def output_dir(output_key_: str) -> str:
+    """The folder of an output key, with a trailing '/' (or '' at the bucket root)."""
+    head = posixpath.dirname(output_key_)
+    return head + "/" if head else ""
+
+
+def batch_prefix(output_dir_: str, batch_id: str) -> str:
+    return f"{output_dir_}{BATCHES_FOLDER}/{batch_id}/"
+
+
+def batch_marker_key(output_key_: str, batch_id: str, job_id: str, status: str) -> str:
+    return f"{batch_prefix(output_dir(output_key_), batch_id)}{job_id}.{status}"
+
+
+def batch_manifest_key(output_dir_: str, batch_id: str) -> str:
+    return batch_prefix(output_dir_, batch_id) + MANIFEST_NAME
