@@ -39,8 +39,11 @@ class FleetResources:
 
 def start_moto_server(host: str = "127.0.0.1", port: int = 0) -> tuple[Any, str]:
     """Start a moto server thread; return (server, endpoint URL)."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
     bound_host, bound_port = server.get_host_and_port()

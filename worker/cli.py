@@ -113,6 +113,50 @@ def run(
         raise typer.Exit(1)
 
 
+@app.command()
+def serve(
+    exit_when_idle: Annotated[float | None, typer.Option(
+        help="Exit after this many seconds with nothing received or held.")] = None,
+    max_jobs: Annotated[int | None, typer.Option(
+        help="Exit after finishing this many jobs.")] = None,
+    log_level: Annotated[str, typer.Option(envvar="IMG2IMG_LOG_LEVEL")] = "INFO",
+) -> None:
+    """Long-poll IMG2IMG_QUEUE_URL, run batches, write results to S3, until stopped."""
+    from worker.logs import configure_logging
+
+    configure_logging(log_level, fmt="json")
+    import signal
+
+    from worker.service import build_worker, install_signal_handlers
+    from worker.settings import WorkerSettings
+
+    try:
+        settings = load_settings(WorkerSettings)
+        if not settings.queue_url:
+            raise InvalidJob("IMG2IMG_QUEUE_URL is not set: the worker needs a queue")
+        worker = build_worker(settings)
+    except Img2ImgError as exc:
+        raise _fail(str(exc)) from None
+    install_signal_handlers(worker, (signal.SIGTERM, signal.SIGINT))
+    summary = worker.run(exit_when_idle=exit_when_idle, max_jobs=max_jobs)
+    typer.echo(summary.line(worker.worker_id), err=True)
+
+
+@app.command()
+def healthcheck() -> None:
+    """Exit 0 only when the worker loop made progress within IMG2IMG_HEALTH_MAX_AGE."""
+    from worker.health import check_health
+    from worker.settings import WorkerSettings
+
+    try:
+        settings = load_settings(WorkerSettings)
+    except Img2ImgError as exc:
+        raise _fail(str(exc)) from None
+    healthy, reason = check_health(settings.health_file, settings.health_max_age)
+    typer.echo(("healthy: " if healthy else "unhealthy: ") + reason)
+    raise typer.Exit(0 if healthy else 1)
+
+
 def main() -> None:
     try:
         app()

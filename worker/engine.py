@@ -38,6 +38,13 @@ log = logging.getLogger(__name__)
 GPU_CACHE_FRACTION = 0.8
 
 
+class GenerationInterrupted(Exception):
+    """The batch was stopped between denoising steps (shutdown); its outputs are void."""
+
+
+StepHook = Callable[[], bool]
+
+
 @dataclass(frozen=True)
 class BatchKey:
     """What jobs must share to run in one pipeline call."""
@@ -106,6 +113,7 @@ class Engine:
             memory_budget=budget,
         )
         self.last_stats = BatchStats()
+        self._on_step: StepHook | None = None
 
     # -- models ---------------------------------------------------------------------
 
@@ -142,9 +150,15 @@ class Engine:
 
     # -- generation -----------------------------------------------------------------
 
-    def generate(self, key: BatchKey, items: list[GenerationItem]) -> list[Image.Image]:
-        """Run one batch; on out-of-memory split it, then try ``lean`` once at size 1."""
+    def generate(self, key: BatchKey, items: list[GenerationItem],
+                 on_step: StepHook | None = None) -> list[Image.Image]:
+        """Run one batch; on out-of-memory split it, then try ``lean`` once at size 1.
+
+        ``on_step`` runs after every denoising step; returning True stops the batch
+        there and raises GenerationInterrupted (used by a shutdown with a deadline).
+        """
         self.last_stats = BatchStats()
+        self._on_step = on_step
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         outputs = self._generate(key, items, self.mode)
@@ -193,6 +207,15 @@ class Engine:
         # CPU generators: the same seed gives the same noise on any device.
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
         self.last_stats.pipeline_calls += 1
+        interrupted = False
+
+        def step_end(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
+            nonlocal interrupted
+            if self._on_step is not None and self._on_step():
+                interrupted = True
+                pipeline._interrupt = True  # diffusers skips the remaining steps
+            return tensors
+
         result = pipe(
             prompt=[item.prompt for item in items],
             negative_prompt=negative if any(negative) else None,
@@ -202,7 +225,10 @@ class Engine:
             guidance_scale=key.guidance_scale,
             generator=generators,
             output_type="pil",
+            callback_on_step_end=step_end,
         )
+        if interrupted:
+            raise GenerationInterrupted(f"batch of {len(items)} stopped before its last step")
         return list(result.images)
 
     def _scheduler(self, loaded: LoadedModel, name: str) -> Any:
