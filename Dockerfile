@@ -7,7 +7,8 @@
 #
 # Versions move together: the CUDA base, the torch wheel built for that CUDA (cu130) and the
 # xformers release built against that torch. Change them as a set.
-#   CUDA 13.0 needs an NVIDIA driver >= 580 on the host (the current ECS GPU AMI has one).
+#   CUDA 13.0 needs an NVIDIA driver >= 580 on the host; for an older driver, override
+#   CUDA_IMAGE and TORCH_INDEX_URL with a matching CUDA 12.x pair (see docs/deploy.md).
 # torch's wheels carry their own cuBLAS/cuDNN; the CUDA image provides the driver contract
 # (NVIDIA_REQUIRE_CUDA, NVIDIA_* variables) and the runtime libraries.
 
