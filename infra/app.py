@@ -21,10 +21,11 @@ def build_app(app: cdk.App | None = None) -> cdk.App:
     app = app or cdk.App()
     config = FleetConfig.from_context(app.node.try_get_context)
     stack_name = app.node.try_get_context("stackName") or DEFAULT_STACK_NAME
+    # No env=: the template stays environment-agnostic; account and region come from the
+    # CLI's credentials at deploy time.
     Img2ImgFleetStack(
         app, stack_name, config=config,
         description="img2img fleet: S3 in/out, SQS jobs, GPU ECS workers scaled on queue depth",
-        # Region and account from the CLI's profile; the template stays environment-agnostic.
     )
     return app
 
