@@ -1,0 +1,1 @@
+"""AWS CDK app for the img2img fleet: bucket, queues, GPU ECS service, scaling, alarms."""

@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""CDK entry point: ``cd infra && npx aws-cdk deploy`` (context keys: docs/deploy.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run from infra/ by the CDK CLI: make the repository root importable as well.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aws_cdk as cdk  # noqa: E402
+
+from infra.img2img_stack import FleetConfig, Img2ImgFleetStack  # noqa: E402
+
+DEFAULT_STACK_NAME = "Img2ImgFleet"
+
+
+def build_app(app: cdk.App | None = None) -> cdk.App:
+    """Create the app and the stack; every setting comes from CDK context."""
+    app = app or cdk.App()
+    config = FleetConfig.from_context(app.node.try_get_context)
+    stack_name = app.node.try_get_context("stackName") or DEFAULT_STACK_NAME
+    # No env=: the template stays environment-agnostic; account and region come from the
+    # CLI's credentials at deploy time.
+    Img2ImgFleetStack(
+        app, stack_name, config=config,
+        description="img2img fleet: S3 in/out, SQS jobs, GPU ECS workers scaled on queue depth",
+    )
+    return app
+
+
+def main() -> None:
+    build_app().synth()
+
+
+if __name__ == "__main__":
+    main()
