@@ -356,6 +356,17 @@ class Img2ImgFleetStack(Stack):
         role.add_to_policy(iam.PolicyStatement(
             sid="WriteOutputs", actions=["s3:PutObject"],
             resources=[self.bucket.arn_for_objects(f"{cfg.output_prefix}*")]))
+        # The worker reads its own result records to acknowledge duplicate deliveries.
+        role.add_to_policy(iam.PolicyStatement(
+            sid="ReadResults", actions=["s3:GetObject"],
+            resources=[self.bucket.arn_for_objects(f"{cfg.output_prefix}*")]))
+        # Without ListBucket a missing key answers 403, not 404: the worker could not
+        # tell "no result yet" or "input deleted" from "access denied".
+        role.add_to_policy(iam.PolicyStatement(
+            sid="ListOwnPrefixes", actions=["s3:ListBucket"],
+            resources=[self.bucket.bucket_arn],
+            conditions={"StringLike": {"s3:prefix": [
+                f"{p}*" for p in [*read_prefixes, cfg.output_prefix]]}}))
         # Batch variants (DeleteMessageBatch, ...) are authorised by the same actions.
         role.add_to_policy(iam.PolicyStatement(
             sid="ConsumeJobQueue",

@@ -319,8 +319,9 @@ def test_task_role_is_least_privilege(default: Synth) -> None:
     bucket_id, _ = default.one("AWS::S3::Bucket")
     main_queue, _ = _queue_ids(default)
     assert granted == {
-        "s3:GetObject": {f"{{{bucket_id}}}/inputs/*"},
+        "s3:GetObject": {f"{{{bucket_id}}}/inputs/*", f"{{{bucket_id}}}/outputs/*"},
         "s3:PutObject": {f"{{{bucket_id}}}/outputs/*"},
+        "s3:ListBucket": {f"{{{bucket_id}}}"},
         "sqs:ReceiveMessage": {f"{{{main_queue}}}"},
         "sqs:DeleteMessage": {f"{{{main_queue}}}"},
         "sqs:ChangeMessageVisibility": {f"{{{main_queue}}}"},
@@ -345,7 +346,13 @@ def test_variant_task_role_reads_uploads(variant: Synth) -> None:
              for s in p["Properties"]["PolicyDocument"]["Statement"]
              if s["Action"] == "s3:GetObject"
              for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])]
-    assert sorted(r.rsplit("/", 2)[-2] for r in reads) == ["inputs", "uploads"]
+    assert sorted(r.rsplit("/", 2)[-2] for r in reads) == ["inputs", "outputs", "uploads"]
+    (listing,) = [s for p in variant.resources("AWS::IAM::Policy").values()
+                  if role_id in _refs(p["Properties"]["Roles"])
+                  for s in p["Properties"]["PolicyDocument"]["Statement"]
+                  if s["Action"] == "s3:ListBucket"]
+    assert sorted(listing["Condition"]["StringLike"]["s3:prefix"]) == [
+        "inputs/*", "outputs/*", "uploads/*"]
 
 
 # -- alarms and outputs ------------------------------------------------------------------
