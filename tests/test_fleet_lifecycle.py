@@ -1,0 +1,132 @@
+"""S3 event notifications, ECS task protection and the health check, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from producer.embedded import enable_upload_notifications
+from tests.fleet_helpers import WORKER_BIN, WorkerProcess, png_bytes, put_job, queue_counts, \
+    worker_env
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_s3_upload_notifications_produce_results_without_a_producer(fleet, s3, sqs,
+                                                                    model_cache, tmp_path):
+    enable_upload_notifications(s3, sqs, fleet, prefix="uploads/")
+    s3.put_object(Bucket=fleet.bucket, Key="uploads/cat photo.png", Body=png_bytes((120, 80)))
+    s3.put_object(Bucket=fleet.bucket, Key="uploads/readme.txt", Body=b"not an image")
+    env = worker_env(fleet, model_cache, tmp_path, default_models="tiny", event_steps=4,
+                     event_strength=0.5, event_max_side=128)
+    worker = WorkerProcess(env, "--exit-when-idle", "3")
+    assert worker.wait() == 0, "\n".join(worker.lines[-20:])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=fleet.bucket,
+                                                 Prefix="outputs/")["Contents"]]
+    outputs = [k for k in keys if k.endswith(".png") and "/_batches/" not in k]
+    assert len(outputs) == 1 and outputs[0].startswith("outputs/cat photo.")
+    record = json.loads(s3.get_object(Bucket=fleet.bucket,
+                                      Key=outputs[0] + ".json")["Body"].read())
+    assert record["status"] == "done" and record["input"].endswith("uploads/cat photo.png")
+    assert record["batch_id"] == "s3-events" and record["model"] == "tiny"
+    # Our own outputs landing in the bucket did not trigger more work; queue is drained.
+    assert "done 1, failed 0" in worker.summary()
+    assert queue_counts(sqs, fleet.queue_url) == (0, 0)
+
+
+class _AgentStandIn:
+    """A local stand-in for the ECS agent's task-protection endpoint."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, dict]] = []
+        agent = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/task-protection/v1/state":
+                    agent.calls.append((time.monotonic(), body))
+                payload = json.dumps({"protection": {"ProtectionEnabled":
+                                                     body["ProtectionEnabled"]}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def uri(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}/v3/task"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_task_is_protected_while_busy_and_unprotected_when_idle(fleet, s3, sqs, model_cache,
+                                                                tmp_path):
+    agent = _AgentStandIn()
+    try:
+        env = worker_env(fleet, model_cache, tmp_path)
+        env["ECS_AGENT_URI"] = agent.uri
+        worker = WorkerProcess(env, "--exit-when-idle", "3")
+        worker.wait_for(lambda e: "starting" in e.get("message", ""), timeout=60)
+        time.sleep(1.5)
+        assert agent.calls == [], "an idle worker must not protect its task"
+        job = put_job(s3, sqs, fleet, "in/p.png", png_bytes((96, 96)))
+        assert worker.wait() == 0
+    finally:
+        agent.close()
+    states = [body["ProtectionEnabled"] for _, body in agent.calls]
+    assert states == [True, False], agent.calls
+    assert agent.calls[0][1]["ExpiresInMinutes"] > 0
+    done_log = next(e for e in worker.logs() if e.get("job_id") == job.job_id
+                    and e.get("status") == "done")
+    assert done_log  # the protected span covered the job
+    assert queue_counts(sqs, fleet.queue_url) == (0, 0)
+
+
+def test_healthcheck_reports_recent_progress_only(tmp_path):
+    health = tmp_path / "w.health"
+    env = dict(os.environ, IMG2IMG_HEALTH_FILE=str(health), IMG2IMG_HEALTH_MAX_AGE="30")
+    missing = subprocess.run([WORKER_BIN, "healthcheck"], env=env, capture_output=True,
+                             text=True)
+    assert missing.returncode == 1 and "no progress" in missing.stdout
+    health.write_text(f"{time.time():.3f}\n")
+    fresh = subprocess.run([WORKER_BIN, "healthcheck"], env=env, capture_output=True,
+                           text=True)
+    assert fresh.returncode == 0 and "healthy" in fresh.stdout
+    health.write_text(f"{time.time() - 120:.3f}\n")
+    stale = subprocess.run([WORKER_BIN, "healthcheck"], env=env, capture_output=True,
+                           text=True)
+    assert stale.returncode == 1 and "no progress for" in stale.stdout
+
+
+def test_running_worker_keeps_its_health_file_fresh(fleet, model_cache, tmp_path):
+    env = worker_env(fleet, model_cache, tmp_path)
+    worker = WorkerProcess(env, "--exit-when-idle", "4")
+    worker.wait_for(lambda e: "starting" in e.get("message", ""), timeout=60)
+    time.sleep(2.5)
+    check = subprocess.run([WORKER_BIN, "healthcheck"], env=dict(env, IMG2IMG_HEALTH_MAX_AGE="2"),
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    assert worker.wait() == 0
+
+
+def test_serve_without_a_queue_url_fails_naming_the_variable(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "IMG2IMG_QUEUE_URL"}
+    result = subprocess.run([WORKER_BIN, "serve"], env=env, capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode == 2 and "IMG2IMG_QUEUE_URL" in result.stderr
