@@ -42,8 +42,7 @@ def iter_objects(s3: Any, bucket: str, prefix: str,
 
 def is_excluded(key: str, exclude_prefixes: tuple[str, ...]) -> bool:
     """Keys under an output prefix or any ``_batches/`` folder are never inputs."""
-    if f"{BATCHES_FOLDER}/" in key and (
-            key.startswith(f"{BATCHES_FOLDER}/") or f"/{BATCHES_FOLDER}/" in key):
+    if key.startswith(f"{BATCHES_FOLDER}/") or f"/{BATCHES_FOLDER}/" in key:
         return True
     return any(p and key.startswith(p) for p in exclude_prefixes)
 
