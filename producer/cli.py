@@ -204,6 +204,10 @@ def status(
     failures: Annotated[bool, typer.Option(
         "--failures", help="List the failed jobs' errors (reads their result records).")
     ] = False,
+    timeout: Annotated[float | None, typer.Option(
+        help="Give up watching after this many seconds (exit 1). A job whose message went "
+        "to the DLQ has no marker, so without this a watch can wait forever.", min=0)
+    ] = None,
 ) -> None:
     """Queue depth (visible, in flight, delayed, DLQ) and a batch's done/failed/rate/ETA."""
     from producer import aws
@@ -238,7 +242,7 @@ def status(
                 typer.echo("dlq: none (the queue has no RedrivePolicy)")
         if progress is not None:
             if watch and not progress.complete:
-                progress = _watch(s3, location, batch_id, interval)
+                progress = _watch(s3, location, batch_id, interval, timeout)
             typer.echo(_batch_line(progress))
             if failures and progress.failed_job_ids:
                 for record in failed_records(s3, location, progress.failed_job_ids):
@@ -246,6 +250,9 @@ def status(
                     typer.echo(f"  failed {record.job_id} {record.input}: "
                                f"{error.type if error else '?'}: "
                                f"{error.message if error else ''}")
+    if watch and progress is not None and not progress.complete:
+        typer.echo(f"gave up after {timeout} s; is the DLQ holding some of its jobs?", err=True)
+        raise typer.Exit(1)
 
 
 def _batch_line(progress: Any) -> str:
@@ -260,7 +267,8 @@ def _batch_line(progress: Any) -> str:
             f"{state}")
 
 
-def _watch(s3: Any, location: S3Location, batch_id: str, interval: float) -> Any:
+def _watch(s3: Any, location: S3Location, batch_id: str, interval: float,
+           timeout: float | None) -> Any:
     """Poll the markers and draw a bar until done + failed reaches the total."""
     from rich.console import Console
     from rich.progress import (
@@ -280,7 +288,8 @@ def _watch(s3: Any, location: S3Location, batch_id: str, interval: float) -> Any
         progress = batch_progress(s3, location, batch_id)
         task = bars.add_task(batch_id, total=progress.total, completed=progress.finished,
                              done=progress.done, failed=progress.failed)
-        while not progress.complete:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not progress.complete and (deadline is None or time.monotonic() < deadline):
             time.sleep(interval)
             progress = batch_progress(s3, location, batch_id)
             bars.update(task, total=progress.total, completed=progress.finished,

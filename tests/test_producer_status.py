@@ -92,6 +92,18 @@ def test_watch_returns_when_every_job_is_done_or_failed(fleet, s3):
     assert "done 3, failed 1, total 4" in result.stdout and "finished" in result.stdout
 
 
+def test_watch_gives_up_after_its_timeout(fleet, s3):
+    jobs = enqueue_batch(fleet, s3, 2)
+    mark(s3, jobs[0], "done")
+
+    result = runner.invoke(app, ["status", "--batch-id", jobs[0].batch_id, "--output",
+                                 f"s3://{fleet.bucket}/outputs/", "--watch",
+                                 "--interval", "0.1", "--timeout", "0.5"])
+
+    assert result.exit_code == 1, result.output
+    assert "done 1, failed 0, total 2" in result.stdout and "gave up" in result.stderr
+
+
 def test_watch_needs_a_known_batch(fleet):
     result = runner.invoke(app, ["status", "--batch-id", "b-nosuchbatch", "--output",
                                  f"s3://{fleet.bucket}/outputs/", "--watch"])
