@@ -178,6 +178,33 @@ def test_local_folder_is_uploaded_once_and_enqueued(fleet, s3, sqs, tmp_path):
     assert all(j.input_etag == listed[j.input.key] for j in jobs[6:])
 
 
+def test_same_bytes_under_another_etag_are_recognised_by_their_md5(fleet, s3, tmp_path):
+    """A multipart object's ETag is not its MD5; the md5 metadata still says it is current."""
+    import hashlib
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    data = os.urandom(6 * 1024 * 1024)  # two parts of >= 5 MiB and the rest
+    (folder / "big.png").write_bytes(data)
+    upload = s3.create_multipart_upload(Bucket=fleet.bucket, Key="inputs/big.png", Metadata={
+        "md5": hashlib.md5(data).hexdigest()})
+    parts = []
+    for number, (start, end) in enumerate([(0, 5 * 1024 * 1024), (5 * 1024 * 1024, None)], 1):
+        part = s3.upload_part(Bucket=fleet.bucket, Key="inputs/big.png", PartNumber=number,
+                              UploadId=upload["UploadId"], Body=data[start:end])
+        parts.append({"PartNumber": number, "ETag": part["ETag"]})
+    s3.complete_multipart_upload(Bucket=fleet.bucket, Key="inputs/big.png",
+                                 UploadId=upload["UploadId"],
+                                 MultipartUpload={"Parts": parts})
+    assert s3.head_object(Bucket=fleet.bucket, Key="inputs/big.png")["ETag"].endswith('-2"')
+
+    result = runner.invoke(app, ["enqueue", str(folder), "--bucket", fleet.bucket, "-m", "tiny",
+                                 "-p", "p"])
+
+    assert result.exit_code == 0, result.output
+    assert "uploaded 0, unchanged 1" in result.stdout
+
+
 def test_bad_input_is_a_clear_error_with_status_2(fleet, monkeypatch, tmp_path):
     cases = [
         (["enqueue", str(tmp_path / "missing")], "neither an s3:// URI nor a folder"),
