@@ -15,6 +15,9 @@ from contract.errors import InvalidJob
 
 S3_SCHEME = "s3://"
 RESULT_SUFFIX = ".json"
+# Extensions the folder scan and the S3 prefix listing treat as images (lower case).
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Bucket naming rules: 3-63 chars, lowercase letters, digits, dots and hyphens.
 _BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$"
 
@@ -46,6 +49,11 @@ def parse_s3_uri(uri: str, *, prefix: bool = False) -> S3Location:
     if not bucket or not key:
         raise InvalidJob(f"S3 URI needs a bucket and a key: {uri!r}")
     return S3Location(bucket=bucket, key=key)
+
+
+def is_image_key(key: str) -> bool:
+    """True when a key or file name has an image extension (case-insensitive)."""
+    return posixpath.splitext(key)[1].lower() in IMAGE_EXTENSIONS
 
 
 def is_within(location: S3Location, allowed_prefixes: list[str]) -> bool:

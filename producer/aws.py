@@ -16,8 +16,10 @@ from botocore.config import Config
 _RETRIES = {"max_attempts": 5, "mode": "adaptive"}
 
 
-def client_config(max_pool_connections: int = 32) -> Config:
-    return Config(retries=_RETRIES, max_pool_connections=max_pool_connections,
+def client_config(max_pool_connections: int = 32, max_attempts: int | None = None) -> Config:
+    retries = dict(_RETRIES) if max_attempts is None else {**_RETRIES,
+                                                           "max_attempts": max_attempts}
+    return Config(retries=retries, max_pool_connections=max_pool_connections,
                   connect_timeout=10, read_timeout=60)
 
 
@@ -27,14 +29,18 @@ def make_session() -> boto3.session.Session:
 
 
 def s3_client(session: boto3.session.Session | None = None, *,
-              endpoint_url: str | None = None, max_pool_connections: int = 32) -> Any:
+              endpoint_url: str | None = None, max_pool_connections: int = 32,
+              max_attempts: int | None = None) -> Any:
+    """``max_attempts`` overrides botocore's retry count (1: no retries)."""
     session = session or make_session()
     return session.client("s3", endpoint_url=endpoint_url,
-                          config=client_config(max_pool_connections))
+                          config=client_config(max_pool_connections, max_attempts))
 
 
 def sqs_client(session: boto3.session.Session | None = None, *,
-               endpoint_url: str | None = None, max_pool_connections: int = 32) -> Any:
+               endpoint_url: str | None = None, max_pool_connections: int = 32,
+               max_attempts: int | None = None) -> Any:
+    """``max_attempts`` overrides botocore's retry count (1: no retries)."""
     session = session or make_session()
     return session.client("sqs", endpoint_url=endpoint_url,
-                          config=client_config(max_pool_connections))
+                          config=client_config(max_pool_connections, max_attempts))

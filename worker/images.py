@@ -11,10 +11,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from contract.errors import ImageTooLarge, InvalidImage
 from contract.job import OutputFormat
+from contract.locations import IMAGE_EXTENSIONS  # noqa: F401  (re-exported)
 
-# Extensions the folder scan and the S3 prefix listing treat as images.
-IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 _BACKGROUND = (255, 255, 255)
 _ENCODE_OPTIONS: dict[OutputFormat, dict] = {
     OutputFormat.PNG: {"compress_level": 1},  # fast: the GPU should not wait on zlib

@@ -1,0 +1,99 @@
+"""Turning inputs and parameters into job messages (pure: no AWS calls).
+
+Model and prompt are picked per image with ``random.Random(f"{seed}:{relative key}")``,
+as the worker's local folder mode does, so the pick depends only on the seed and the
+image's path under the source: adding images does not change what the others get.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from contract.errors import InvalidJob
+from contract.job import JobMessage, validate_params
+from contract.locations import S3Location
+from producer.listing import SourceObject
+
+BATCH_ID_PREFIX = "b-"
+BATCH_ID_HEX_CHARS = 16
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The command line's parameters: model and prompt lists, and the common values."""
+
+    models: list[str]
+    prompts: list[str]
+    common: dict[str, Any]  # every other GenerationParams field
+
+    @property
+    def choice_seed(self) -> int | None:
+        return self.common.get("seed")
+
+    def check(self) -> None:
+        """Validate every model with the common values once, before any work."""
+        if not self.models or not self.prompts:
+            raise InvalidJob("no model or prompt: pass --model/--prompt or set "
+                             "IMG2IMG_DEFAULT_MODELS/IMG2IMG_DEFAULT_PROMPTS")
+        for model in self.models:
+            validate_params(model=model, prompt=self.prompts[0], **self.common)
+        for prompt in self.prompts:
+            validate_params(model=self.models[0], prompt=prompt, **self.common)
+
+
+@dataclass(frozen=True)
+class PlannedInput:
+    """An input image with the parameters its jobs-file row sets (none for a listing)."""
+
+    source: SourceObject
+    overrides: dict[str, Any] = field(default_factory=dict)
+    line: int | None = None
+
+
+@dataclass
+class Plan:
+    jobs: list[JobMessage]
+    duplicates: int = 0  # inputs whose job (same object, same parameters) was already planned
+    problems: list[str] = field(default_factory=list)  # "line N: field: why"
+
+
+def plan_jobs(inputs: list[PlannedInput], defaults: Defaults, *, output: S3Location,
+              batch_id: str) -> Plan:
+    """One job per input; rows with bad parameters become problems, not jobs."""
+    plan = Plan(jobs=[])
+    seen: set[str] = set()
+    for item in inputs:
+        rng = random.Random(f"{defaults.choice_seed}:{item.source.relative}")
+        values = {**defaults.common, "model": rng.choice(defaults.models),
+                  "prompt": rng.choice(defaults.prompts), **item.overrides}
+        try:
+            params = validate_params(**values)
+        except InvalidJob as exc:
+            if item.line is None:
+                raise
+            plan.problems.append(f"line {item.line}: {exc}")
+            continue
+        job = JobMessage.create(input=item.source.location, input_etag=item.source.etag,
+                                output_prefix=output, params=params, batch_id=batch_id)
+        if job.job_id in seen:
+            plan.duplicates += 1
+            continue
+        seen.add(job.job_id)
+        plan.jobs.append(job)
+    return plan
+
+
+def derive_batch_id(*, source: str, output: S3Location, defaults: Defaults,
+                    jobs_file_sha256: str | None = None) -> str:
+    """A batch id that depends only on the source, the output and the parameters,
+    so running the same enqueue again names the same batch."""
+    canonical = json.dumps({
+        "source": source, "output": output.uri, "models": defaults.models,
+        "prompts": defaults.prompts, "common": defaults.common, "jobs": jobs_file_sha256,
+    }, sort_keys=True, separators=(",", ":"), default=str)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:BATCH_ID_HEX_CHARS]
+    return BATCH_ID_PREFIX + digest

@@ -1,0 +1,116 @@
+"""A batch's progress from its manifest and markers, and its failures from result records."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from contract.locations import RESULT_SUFFIX, S3Location, batch_prefix
+from contract.result import ResultRecord
+from producer.listing import MAX_KEYS_PER_LIST, iter_objects
+from producer.manifest import BatchManifest, read_manifest
+
+DONE, FAILED = "done", "failed"
+
+
+@dataclass
+class BatchProgress:
+    batch_id: str
+    manifest: BatchManifest | None
+    done: int = 0
+    failed: int = 0
+    first_marker_at: datetime | None = None
+    failed_job_ids: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int | None:
+        return self.manifest.total if self.manifest else None
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed
+
+    @property
+    def complete(self) -> bool:
+        return self.total is not None and self.finished >= self.total
+
+    @property
+    def started_at(self) -> datetime | None:
+        """Since when the batch has been running: the manifest's creation, else the
+        first marker (a batch enqueued by another producer has no manifest)."""
+        return self.manifest.created_at if self.manifest else self.first_marker_at
+
+    def rate(self, now: datetime) -> float | None:
+        """Finished jobs per second since the start, None before there is one."""
+        if self.started_at is None or not self.finished:
+            return None
+        elapsed = (now - self.started_at).total_seconds()
+        return self.finished / elapsed if elapsed > 0 else None
+
+    def eta_seconds(self, now: datetime) -> float | None:
+        rate = self.rate(now)
+        if self.total is None or rate is None:
+            return None
+        return max(self.total - self.finished, 0) / rate
+
+
+def batch_progress(s3: Any, output: S3Location, batch_id: str, *,
+                   page_size: int = MAX_KEYS_PER_LIST) -> BatchProgress:
+    """Count the batch's markers, one LIST per ``page_size`` of them."""
+    progress = BatchProgress(batch_id=batch_id, manifest=read_manifest(s3, output, batch_id))
+    for obj in iter_objects(s3, output.bucket, batch_prefix(output.key, batch_id), page_size):
+        job_id, _, status = posixpath.basename(obj["Key"]).rpartition(".")
+        if status not in (DONE, FAILED):
+            continue  # the manifest
+        if status == DONE:
+            progress.done += 1
+        else:
+            progress.failed += 1
+            progress.failed_job_ids.append(job_id)
+        modified = obj["LastModified"]
+        if progress.first_marker_at is None or modified < progress.first_marker_at:
+            progress.first_marker_at = modified
+    return progress
+
+
+def failed_records(s3: Any, output: S3Location, job_ids: list[str]) -> list[ResultRecord]:
+    """The failed result records of these jobs.
+
+    Output keys are ``<stem>.<job_id[:12]>.<ext>`` and records ``<output key>.json``, so
+    one listing of the output folder finds them without reading any other record.
+    """
+    wanted = {job_id[:12]: job_id for job_id in job_ids}
+    records: list[ResultRecord] = []
+    for obj in iter_objects(s3, output.bucket, output.key):
+        key = obj["Key"]
+        if not key.endswith(RESULT_SUFFIX) or "/" in key[len(output.key):]:
+            continue
+        parts = key[: -len(RESULT_SUFFIX)].rsplit(".", 2)
+        if len(parts) != 3 or parts[1] not in wanted:
+            continue
+        try:
+            body = s3.get_object(Bucket=output.bucket, Key=key)["Body"].read()
+            record = ResultRecord.model_validate(json.loads(body))
+        except (ClientError, ValueError):
+            continue
+        if record.job_id == wanted[parts[1]] and record.status == FAILED:
+            records.append(record)
+    return records
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"

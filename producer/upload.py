@@ -1,0 +1,129 @@
+"""Uploading a local folder to S3, skipping objects that already hold the same bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import mimetypes
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from boto3.s3.transfer import TransferConfig
+
+from contract.locations import S3Location, is_image_key
+from producer.listing import iter_objects
+
+log = logging.getLogger(__name__)
+
+# Files at or above this size go up in parts of this size; the local ETag computation
+# below must use the same numbers to predict the ETag S3 gives the object.
+PART_SIZE = 8 * 1024 * 1024
+TRANSFER = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
+                          use_threads=False)  # files are uploaded in parallel instead
+MD5_METADATA = "md5"  # x-amz-meta-md5: survives multipart uploads and SSE-KMS ETags
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    path: Path
+    relative: str  # posix path relative to the folder: the key under the upload prefix
+
+    def key(self, prefix: str) -> str:
+        return prefix + self.relative
+
+
+@dataclass(frozen=True)
+class Digest:
+    md5: str  # hex digest of the whole file
+    etag: str  # the ETag S3 gives it when uploaded with TRANSFER, quoted
+
+
+@dataclass
+class UploadResult:
+    files: list[LocalFile]
+    ignored: int  # files that are not images
+    uploaded: int = 0
+    unchanged: int = 0
+    etags: dict[str, str] = field(default_factory=dict)  # key -> ETag
+
+
+def scan_folder(root: Path) -> tuple[list[LocalFile], int]:
+    """Image files under ``root`` (recursive, hidden files left out) and the count ignored."""
+    files: list[LocalFile] = []
+    ignored = 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = path.relative_to(root).as_posix()
+        if any(part.startswith(".") for part in Path(relative).parts):
+            continue
+        if is_image_key(relative):
+            files.append(LocalFile(path=path, relative=relative))
+        else:
+            ignored += 1
+    return files, ignored
+
+
+def file_digest(path: Path, part_size: int = PART_SIZE) -> Digest:
+    """MD5 and the predicted S3 ETag (single part, or md5-of-part-md5s-N for multipart)."""
+    whole = hashlib.md5(usedforsecurity=False)
+    parts: list[bytes] = []
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(part_size):
+            whole.update(chunk)
+            parts.append(hashlib.md5(chunk, usedforsecurity=False).digest())
+            size += len(chunk)
+    if size < part_size:
+        return Digest(md5=whole.hexdigest(), etag=f'"{whole.hexdigest()}"')
+    combined = hashlib.md5(b"".join(parts), usedforsecurity=False).hexdigest()
+    return Digest(md5=whole.hexdigest(), etag=f'"{combined}-{len(parts)}"')
+
+
+def local_etags(files: list[LocalFile], prefix: str) -> dict[str, str]:
+    """The ETags the files would have once uploaded (for a dry run, which uploads nothing)."""
+    return {f.key(prefix): file_digest(f.path).etag for f in files}
+
+
+def _is_current(s3: Any, dest: S3Location, key: str, digest: Digest,
+                existing_etag: str | None) -> bool:
+    if existing_etag is None:
+        return False
+    if existing_etag == digest.etag:
+        return True
+    # A different ETag can still be the same bytes (other part size, SSE-KMS): ask the md5.
+    head = s3.head_object(Bucket=dest.bucket, Key=key)
+    return head.get("Metadata", {}).get(MD5_METADATA) == digest.md5
+
+
+def upload_folder(s3: Any, root: Path, dest: S3Location, *, concurrency: int = 8,
+                  on_file: Callable[[], None] = lambda: None) -> UploadResult:
+    """Upload the images under ``root`` to the prefix ``dest``; return what is there now."""
+    files, ignored = scan_folder(root)
+    result = UploadResult(files=files, ignored=ignored)
+    existing = {o["Key"]: o["ETag"] for o in iter_objects(s3, dest.bucket, dest.key)}
+
+    def one(local: LocalFile) -> tuple[str, bool]:
+        key = local.key(dest.key)
+        digest = file_digest(local.path)
+        if _is_current(s3, dest, key, digest, existing.get(key)):
+            on_file()
+            return key, False
+        content_type = mimetypes.guess_type(local.path.name)[0] or "application/octet-stream"
+        s3.upload_file(str(local.path), dest.bucket, key, Config=TRANSFER, ExtraArgs={
+            "Metadata": {MD5_METADATA: digest.md5}, "ContentType": content_type})
+        log.debug("uploaded %s to s3://%s/%s", local.path, dest.bucket, key)
+        on_file()
+        return key, True
+
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="upload") as pool:
+        for _key, uploaded in pool.map(one, files):
+            if uploaded:
+                result.uploaded += 1
+            else:
+                result.unchanged += 1
+    wanted = {f.key(dest.key) for f in files}
+    result.etags = {o["Key"]: o["ETag"] for o in iter_objects(s3, dest.bucket, dest.key)
+                    if o["Key"] in wanted}
+    return result

@@ -1,0 +1,102 @@
+"""``img2img-producer redrive``: DLQ messages back on the job queue, none lost."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from typer.testing import CliRunner
+
+from producer.aws import sqs_client
+from producer.cli import app
+from producer.redrive import redrive
+
+runner = CliRunner()
+
+
+def fill_dlq(sqs, dlq_url: str, n: int) -> set[str]:
+    bodies = {f'{{"job": {i}}}' for i in range(n)}
+    items = sorted(bodies)
+    for start in range(0, n, 10):
+        sqs.send_message_batch(QueueUrl=dlq_url, Entries=[
+            {"Id": str(i), "MessageBody": b} for i, b in enumerate(items[start:start + 10])])
+    return bodies
+
+
+def bodies_on(sqs, queue_url: str) -> list[str]:
+    out = []
+    while got := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
+                                     WaitTimeSeconds=0, VisibilityTimeout=60
+                                     ).get("Messages", []):
+        out.extend(m["Body"] for m in got)
+    return out
+
+
+def counts(sqs, url: str) -> tuple[int, int]:
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(
+        attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def test_redrive_moves_every_message_back_exactly_once(fleet, sqs):
+    bodies = fill_dlq(sqs, fleet.dlq_url, 23)
+
+    result = runner.invoke(app, ["redrive"])
+
+    assert result.exit_code == 0, result.output
+    assert f"moved 23 messages from {fleet.dlq_url}" in result.stdout
+    moved = bodies_on(sqs, fleet.queue_url)
+    assert sorted(moved) == sorted(bodies)
+    assert counts(sqs, fleet.dlq_url) == (0, 0)
+
+
+def test_redrive_max_moves_only_that_many(fleet, sqs):
+    fill_dlq(sqs, fleet.dlq_url, 15)
+
+    result = runner.invoke(app, ["redrive", "--max", "7", "--queue-url", fleet.queue_url])
+
+    assert result.exit_code == 0, result.output
+    assert "moved 7 messages" in result.stdout
+    assert counts(sqs, fleet.queue_url)[0] == 7
+    assert counts(sqs, fleet.dlq_url) == (8, 0)
+
+
+def test_messages_whose_send_failed_stay_in_the_dlq(fleet, sqs):
+    bodies = fill_dlq(sqs, fleet.dlq_url, 6)
+    dropped: list[str] = []
+
+    def build(params, context, **_):  # the main queue rejects two messages
+        if params["QueueUrl"] == fleet.queue_url and not dropped:
+            dropped.extend(e["MessageBody"] for e in params["Entries"][-2:])
+            context["dropped"] = [e["Id"] for e in params["Entries"][-2:]]
+            del params["Entries"][-2:]
+
+    def after(parsed, context, **_):
+        for entry_id in context.get("dropped", []):
+            parsed.setdefault("Failed", []).append({
+                "Id": entry_id, "SenderFault": True, "Code": "InvalidMessageContents",
+                "Message": "injected"})
+
+    sqs.meta.events.register("before-parameter-build.sqs.SendMessageBatch", build)
+    sqs.meta.events.register("after-call.sqs.SendMessageBatch", after)
+
+    probe = sqs_client(endpoint_url=fleet.endpoint_url, max_attempts=1)  # moto: no move task
+    report = redrive(sqs, fleet.queue_url, probe=probe)
+
+    assert (report.moved, report.failed, report.method) == (4, 2, "receive-send-delete")
+    assert sorted(bodies_on(sqs, fleet.queue_url)) == sorted(bodies - set(dropped))
+    assert counts(sqs, fleet.dlq_url) == (0, 2)  # not deleted: back after the visibility
+
+
+def test_the_sqs_move_task_is_used_where_the_service_has_it(fleet, sqs):
+    fill_dlq(sqs, fleet.dlq_url, 3)
+    started: list[dict] = []
+    probe = SimpleNamespace(start_message_move_task=lambda **kw: started.append(kw) or {
+        "TaskHandle": "handle-1"})
+
+    report = redrive(sqs, fleet.queue_url, probe=probe)
+
+    assert (report.method, report.task_handle, report.moved) == ("move-task", "handle-1", 3)
+    assert started[0]["SourceArn"].endswith("-dlq")
+    assert started[0]["DestinationArn"].endswith(fleet.queue_url.rsplit("/", 1)[1])
+    assert counts(sqs, fleet.dlq_url) == (3, 0)  # SQS moves them, not us
