@@ -9,7 +9,7 @@ from __future__ import annotations
 import posixpath
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contract.errors import InvalidJob
 
@@ -45,10 +45,21 @@ def parse_s3_uri(uri: str, *, prefix: bool = False) -> S3Location:
     bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
     if prefix:
         key = key if (not key or key.endswith("/")) else key + "/"
+        # A prefix may be the bucket root (empty key), which S3Location does not allow.
+        _validate(bucket, key or "-", uri)
         return S3Location.model_construct(bucket=bucket, key=key)
     if not bucket or not key:
         raise InvalidJob(f"S3 URI needs a bucket and a key: {uri!r}")
-    return S3Location(bucket=bucket, key=key)
+    return _validate(bucket, key, uri)
+
+
+def _validate(bucket: str, key: str, uri: str) -> S3Location:
+    try:
+        return S3Location(bucket=bucket, key=key)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                             for e in exc.errors())
+        raise InvalidJob(f"bad S3 URI {uri!r}: {problems}") from None
 
 
 def is_image_key(key: str) -> bool:

@@ -66,6 +66,9 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
+            if not err["loc"]:  # a check across fields: its message names the variables
+                problems.append(err["msg"].removeprefix("Value error, "))
+                continue
             name = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
             problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None

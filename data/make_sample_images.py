@@ -22,7 +22,8 @@ def landscape(width: int = 640, height: int = 427) -> Image.Image:
     draw.ellipse([480, 50, 560, 130], fill=(255, 214, 90))
     for i, color in enumerate([(70, 110, 80), (50, 90, 60), (35, 70, 45)]):
         base = 250 + i * 50
-        points = [(x, base - 60 * math.sin(x / (70 + 25 * i) + i) ** 2) for x in range(0, width + 1, 8)]
+        points = [(x, base - 60 * math.sin(x / (70 + 25 * i) + i) ** 2)
+                  for x in range(0, width + 1, 8)]
         draw.polygon([(0, height), *points, (width, height)], fill=color)
     return image
 

@@ -12,8 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from producer.embedded import enable_upload_notifications
-from tests.fleet_helpers import WORKER_BIN, WorkerProcess, png_bytes, put_job, queue_counts, \
-    worker_env
+from tests.fleet_helpers import (
+    WORKER_BIN,
+    WorkerProcess,
+    png_bytes,
+    put_job,
+    queue_counts,
+    worker_env,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -53,7 +59,8 @@ class _AgentStandIn:
 
             def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if self.path == "/task-protection/v1/state":
+                # ECS_AGENT_URI already ends in the task's own path.
+                if self.path == "/api/task-1234/task-protection/v1/state":
                     agent.calls.append((time.monotonic(), body))
                 payload = json.dumps({"protection": {"ProtectionEnabled":
                                                      body["ProtectionEnabled"]}}).encode()
@@ -68,7 +75,7 @@ class _AgentStandIn:
     @property
     def uri(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/v3/task"
+        return f"http://{host}:{port}/api/task-1234"
 
     def close(self) -> None:
         self.server.shutdown()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -220,3 +223,11 @@ def test_message_that_keeps_failing_ends_in_dlq_and_redrive_brings_it_back(
     assert queue_counts(sqs, fleet.queue_url) == (0, 0)
     assert queue_counts(sqs, fleet.dlq_url)[0] == 1
     assert "released 2" in worker.summary()
+    # The operator fixes the cause and redrives: the job is back on the main queue.
+    producer = str(Path(sys.executable).with_name("img2img-producer"))
+    moved = subprocess.run([producer, "redrive"], env=worker_env(fleet, model_cache, tmp_path),
+                           capture_output=True, text=True, timeout=120)
+    assert moved.returncode == 0, moved.stderr
+    assert queue_counts(sqs, fleet.dlq_url) == (0, 0)
+    (back,) = sqs.receive_message(QueueUrl=fleet.queue_url, WaitTimeSeconds=2)["Messages"]
+    assert json.loads(back["Body"])["job_id"] == job.job_id

@@ -61,9 +61,6 @@ def run(
     log_level: Annotated[str, typer.Option()] = "WARNING",
 ) -> None:
     """Process a local folder or files with no AWS at all; writes results.jsonl."""
-    from worker.logs import configure_logging
-
-    configure_logging(log_level, fmt="text")
     from worker.settings import WorkerSettings
 
     overrides = {k: v for k, v in {"max_batch_size": batch_size,
@@ -84,6 +81,15 @@ def run(
                     "IMG2IMG_DEFAULT_MODELS/IMG2IMG_DEFAULT_PROMPTS")
 
     from worker.local_run import RESULTS_FILE, LocalRunner, collect_inputs, plan_jobs
+    from worker.logs import configure_logging
+    from worker.model_refs import check_allowed
+
+    try:
+        for m in models:
+            check_allowed(m, settings.allowed_models)
+    except Img2ImgError as exc:
+        raise _fail(str(exc)) from None
+    configure_logging(log_level, fmt="text")
 
     roots = inputs or [Path("data/input_images")]
     missing = [str(p) for p in roots if not p.exists()]

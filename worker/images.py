@@ -56,17 +56,22 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "input") -> Image.
     # A broken EXIF block should not reject otherwise good pixels.
     with contextlib.suppress(Exception):
         image = ImageOps.exif_transpose(image)
-    return to_rgb(image)
+    try:
+        return to_rgb(image)
+    except (OSError, ValueError) as exc:
+        raise InvalidImage(f"{name}: cannot convert {image.mode} image to RGB ({exc})") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode to RGB: alpha is composited on white, 16-bit is scaled to 8-bit."""
     if image.mode == "RGB":
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if image.mode.startswith("I;16") or image.mode == "I":
         # Pillow's own conversion of 16-bit data clips instead of scaling.
-        scale = 1 / 256 if image.mode.startswith("I;16") or image.getextrema()[1] > 255 else 1
-        image = image.point(lambda v: v * scale, mode="I").convert("L")
+        sixteen_bit = image.mode.startswith("I;16")
+        image = image.convert("I")
+        scale = 1 / 256 if sixteen_bit or image.getextrema()[1] > 255 else 1
+        image = image.point(lambda v: v * scale).convert("L")
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

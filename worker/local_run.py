@@ -107,7 +107,12 @@ def plan_jobs(
         params = make_params(model, prompt)
         out = output_dir / relative.with_suffix("." + params.output_format.extension)
         if out in taken:  # a.png and a.jpg both -> a.png: keep both
-            out = out.with_name(f"{relative.stem}_{relative.suffix.lstrip('.')}{out.suffix}")
+            base = f"{relative.stem}_{relative.suffix.lstrip('.')}"
+            out = out.with_name(f"{base}{out.suffix}")
+            counter = 2
+            while out in taken:
+                out = out.with_name(f"{base}_{counter}{out.suffix}")
+                counter += 1
         taken.add(out)
         jobs.append(LocalJob(input_path=path, output_path=out, params=params))
     return jobs

@@ -53,10 +53,10 @@ class WorkerSettings(CommonSettings):
 
     # Defaults for jobs made from S3 ObjectCreated notifications.
     event_output_prefix: str = "outputs/"
-    event_strength: float = 0.75
-    event_steps: int = 25
-    event_guidance_scale: float = 7.5
-    event_max_side: int = 512
+    event_strength: float = Field(0.75, gt=0.0, le=1.0)
+    event_steps: int = Field(25, ge=1, le=200)
+    event_guidance_scale: float = Field(7.5, ge=0.0, le=30.0)
+    event_max_side: int = Field(512, ge=64, le=2048, multiple_of=8)
     event_output_format: OutputFormat = OutputFormat.PNG
 
     @field_validator("allowed_models", "allowed_inputs", "allowed_outputs", mode="before")
@@ -75,8 +75,10 @@ class WorkerSettings(CommonSettings):
     @model_validator(mode="after")
     def _event_defaults_valid(self) -> WorkerSettings:
         # Fail at start-up, not on the first notification.
-        self.event_params(model=self.default_models[0] if self.default_models else "tiny",
-                          prompt="")
+        if int(self.event_steps * self.event_strength) < 1:
+            raise ValueError(
+                f"IMG2IMG_EVENT_STEPS * IMG2IMG_EVENT_STRENGTH must give at least one "
+                f"denoising step (got {self.event_steps} * {self.event_strength})")
         return self
 
     def event_params(self, *, model: str, prompt: str) -> GenerationParams:
