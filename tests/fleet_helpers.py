@@ -132,16 +132,19 @@ def record_of(s3: Any, job: JobMessage) -> dict | None:
 
 
 class FaultProxy:
-    """A reverse proxy in front of moto that answers some S3 requests with an error.
+    """A reverse proxy in front of moto that slows some requests or fails them.
 
     ``fault(method, path, count)`` returns (status, code) to fail a request, or None to
     forward it; ``count`` is how many requests with that method and path came before.
+    ``delay(method, path)`` is how many seconds to hold a request first.
     """
 
     def __init__(self, upstream: str,
-                 fault: Callable[[str, str, int], tuple[int, str] | None]) -> None:
+                 fault: Callable[[str, str, int], tuple[int, str] | None] = lambda *a: None,
+                 delay: Callable[[str, str], float] = lambda method, path: 0.0) -> None:
         self.upstream = upstream.rstrip("/")
         self.fault = fault
+        self.delay = delay
         self.seen: dict[tuple[str, str], int] = {}
         self.injected: list[tuple[str, str, int]] = []
         proxy = self
@@ -159,6 +162,7 @@ class FaultProxy:
                 with threading.Lock():
                     count = proxy.seen.get((self.command, path_only), 0)
                     proxy.seen[(self.command, path_only)] = count + 1
+                time.sleep(proxy.delay(self.command, path_only))
                 injected = proxy.fault(self.command, path_only, count)
                 if injected is not None:
                     status, code = injected

@@ -171,14 +171,22 @@ def test_sigterm_releases_unstarted_at_once_and_exits_zero(fleet, s3, sqs, model
 
 def test_job_longer_than_visibility_timeout_is_not_delivered_twice(fleet, s3, sqs,
                                                                    model_cache, tmp_path):
-    job = put_job(s3, sqs, fleet, "in/long.png", png_bytes((512, 512)), steps=200,
-                  strength=1.0, max_side=512)
-    env = worker_env(fleet, model_cache, tmp_path, visibility_timeout=10)
-    worker = WorkerProcess(env, "--exit-when-idle", "3")
-    assert worker.wait(timeout=240) == 0
+    """The input download takes 14 s (a slow proxy), longer than the 10 s visibility
+    timeout: only the heartbeat keeps the message from being delivered again."""
+    job = put_job(s3, sqs, fleet, "in/slow.png", png_bytes((96, 96)))
+
+    def delay(method: str, path: str) -> float:
+        return 14.0 if method == "GET" and path.endswith("/in/slow.png") else 0.0
+
+    with FaultProxy(fleet.endpoint_url, delay=delay) as proxy:
+        env = worker_env(fleet, model_cache, tmp_path, visibility_timeout=10)
+        env["AWS_ENDPOINT_URL"] = proxy.url
+        worker = WorkerProcess(env, "--exit-when-idle", "3")
+        assert worker.wait(timeout=120) == 0
     record = record_of(s3, job)
     assert record["status"] == "done"
     assert record["seconds"] > 10, "the job must outlast the visibility timeout"
+    assert proxy.seen[("GET", f"/{fleet.bucket}/in/slow.png")] == 1, "delivered twice"
     assert "done 1," in worker.summary() and "already done 0" in worker.summary()
     assert queue_counts(sqs, fleet.queue_url) == (0, 0)
 

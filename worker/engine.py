@@ -26,7 +26,7 @@ from worker.devices import (
     pick_dtype,
     release_device_memory,
 )
-from worker.memory_modes import apply_memory_mode
+from worker.memory_modes import apply_memory_mode, set_vae_tiling_for
 from worker.model_refs import ModelSource, check_allowed, resolve_model
 from worker.pipeline_cache import PipelineCache
 from worker.schedulers import make_scheduler
@@ -203,6 +203,7 @@ class Engine:
                        items: list[GenerationItem]) -> list[Image.Image]:
         pipe = loaded.pipeline
         pipe.scheduler = self._scheduler(loaded, key.scheduler)
+        set_vae_tiling_for(pipe, loaded.mode, key.width, key.height)
         negative = [item.negative_prompt for item in items]
         # CPU generators: the same seed gives the same noise on any device.
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
@@ -236,6 +237,28 @@ class Engine:
             base = loaded.schedulers.setdefault("model", loaded.pipeline.scheduler)
             loaded.schedulers[name] = make_scheduler(name, base)
         return loaded.schedulers[name]
+
+    def warm_up(self, models: list[str], sizes: list[tuple[int, int]],
+                on_step: StepHook | None = None) -> float:
+        """Load each model and run one full-size batch per shape (compiles if enabled).
+
+        Uses the default job parameters, so the compiled graphs match real batches.
+        """
+        started = time.perf_counter()
+        defaults = GenerationParams(model="tiny", prompt="")
+        for model in models:
+            for width, height in sizes:
+                image = Image.new("RGB", (width, height), (127, 127, 127))
+                key = BatchKey(model=model, width=width, height=height, steps=defaults.steps,
+                               strength=defaults.strength,
+                               guidance_scale=defaults.guidance_scale,
+                               scheduler=defaults.scheduler)
+                items = [GenerationItem(image, "warm-up", "", 0)] * self.settings.max_batch_size
+                self.generate(key, items, on_step=on_step)
+        seconds = time.perf_counter() - started
+        log.info("warm-up of %d model(s) x %d shape(s) took %.1f s", len(models), len(sizes),
+                 seconds)
+        return seconds
 
     def close(self) -> None:
         self.cache.clear()

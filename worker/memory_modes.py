@@ -25,16 +25,14 @@ MEMORY_MODES = ("fast", "balanced", "lean")
 VAE_TILING_MIN_SIDE = 1536
 
 
-def apply_memory_mode(pipe: Any, mode: str, device: torch.device, *, compile: bool = False,
-                      max_side: int = 512) -> None:
+def apply_memory_mode(pipe: Any, mode: str, device: torch.device, *,
+                      compile: bool = False) -> None:
     if mode not in MEMORY_MODES:
         raise ValueError(f"memory mode must be one of {MEMORY_MODES}, got {mode!r}")
     accelerated = device.type != "cpu"
     if mode == "fast":
         pipe.to(device)
         _speed_ups(pipe, compile=compile)
-        if max_side >= VAE_TILING_MIN_SIDE:
-            pipe.vae.enable_tiling()
     elif mode == "balanced":
         if accelerated:
             pipe.enable_model_cpu_offload(device=device)
@@ -49,6 +47,17 @@ def apply_memory_mode(pipe: Any, mode: str, device: torch.device, *, compile: bo
             pipe.enable_sequential_cpu_offload(device=device)
         else:
             pipe.to(device)
+
+
+def set_vae_tiling_for(pipe: Any, mode: str, width: int, height: int) -> None:
+    """Tile the VAE for large images (always in ``lean``); full-frame otherwise, faster."""
+    vae = getattr(pipe, "vae", None)
+    if vae is None or not hasattr(vae, "enable_tiling"):
+        return
+    if mode == "lean" or max(width, height) >= VAE_TILING_MIN_SIDE:
+        vae.enable_tiling()
+    else:
+        vae.disable_tiling()
 
 
 def _speed_ups(pipe: Any, *, compile: bool) -> None:

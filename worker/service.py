@@ -31,7 +31,7 @@ from worker.engine import BatchKey, Engine, GenerationInterrupted, GenerationIte
 from worker.health import HealthFile
 from worker.heartbeat import Heartbeat
 from worker.logs import emit_metrics
-from worker.messages import decode_body
+from worker.messages import BadJob, decode_body
 from worker.settings import WorkerSettings
 from worker.sqs_queue import MAX_RECEIVE_MESSAGES, MAX_VISIBILITY_SECONDS, ReceivedMessage, SqsQueue
 from worker.storage import S3Storage
@@ -107,6 +107,11 @@ class Worker:
 
     def run(self, *, exit_when_idle: float | None = None, max_jobs: int | None = None) -> Summary:
         self._max_jobs = max_jobs
+        self.health.touch()
+        if self.settings.warmup_shapes:
+            # Before the first receive: no message waits on a compile.
+            self.engine.warm_up(self.settings.default_models, self.settings.warmup_sizes(),
+                                on_step=lambda: self.health.touch() or False)
         log.info("worker %s starting on %s", self.worker_id, self.queue.queue_url)
         self.health.touch()
         self.heartbeat.start()
@@ -245,7 +250,7 @@ class Worker:
                 log.error("job %s: output %s outside IMG2IMG_ALLOWED_OUTPUTS; releasing "
                           "to the DLQ", job.job_id, job.output.uri,
                           extra={"job_id": job.job_id, "batch_id": job.batch_id})
-                self._finish(held, state, retry=True, delay=0)
+                self._complete_job(held, retry=True, delay=0)
                 return
             job_io.check_locations(job, self.settings)
             self.engine.check_model(job.model)
@@ -254,7 +259,7 @@ class Worker:
                 self._count("duplicates")
                 log.info("job %s already done; acknowledging", job.job_id,
                          extra={"job_id": job.job_id, "batch_id": job.batch_id})
-                self._finish(held, state)
+                self._complete_job(held)
                 return
             job_io.read_and_prepare(self.storage, state, self.settings)
         except Exception as exc:  # noqa: BLE001 - every outcome is recorded
@@ -325,7 +330,7 @@ class Worker:
             log.info("batch of %d would not finish before the stop deadline; releasing",
                      len(states))
             for state in states:
-                self._finish(held[state.receipt], state, retry=True, delay=0)
+                self._complete_job(held[state.receipt], retry=True, delay=0)
             return
         items = [GenerationItem(s.prepared.image, s.job.prompt, s.job.negative_prompt, s.seed)
                  for s in states if s.prepared is not None]
@@ -335,7 +340,7 @@ class Worker:
         except GenerationInterrupted:
             log.info("batch of %d interrupted by shutdown; releasing", len(states))
             for state in states:
-                self._finish(held[state.receipt], state, retry=True, delay=0)
+                self._complete_job(held[state.receipt], retry=True, delay=0)
             return
         except Exception as exc:  # noqa: BLE001 - the batch fails, the worker goes on
             log.exception("batch of %d failed: %r", len(states), exc)
@@ -385,7 +390,7 @@ class Worker:
             self._count("done")
             self._log_record(record)
             self._emit_job_metrics(state, "done")
-            self._finish(held, state)
+            self._complete_job(held)
         finally:
             with self._lock:
                 self._writing -= 1
@@ -398,7 +403,7 @@ class Worker:
         if not is_permanent(exc):
             log.warning("job %s: transient error, will retry: %s", job.job_id, exc,
                         extra=extra)
-            self._finish(held, state, retry=True)
+            self._complete_job(held, retry=True)
             return
         if not isinstance(exc, Img2ImgError):
             log.error("job %s failed unexpectedly: %r", job.job_id, exc, extra=extra)
@@ -411,14 +416,14 @@ class Worker:
         except Exception as write_exc:  # noqa: BLE001 - cannot record: retry later
             log.warning("job %s: could not write its failed record: %r", job.job_id,
                         write_exc, extra=extra)
-            self._finish(held, state, retry=True)
+            self._complete_job(held, retry=True)
             return
         self._count("failed")
         self._log_record(record)
         self._emit_job_metrics(state, "failed")
-        self._finish(held, state)
+        self._complete_job(held)
 
-    def _fail_bad_job(self, held: HeldMessage, bad) -> None:
+    def _fail_bad_job(self, held: HeldMessage, bad: BadJob) -> None:
         if not job_io.output_allowed(bad.output, self.settings):
             self._release_message(held, delay=0)
             return
@@ -435,14 +440,12 @@ class Worker:
         self._log_record(record)
         self._complete_job(held, retry=False)
 
-    def _finish(self, held: HeldMessage | None, state: job_io.JobState, *,
-                retry: bool = False, delay: int | None = None) -> None:
+    def _complete_job(self, held: HeldMessage | None, *, retry: bool = False,
+                      delay: int | None = None) -> None:
+        """One job of ``held`` is over: delete the message (or release it for a retry)
+        once all its jobs are."""
         if held is None:
             return
-        self._complete_job(held, retry=retry, delay=delay)
-
-    def _complete_job(self, held: HeldMessage, *, retry: bool,
-                      delay: int | None = None) -> None:
         with self._lock:
             if held.closed:  # released by a shutdown meanwhile: its receipt is stale
                 return

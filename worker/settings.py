@@ -35,6 +35,9 @@ class WorkerSettings(CommonSettings):
     model_cache: Path = Field(default_factory=default_model_cache)
     max_cached_models: int = Field(2, ge=1, le=16)
     compile: bool = False
+    # "WIDTHxHEIGHT" shapes run once per default model at start-up (torch.compile warm-up
+    # and a warm model before the first job); empty: load lazily on the first job.
+    warmup_shapes: CommaList = []
     max_input_pixels: int = Field(40_000_000, ge=64 * 64)
     size_bucket: int = Field(64, ge=8, le=512, multiple_of=8)
 
@@ -59,7 +62,23 @@ class WorkerSettings(CommonSettings):
     event_max_side: int = Field(512, ge=64, le=2048, multiple_of=8)
     event_output_format: OutputFormat = OutputFormat.PNG
 
-    @field_validator("allowed_models", "allowed_inputs", "allowed_outputs", mode="before")
+    @field_validator("warmup_shapes")
+    @classmethod
+    def _shapes(cls, value: list[str]) -> list[str]:
+        for shape in value:
+            try:
+                width, height = (int(v) for v in shape.lower().split("x"))
+            except ValueError:
+                raise ValueError(f"shape {shape!r} is not WIDTHxHEIGHT, e.g. 512x512") from None
+            if width % 8 or height % 8 or not (64 <= width <= 2048 and 64 <= height <= 2048):
+                raise ValueError(f"shape {shape!r}: sides must be multiples of 8 in 64..2048")
+        return value
+
+    def warmup_sizes(self) -> list[tuple[int, int]]:
+        return [tuple(int(v) for v in s.lower().split("x")) for s in self.warmup_shapes]
+
+    @field_validator("allowed_models", "allowed_inputs", "allowed_outputs", "warmup_shapes",
+                     mode="before")
     @classmethod
     def _split_lists(cls, value: Any) -> Any:
         return split_list(value)
