@@ -11,14 +11,16 @@ from bench import engine_bench, overlap_bench
 
 pytestmark = pytest.mark.timeout(180)
 
-ENGINE_CASES = {"original", "original-lean", "fast-b1", "fast-b4", "balanced-b4",
-                "compile-eager-backend-b4"}
+ENGINE_CASES = {"original", "original-lean", "fast-b1", "fast-b2", "balanced-b2",
+                "compile-eager-backend-b2"}
 
 
 def test_engine_bench_quick_cpu_reports_every_case(model_cache, tmp_path, monkeypatch):
     monkeypatch.setattr(engine_bench, "cuda", lambda: False)  # the CPU path, always
     out = tmp_path / "engine.json"
-    doc = engine_bench.main(["--quick", "--images", "4", "--steps", "5", "--size", "64",
+    doc = engine_bench.main(["--quick", "--images", "2", "--baseline-images", "1",
+                             "--batch-sizes", "1,2", "--compile-batch", "2",
+                             "--balanced-batch", "2", "--steps", "5", "--size", "64",
                              "--model-dir", str(model_cache), "--out", str(out),
                              "--markdown", str(tmp_path / "engine.md")])
     assert json.loads(out.read_text()) == doc
@@ -31,12 +33,12 @@ def test_engine_bench_quick_cpu_reports_every_case(model_cache, tmp_path, monkey
         assert case["flops_per_image"] > 0 and case["achieved_tflops"] > 0
     assert cases["original"]["vs_original"] == 1.0
     assert cases["original-lean"]["vs_original_lean"] == 1.0
-    assert cases["fast-b4"]["images"] == 4
+    assert cases["fast-b2"]["images"] == 2
     # Same seed, same fp32 arithmetic up to fused QKV: outputs agree to a grey level or two.
     assert cases["fast-b1"]["max_abs_diff_vs_original"] <= 8
     flops = doc["flops"]["tiny"]
     assert flops["crosscheck_ratio"] == pytest.approx(1.0, rel=0.01)
-    assert flops["4"]["total"] == pytest.approx(4 * flops["1"]["total"], rel=0.01)
+    assert flops["2"]["total"] == pytest.approx(2 * flops["1"]["total"], rel=0.01)
     assert "| original |" in (tmp_path / "engine.md").read_text()
 
 
