@@ -1,0 +1,434 @@
+"""Fleet overlap benchmark: does the worker keep the engine busy, and what does the
+plumbing around each job cost?
+
+The real ``worker.service.Worker`` runs in-process against a moto S3+SQS server, with
+the engine replaced by a test double of fixed latency (it sleeps ``latency`` seconds per
+batch, whatever the batch size, and returns the input images). Everything else is the
+production path: SQS long polls, the I/O thread pool downloading and decoding PNGs, the
+batcher, encoding and conditional PUTs of outputs, result records, batch markers and
+batched deletes.
+
+Reported:
+- engine busy fraction = sum of generate() time / (first receive -> last delete);
+- jobs/s against the engine's ceiling (batch / latency);
+- plumbing per job in ms: download, decode, encode, upload (from the result records),
+  every S3 request (timed at the storage layer), the job's share of receives and deletes.
+
+    PYTHONPATH=. python -m bench.overlap_bench --jobs 160 --latency 0.2 --batch 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.devstats import machine_info
+
+# SQS gets slow in moto with deep queues: keep at most this many messages visible.
+MAX_VISIBLE = 40
+
+
+# -- the test doubles and timing wrappers -----------------------------------------------
+
+class FixedLatencyEngine:
+    """Stands in for worker.engine.Engine: one batch takes ``latency`` s, any size."""
+
+    def __init__(self, latency: float) -> None:
+        from worker.engine import BatchStats
+
+        self.latency = latency
+        self.calls: list[tuple[float, float, int]] = []
+        self.last_stats = BatchStats()
+
+    def check_model(self, reference: str) -> None:
+        return None
+
+    def generate(self, key, items, on_step=None):
+        from worker.engine import BatchStats
+
+        started = time.perf_counter()
+        time.sleep(self.latency)
+        self.last_stats = BatchStats(pipeline_calls=1)
+        self.calls.append((started, time.perf_counter(), len(items)))
+        return [item.image for item in items]
+
+    def close(self) -> None:
+        return None
+
+
+def timed_queue_class():
+    from worker.sqs_queue import SqsQueue
+
+    class TimedQueue(SqsQueue):
+        """Records (start, end, messages) of every receive and delete call."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.receives: list[tuple[float, float, int]] = []
+            self.deletes: list[tuple[float, float, int]] = []
+            self._lock = threading.Lock()
+
+        def receive(self, *args: Any, **kwargs: Any):
+            started = time.perf_counter()
+            messages = super().receive(*args, **kwargs)
+            with self._lock:
+                self.receives.append((started, time.perf_counter(), len(messages)))
+            return messages
+
+        def delete(self, receipts: list[str]) -> list[str]:
+            started = time.perf_counter()
+            failed = super().delete(receipts)
+            with self._lock:
+                self.deletes.append((started, time.perf_counter(), len(receipts)))
+            return failed
+
+    return TimedQueue
+
+
+def timed_storage_class():
+    from worker.storage import S3Storage
+
+    class TimedStorage(S3Storage):
+        """Records the seconds of every S3 request by kind."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.seconds: dict[str, list[float]] = defaultdict(list)
+            self._lock = threading.Lock()
+
+        def _timed(self, name: str, fn, *args: Any, **kwargs: Any):
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.seconds[name].append(time.perf_counter() - started)
+
+        def read(self, location):
+            return self._timed("get_input", super().read, location)
+
+        def read_json(self, location):
+            return self._timed("get_result_record", super().read_json, location)
+
+        def put_if_absent(self, location, data, content_type, metadata=None):
+            return self._timed("put_output_if_absent", super().put_if_absent, location, data,
+                               content_type, metadata)
+
+        def put(self, location, data, content_type):
+            kind = "put_result_record" if location.key.endswith(".json") else "put_marker"
+            return self._timed(kind, super().put, location, data, content_type)
+
+    return TimedStorage
+
+
+# -- moto -------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def moto_subprocess():
+    """moto in its own process, so the server does not share the worker's GIL (a real S3
+    and SQS are other machines)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port),
+                                                                        timeout=0.5):
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("moto server did not start")
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# -- inputs -----------------------------------------------------------------------------
+
+def photo_like_png(size: int, seed: int = 0) -> bytes:
+    """A size x size PNG that compresses like a photo (smooth shapes plus sensor noise),
+    not like a flat test card, so download and decode cost what a real input costs."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    base = np.stack([
+        128 + 100 * np.sin(6 * x + 3 * y + seed),
+        128 + 90 * np.cos(5 * y - 2 * x),
+        128 + 80 * np.sin(4 * (x + y)),
+    ], axis=-1)
+    pixels = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def upload_and_make_jobs(s3, bucket: str, jobs: int, size: int, params: dict) -> list:
+    from contract import GenerationParams, JobMessage, S3Location, parse_s3_uri
+
+    data = photo_like_png(size)
+    prefix = parse_s3_uri(f"s3://{bucket}/out/", prefix=True)
+
+    def one(i: int):
+        key = f"in/img-{i:05d}.png"
+        etag = s3.put_object(Bucket=bucket, Key=key, Body=data)["ETag"]
+        return JobMessage.create(input=S3Location(bucket=bucket, key=key), input_etag=etag,
+                                 output_prefix=prefix, params=GenerationParams(**params),
+                                 batch_id="overlap")
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(jobs))), len(data)
+
+
+class Feeder(threading.Thread):
+    """Sends jobs in waves, keeping at most MAX_VISIBLE messages waiting."""
+
+    def __init__(self, sqs, queue_url: str, jobs: list) -> None:
+        super().__init__(daemon=True, name="feeder")
+        self.sqs, self.queue_url, self.jobs = sqs, queue_url, list(jobs)
+        self.error: BaseException | None = None
+
+    def visible(self) -> int:
+        attrs = self.sqs.get_queue_attributes(QueueUrl=self.queue_url,
+                                              AttributeNames=["ApproximateNumberOfMessages"])
+        return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+
+    def send_some(self, count: int) -> None:
+        while count > 0 and self.jobs:
+            chunk, self.jobs = self.jobs[:min(10, count)], self.jobs[min(10, count):]
+            self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=[
+                {"Id": str(i), "MessageBody": job.to_json()} for i, job in enumerate(chunk)])
+            count -= len(chunk)
+
+    def run(self) -> None:
+        try:
+            while self.jobs:
+                room = MAX_VISIBLE - self.visible()
+                if room >= 10:
+                    self.send_some(room)
+                time.sleep(0.1)
+        except BaseException as exc:  # noqa: BLE001 - reported by the bench
+            self.error = exc
+
+
+# -- the run ----------------------------------------------------------------------------
+
+def ms(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return {"mean": round(1000 * statistics.fmean(ordered), 2),
+            "p50": round(1000 * ordered[len(ordered) // 2], 2),
+            "p95": round(1000 * ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2),
+            "n": len(ordered)}
+
+
+def run_overlap(*, jobs: int = 160, latency: float = 0.2, batch: int = 8, size: int = 512,
+                io_threads: int = 8, prefetch_batches: int = 2,
+                endpoint: str | None = None, receive_wait: int = 1,
+                output_format: str = "png") -> dict[str, Any]:
+    from producer.aws import s3_client, sqs_client
+    from producer.embedded import create_fleet_resources
+    from worker.service import Worker
+    from worker.settings import WorkerSettings
+
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ.setdefault(key, value)
+    with contextlib.ExitStack() as stack:
+        moto_mode = "given endpoint"
+        if endpoint is None:
+            endpoint = stack.enter_context(moto_subprocess())
+            moto_mode = "subprocess"
+        pool = io_threads + 4
+        s3 = s3_client(endpoint_url=endpoint, max_pool_connections=pool)
+        sqs = sqs_client(endpoint_url=endpoint, max_pool_connections=pool)
+        name = "bench" + uuid.uuid4().hex[:10]
+        fleet = create_fleet_resources(s3, sqs, endpoint_url=endpoint, bucket=f"b-{name}",
+                                       queue_name=f"q-{name}", visibility_timeout=120)
+        params = dict(model="tiny", prompt="overlap bench", steps=25, strength=0.6,
+                      max_side=size, output_format=output_format)
+        job_list, input_bytes = upload_and_make_jobs(s3, fleet.bucket, jobs, size, params)
+
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="overlap-")))
+        settings = WorkerSettings(
+            queue_url=fleet.queue_url, max_batch_size=batch, receive_wait_seconds=receive_wait,
+            visibility_timeout=120, io_threads=io_threads, prefetch_batches=prefetch_batches,
+            health_file=tmp / "health", model_cache=tmp / "models", allowed_models=["tiny"],
+            release_backoff_seconds=0, allowed_inputs=[], allowed_outputs=[])
+        engine = FixedLatencyEngine(latency)
+        queue = timed_queue_class()(sqs, fleet.queue_url)
+        storage = timed_storage_class()(s3)
+        worker = Worker(settings, engine, queue, storage, worker_id="overlap-bench")
+
+        feeder = Feeder(sqs, fleet.queue_url, job_list)
+        feeder.send_some(MAX_VISIBLE)
+        feeder.start()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        # The worker prints one CloudWatch EMF line per job and per batch to stdout.
+        with contextlib.redirect_stdout(io.StringIO()):
+            summary = worker.run(max_jobs=jobs, exit_when_idle=30)
+        cpu_seconds, run_seconds = time.process_time() - cpu0, time.perf_counter() - wall0
+        feeder.join(timeout=5)
+        if feeder.error is not None:
+            raise feeder.error
+
+        records = []
+        for job in job_list:
+            body = s3.get_object(Bucket=fleet.bucket, Key=job.output.key + ".json")["Body"]
+            records.append(json.loads(body.read()))
+
+    first_receive = min(s for s, _, n in queue.receives if n)
+    last_delete = max(e for _, e, _ in queue.deletes)
+    window = last_delete - first_receive
+    busy = sum(e - s for s, e, _ in engine.calls)
+    gen_span = max(e for _, e, _ in engine.calls) - min(s for s, _, _ in engine.calls)
+    received = sum(n for *_, n in queue.receives)
+    deleted = sum(n for *_, n in queue.deletes)
+    receive_s = sum(e - s for s, e, n in queue.receives if n)
+    delete_s = sum(e - s for s, e, _ in queue.deletes)
+
+    timing = defaultdict(list)
+    for record in records:
+        for k, v in (record.get("timings") or {}).items():
+            timing[k].append(v)
+    recorded = {k: ms(v) for k, v in timing.items() if k not in ("batch_size", "inference")}
+    four = [sum(r["timings"].get(k, 0) for k in ("download", "decode", "encode", "upload"))
+            for r in records]
+    s3_ops = {k: ms(v) for k, v in storage.seconds.items()}
+    s3_total = sum(sum(v) for v in storage.seconds.values())
+    cpu_work = sum(sum(timing[k]) for k in ("decode", "encode"))
+    receive_share = receive_s / max(1, received)
+    delete_share = delete_s / max(1, deleted)
+    plumbing = (s3_total + cpu_work) / jobs + receive_share + delete_share
+    batches = [n for *_, n in engine.calls]
+    return {
+        "kind": "overlap",
+        "machine": machine_info(),
+        "moto": moto_mode,
+        "config": {"jobs": jobs, "latency_s": latency, "batch": batch, "size": size,
+                   "input_png_bytes": input_bytes, "output_format": output_format,
+                   "io_threads": io_threads,
+                   "prefetch_batches": prefetch_batches, "receive_wait_s": receive_wait,
+                   "max_visible_messages": MAX_VISIBLE},
+        "done": summary.done, "failed": summary.failed, "released": summary.released,
+        "window_s": round(window, 3),
+        "worker_run_s": round(run_seconds, 3),
+        "jobs_per_s": round(jobs / window, 3),
+        "engine_ceiling_jobs_per_s": round(batch / latency, 3),
+        "engine_busy_fraction": round(busy / window, 4),
+        "engine_busy_fraction_first_to_last_batch": round(busy / gen_span, 4),
+        "startup_s": round(min(s for s, _, _ in engine.calls) - first_receive, 3),
+        "tail_s": round(last_delete - max(e for _, e, _ in engine.calls), 3),
+        "batches": len(batches), "mean_batch_size": round(statistics.fmean(batches), 2),
+        "full_batches": sum(1 for b in batches if b == batch),
+        "plumbing_ms_per_job": round(1000 * plumbing, 2),
+        "plumbing_ms_per_job_recorded_4_stages": ms(four),
+        "recorded_stage_ms": recorded,
+        "s3_request_ms": s3_ops,
+        "s3_requests_per_job": round(sum(len(v) for v in storage.seconds.values()) / jobs, 2),
+        "receive_ms_per_message": round(1000 * receive_share, 2),
+        "receive_calls": len(queue.receives),
+        "empty_receive_calls": sum(1 for *_, n in queue.receives if not n),
+        "delete_ms_per_message": round(1000 * delete_share, 2),
+        "delete_calls": len(queue.deletes),
+        "worker_process_cpu_s": round(cpu_seconds, 3),
+        "worker_process_cpu_cores_used": round(cpu_seconds / run_seconds, 3),
+    }
+
+
+def markdown(result: dict) -> str:
+    c = result["config"]
+    four = result["plumbing_ms_per_job_recorded_4_stages"] or {}
+    rows = [
+        ("jobs / batch / engine latency", f"{c['jobs']} / {c['batch']} / "
+                                          f"{1000 * c['latency_s']:.0f} ms"),
+        ("input / output", f"{c['size']} px PNG, {c['input_png_bytes'] / 1024:.0f} KiB / "
+                           f"{c['output_format']}"),
+        ("moto", result["moto"]),
+        ("done / failed / released", f"{result['done']} / {result['failed']} / "
+                                     f"{result['released']}"),
+        ("window (first receive -> last delete)", f"{result['window_s']:.2f} s"),
+        ("jobs/s (engine ceiling)", f"{result['jobs_per_s']:.1f} "
+                                    f"({result['engine_ceiling_jobs_per_s']:.1f})"),
+        ("engine busy fraction", f"{100 * result['engine_busy_fraction']:.1f} %"),
+        ("busy, first to last batch",
+         f"{100 * result['engine_busy_fraction_first_to_last_batch']:.1f} %"),
+        ("start-up / tail", f"{result['startup_s']:.2f} s / {result['tail_s']:.2f} s"),
+        ("batches (full) / mean size", f"{result['batches']} ({result['full_batches']}) / "
+                                       f"{result['mean_batch_size']}"),
+        ("plumbing ms/job, all (S3 + decode + encode + SQS share)",
+         f"{result['plumbing_ms_per_job']:.1f}"),
+        ("download+decode+encode+upload ms/job (mean, p50, p95)",
+         f"{four.get('mean')}, {four.get('p50')}, {four.get('p95')}"),
+    ]
+    for stage, stats in sorted(result["recorded_stage_ms"].items()):
+        rows.append((f"  {stage} ms (mean, p95)", f"{stats['mean']}, {stats['p95']}"))
+    for op, stats in sorted(result["s3_request_ms"].items()):
+        rows.append((f"  S3 {op} ms (mean, p95, n)", f"{stats['mean']}, {stats['p95']}, "
+                                                     f"{stats['n']}"))
+    rows += [
+        ("  SQS receive ms/message", f"{result['receive_ms_per_message']}"),
+        ("  SQS delete ms/message", f"{result['delete_ms_per_message']}"),
+        ("worker process CPU cores used", f"{result['worker_process_cpu_cores_used']}"),
+    ]
+    lines = ["| measure | value |", "|---|---|"]
+    lines += [f"| {a} | {b} |" for a, b in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--jobs", type=int, default=160)
+    p.add_argument("--latency", type=float, default=0.2, help="engine seconds per batch")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--format", default="png", choices=("png", "jpg", "webp"),
+                   help="output format of the jobs")
+    p.add_argument("--io-threads", type=int, default=8)
+    p.add_argument("--prefetch-batches", type=int, default=2)
+    p.add_argument("--endpoint", default=None, help="use this S3/SQS endpoint (moto) "
+                   "instead of starting moto in a subprocess")
+    p.add_argument("--out", default="bench-results/overlap.json")
+    p.add_argument("--markdown", default=None)
+    args = p.parse_args(argv)
+    result = run_overlap(jobs=args.jobs, latency=args.latency, batch=args.batch,
+                         size=args.size, io_threads=args.io_threads,
+                         prefetch_batches=args.prefetch_batches, endpoint=args.endpoint,
+                         output_format=args.format)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    table = markdown(result)
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+    print(table)
+    return result
+
+
+if __name__ == "__main__":
+    main()

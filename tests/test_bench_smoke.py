@@ -1,0 +1,64 @@
+"""The benchmarks run end to end (CPU smoke: tiny model, few jobs) and report every case
+with sane numbers. Performance itself is not asserted: CPU timings here are noise."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import engine_bench, overlap_bench
+
+pytestmark = pytest.mark.timeout(180)
+
+ENGINE_CASES = {"original", "original-lean", "fast-b1", "fast-b2", "balanced-b2",
+                "compile-eager-backend-b2"}
+
+
+def test_engine_bench_quick_cpu_reports_every_case(model_cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine_bench, "cuda", lambda: False)  # the CPU path, always
+    out = tmp_path / "engine.json"
+    doc = engine_bench.main(["--quick", "--images", "2", "--baseline-images", "1",
+                             "--batch-sizes", "1,2", "--compile-batch", "2",
+                             "--balanced-batch", "2", "--steps", "5", "--size", "64",
+                             "--model-dir", str(model_cache), "--out", str(out),
+                             "--markdown", str(tmp_path / "engine.md")])
+    assert json.loads(out.read_text()) == doc
+    assert doc["label"] == engine_bench.CPU_SMOKE_LABEL
+    cases = {case["name"]: case for case in doc["cases"]}
+    assert set(cases) == ENGINE_CASES
+    for case in cases.values():
+        assert case["status"] == "ok", case
+        assert case["images_per_s"] > 0 and case["s_per_image"] > 0
+        assert case["flops_per_image"] > 0 and case["achieved_tflops"] > 0
+    assert cases["original"]["vs_original"] == 1.0
+    assert cases["original-lean"]["vs_original_lean"] == 1.0
+    assert cases["fast-b2"]["images"] == 2
+    # Same seed, same fp32 arithmetic up to fused QKV: outputs agree to a grey level or two.
+    assert cases["fast-b1"]["max_abs_diff_vs_original"] <= 8
+    flops = doc["flops"]["tiny"]
+    assert flops["crosscheck_ratio"] == pytest.approx(1.0, rel=0.01)
+    assert flops["2"]["total"] == pytest.approx(2 * flops["1"]["total"], rel=0.01)
+    assert "| original |" in (tmp_path / "engine.md").read_text()
+
+
+def test_overlap_bench_keeps_books(moto_endpoint):
+    result = overlap_bench.run_overlap(jobs=16, latency=0.05, batch=8, size=128,
+                                       endpoint=moto_endpoint)
+    assert result["done"] == 16 and result["failed"] == 0
+    assert 0 < result["engine_busy_fraction"] <= 1
+    assert 0 < result["engine_busy_fraction_first_to_last_batch"] <= 1
+    assert result["jobs_per_s"] > 0 and result["plumbing_ms_per_job"] > 0
+    assert result["batches"] >= 2
+    assert result["s3_requests_per_job"] >= 4  # state check, input, output, record, marker
+    assert set(result["recorded_stage_ms"]) == {"download", "decode", "encode", "upload"}
+    assert "engine busy fraction" in overlap_bench.markdown(result)
+
+
+def test_flops_of_full_size_sd15_are_counted_on_meta():
+    count = __import__("bench.flops", fromlist=["count_on_meta"]).count_on_meta(
+        "sd15", batch=1, size=512, steps=50, strength=0.8, guidance_scale=7.5)
+    assert count.denoising_steps == 40 and count.cfg
+    # One CFG UNet forward at 512 px is ~1.6 TFLOP; the whole image ~68 TFLOP.
+    assert 1.0e12 < count.unet_forward < 2.5e12
+    assert 4e13 < count.total < 1e14
