@@ -17,7 +17,7 @@ _BACKGROUND = (255, 255, 255)
 _ENCODE_OPTIONS: dict[OutputFormat, dict] = {
     OutputFormat.PNG: {"compress_level": 1},  # fast: the GPU should not wait on zlib
     OutputFormat.JPG: {"quality": 92},
-    OutputFormat.WEBP: {"quality": 90, "method": 4},
+    OutputFormat.WEBP: {"quality": 90, "method": 0},  # method 4 is 2-5x slower, ~same size
 }
 
 
