@@ -10,10 +10,10 @@ from disk through the project's own loading code, as a real model would be.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
+
+from worker.tiny_model import save_pipeline_atomically
 
 # Bumped when a config below changes, so a stale build is not reused.
 BENCH_MODELS_VERSION = "v1"
@@ -39,20 +39,9 @@ def ensure_model(model_dir: Path, name: str, device: str = "cpu") -> tuple[Path,
     if (target / "model_index.json").is_file():
         return target, 0.0
     started = time.perf_counter()
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-build-", dir=model_dir))
-    try:
-        builder = {"sd15": build_sd15, "sdxl": build_sdxl}[name]
-        builder(device).save_pretrained(staging, safe_serialization=True)
-        (staging / "BENCH_MODEL.json").write_text(json.dumps(
-            {"name": name, "weights": "random", "version": BENCH_MODELS_VERSION}))
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "model_index.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    builder = {"sd15": build_sd15, "sdxl": build_sdxl}[name]
+    save_pipeline_atomically(lambda: builder(device), target, {"BENCH_MODEL.json": json.dumps(
+        {"name": name, "weights": "random", "version": BENCH_MODELS_VERSION})})
     return target, time.perf_counter() - started
 
 
@@ -60,9 +49,9 @@ def _tokenizer():
     # The same in-memory CLIP tokenizer as the tiny model: a character vocabulary and no
     # merges. Prompts tokenise to different ids than with the real vocabulary, but every
     # prompt is padded to 77 tokens, so the compute is the same.
-    from worker.tiny_model import _tokenizer as tiny_tokenizer
+    from worker.tiny_model import character_tokenizer
 
-    return tiny_tokenizer()[0]
+    return character_tokenizer()[0]
 
 
 def _half(module, device: str):

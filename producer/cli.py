@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
+from contract import cli_options as opt
 from contract.errors import Img2ImgError, InvalidJob
-from contract.job import OutputFormat
 from contract.locations import S3_SCHEME, S3Location, parse_s3_uri
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -27,12 +27,6 @@ BAD_INPUT_CODES = frozenset({
     "QueueDoesNotExist", "InvalidAddress", "InvalidBucketName",
 })
 
-ModelOpt = Annotated[list[str] | None, typer.Option(
-    "--model", "-m", help="Model alias, hub id, folder or s3:// prefix; repeat for a random "
-    "pick per image. Default: IMG2IMG_DEFAULT_MODELS.")]
-PromptOpt = Annotated[list[str] | None, typer.Option(
-    "--prompt", "-p", help="Prompt; repeat for a random pick per image. Default: "
-    "IMG2IMG_DEFAULT_PROMPTS.")]
 QueueOpt = Annotated[str | None, typer.Option(
     help="The job queue's URL. Default: IMG2IMG_QUEUE_URL.")]
 
@@ -105,21 +99,17 @@ def enqueue(
     upload_prefix: Annotated[str | None, typer.Option(
         help="Prefix a local folder is uploaded under. Default: IMG2IMG_UPLOAD_PREFIX "
         "(inputs/).")] = None,
-    model: ModelOpt = None,
-    prompt: PromptOpt = None,
-    negative_prompt: Annotated[str, typer.Option()] = "",
-    strength: Annotated[float, typer.Option()] = 0.75,
-    steps: Annotated[int, typer.Option()] = 25,
-    guidance_scale: Annotated[float, typer.Option()] = 7.5,
-    seed: Annotated[int | None, typer.Option(
-        help="Seed for every image and for the model/prompt picks (default: per image, "
-        "derived from its job id).")] = None,
-    max_side: Annotated[int, typer.Option(help="Long side the model sees (multiple of 8).")
-                        ] = 512,
-    keep_size: Annotated[bool, typer.Option(
-        "--keep-size/--no-keep-size", help="Resize outputs back to the input's size.")] = True,
-    output_format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.PNG,
-    scheduler: Annotated[str, typer.Option()] = "dpmsolver++",
+    model: opt.Models = None,
+    prompt: opt.Prompts = None,
+    negative_prompt: opt.NegativePrompt = opt.NEGATIVE_PROMPT,
+    strength: opt.Strength = opt.STRENGTH,
+    steps: opt.Steps = opt.STEPS,
+    guidance_scale: opt.GuidanceScale = opt.GUIDANCE_SCALE,
+    seed: opt.Seed = None,
+    max_side: opt.MaxSide = opt.MAX_SIDE,
+    keep_size: opt.KeepSize = opt.KEEP_SIZE,
+    output_format: opt.Format = opt.FORMAT,
+    scheduler: opt.Scheduler = opt.SCHEDULER,
     output: Annotated[str | None, typer.Option(
         help="s3://bucket/prefix/ for outputs. Default: IMG2IMG_OUTPUT_PREFIX (outputs/) "
         "in the source bucket.")] = None,

@@ -8,20 +8,13 @@ from typing import Annotated
 
 import typer
 
+from contract import cli_options as opt
 from contract.errors import Img2ImgError, InvalidJob
-from contract.job import OutputFormat, validate_params
+from contract.job import validate_params
 from contract.settings import load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Stable Diffusion img2img worker: a local folder or the SQS fleet.")
-
-ModelOpt = Annotated[list[str] | None, typer.Option(
-    "--model", "-m", help="Model alias, hub id, folder or s3:// prefix; repeat for a random "
-    "pick per image. Default: IMG2IMG_DEFAULT_MODELS.")]
-PromptOpt = Annotated[list[str] | None, typer.Option(
-    "--prompt", "-p", help="Prompt; repeat for a random pick per image. Default: "
-    "IMG2IMG_DEFAULT_PROMPTS.")]
-
 
 @app.callback()
 def _group() -> None:
@@ -39,21 +32,17 @@ def run(
         help="Image files or folders (default data/input_images).")] = None,
     output_dir: Annotated[Path, typer.Option(help="Where outputs and results.jsonl go.")] = Path(
         "data/output_images"),
-    model: ModelOpt = None,
-    prompt: PromptOpt = None,
-    negative_prompt: Annotated[str, typer.Option()] = "",
-    strength: Annotated[float, typer.Option()] = 0.75,
-    steps: Annotated[int, typer.Option()] = 25,
-    guidance_scale: Annotated[float, typer.Option()] = 7.5,
-    seed: Annotated[int | None, typer.Option(
-        help="Seed for every image and for the model/prompt picks (default: per image, "
-        "derived from its content and parameters).")] = None,
-    max_side: Annotated[int, typer.Option(help="Long side the model sees (multiple of 8).")
-                        ] = 512,
-    keep_size: Annotated[bool, typer.Option(
-        "--keep-size/--no-keep-size", help="Resize outputs back to the input's size.")] = True,
-    output_format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.PNG,
-    scheduler: Annotated[str, typer.Option()] = "dpmsolver++",
+    model: opt.Models = None,
+    prompt: opt.Prompts = None,
+    negative_prompt: opt.NegativePrompt = opt.NEGATIVE_PROMPT,
+    strength: opt.Strength = opt.STRENGTH,
+    steps: opt.Steps = opt.STEPS,
+    guidance_scale: opt.GuidanceScale = opt.GUIDANCE_SCALE,
+    seed: opt.Seed = None,
+    max_side: opt.MaxSide = opt.MAX_SIDE,
+    keep_size: opt.KeepSize = opt.KEEP_SIZE,
+    output_format: opt.Format = opt.FORMAT,
+    scheduler: opt.Scheduler = opt.SCHEDULER,
     batch_size: Annotated[int | None, typer.Option(
         help="Images per pipeline call (default IMG2IMG_MAX_BATCH_SIZE).")] = None,
     memory_mode: Annotated[str | None, typer.Option(

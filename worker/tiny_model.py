@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 TINY_ALIAS = "tiny"
 # Bumped when the architecture changes, so a stale cached build is not reused.
@@ -27,25 +29,37 @@ def tiny_model_dir(model_cache: Path) -> Path:
 def ensure_tiny_model(model_cache: Path) -> Path:
     """Build the tiny model into the cache unless it is there; return its folder."""
     target = tiny_model_dir(model_cache)
-    if (target / "model_index.json").is_file():
-        return target
-    model_cache.mkdir(parents=True, exist_ok=True)
-    # Build in a temporary sibling and rename, so a concurrent or killed build never
-    # leaves a half-written model that later loads.
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=model_cache))
+    if not (target / "model_index.json").is_file():
+        save_pipeline_atomically(_build_pipeline, target)
+    return target
+
+
+def save_pipeline_atomically(build: Callable[[], Any], target: Path,
+                             extra_files: dict[str, str] | None = None) -> None:
+    """Save ``build()`` as safetensors into ``target`` via a temporary sibling and a
+    rename, so a concurrent or killed build never leaves a half-written model that
+    later loads."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-build-", dir=target.parent))
     try:
-        _build_pipeline().save_pretrained(staging, safe_serialization=True)
+        build().save_pretrained(staging, safe_serialization=True)
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
         try:
             staging.rename(target)
-        except OSError:
+        except OSError:  # another process finished first
             if not (target / "model_index.json").is_file():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
-def _tokenizer():
+def character_tokenizer() -> tuple[Any, int]:
+    """A CLIP tokenizer built in memory: a character vocabulary and no merges.
+
+    Returns the tokenizer and its vocabulary size. Prompts pad to 77 tokens, so a text
+    encoder costs what it would with the real vocabulary.
+    """
     from transformers import CLIPTokenizer
 
     specials = ["<|startoftext|>", "<|endoftext|>"]
@@ -74,7 +88,7 @@ def _build_pipeline():
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(_SEED)
-    tokenizer, vocab_size = _tokenizer()
+    tokenizer, vocab_size = character_tokenizer()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=vocab_size,
