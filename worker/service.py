@@ -19,7 +19,6 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -101,7 +100,7 @@ class Worker:
         self._last_activity = time.monotonic()
         self._finished_jobs = 0
         self._max_jobs: int | None = None
-        self._batch_seconds: dict[BatchKey, float] = {}
+        self._batch_seconds: dict[BatchKey, float] = {}  # last seconds per image
 
     # -- public ---------------------------------------------------------------------
 
@@ -348,7 +347,7 @@ class Worker:
                 self._job_failed(held[state.receipt], state, exc)
             return
         seconds = time.perf_counter() - started
-        self._batch_seconds[key] = seconds
+        self._batch_seconds[key] = seconds / len(states)
         stats = self.engine.last_stats
         for state in states:
             state.timings["inference"] = seconds / len(states)
@@ -370,8 +369,8 @@ class Worker:
     def _fits_deadline(self, key: BatchKey, size: int) -> bool:
         if self._stop_at is None:
             return True
-        estimate = self._batch_seconds.get(key)
-        return estimate is None or time.monotonic() + estimate <= self._stop_at
+        per_image = self._batch_seconds.get(key)
+        return per_image is None or time.monotonic() + per_image * size <= self._stop_at
 
     def _on_step(self) -> bool:
         self.health.touch()
@@ -575,8 +574,7 @@ def install_signal_handlers(worker: Worker, signals: tuple[int, ...]) -> None:
         signal.signal(sig, handler)
 
 
-def build_worker(settings: WorkerSettings,
-                 client_factory: Callable[[str], object] | None = None) -> Worker:
+def build_worker(settings: WorkerSettings) -> Worker:
     """Wire the real clients, engine and queue from settings."""
     from producer.aws import s3_client, sqs_client
 
