@@ -136,7 +136,7 @@ def _compose_cli() -> list[str] | None:
 def test_compose_config_validates(profile_args: list[str]) -> None:
     cli = _compose_cli()
     if cli is None:
-        pytest.skip("no compose CLI installed (docker compose plugin or docker-compose)")
+        pytest.skip(reason="no compose CLI installed (docker compose plugin or docker-compose)")
     result = subprocess.run([*cli, "-f", str(COMPOSE), *profile_args, "config", "--services"],
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
