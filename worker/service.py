@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 # How long the engine waits for a partial batch to fill while jobs are still arriving.
 BATCH_FILL_WAIT_SECONDS = 0.25
 DELETE_FLUSH_SECONDS = 0.05
+PROTECTION_CHECK_SECONDS = 0.5
 
 
 @dataclass
@@ -118,6 +119,9 @@ class Worker:
         deleter = threading.Thread(target=self._delete_loop, name="deleter", daemon=True)
         receiver.start()
         deleter.start()
+        if self.protection.enabled:
+            threading.Thread(target=self._protection_loop, name="protection",
+                             daemon=True).start()
         try:
             self._engine_loop(exit_when_idle)
         finally:
@@ -229,6 +233,8 @@ class Worker:
             log.info("ignoring message %s: %s", message.message_id, decoded.ignored)
             self._delete(message.receipt_handle)
             return
+        # Protected before any work starts, so a scale-in never picks this task now.
+        self.protection.update(busy=True)
         held = HeldMessage(message, open_jobs=len(decoded.jobs) + len(decoded.bad_jobs))
         with self._lock:
             self._held[message.receipt_handle] = held
@@ -295,7 +301,6 @@ class Worker:
                         and not self._ready:
                     return None
                 busy = bool(self._held) or self._writing > 0
-                self.protection.update(busy=busy)
                 if self._ready:
                     break
                 idle_for = time.monotonic() - self._last_activity
@@ -538,6 +543,14 @@ class Worker:
         while not (self._stopping.is_set() and self._io_idle()):
             time.sleep(DELETE_FLUSH_SECONDS)
             self._flush_deletes()
+
+    def _protection_loop(self) -> None:
+        """Drop scale-in protection once idle (HTTP to the agent, never under the lock)."""
+        while not self._stopping.is_set():
+            with self._lock:
+                busy = bool(self._held) or self._writing > 0 or self._preparing > 0
+            self.protection.update(busy=busy)
+            self._stopping.wait(PROTECTION_CHECK_SECONDS)
 
     def _io_idle(self) -> bool:
         with self._lock:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import urllib.request
 
@@ -26,6 +27,7 @@ class TaskProtection:
         self.timeout = timeout
         self.protected = False
         self._expires_at = 0.0
+        self._lock = threading.Lock()
 
     @classmethod
     def from_environment(cls) -> TaskProtection:
@@ -36,9 +38,16 @@ class TaskProtection:
         return self.agent_uri is not None
 
     def update(self, busy: bool) -> None:
-        """Protect when busy, unprotect when idle; calls the agent only on change/renewal."""
+        """Protect when busy, unprotect when idle; calls the agent only on change/renewal.
+
+        Called from the receiver and the worker's protection thread: one call at a time.
+        """
         if not self.enabled:
             return
+        with self._lock:
+            self._update(busy)
+
+    def _update(self, busy: bool) -> None:
         now = time.monotonic()
         if busy and (not self.protected or now > self._expires_at - _RENEW_MARGIN_SECONDS):
             if self._put(True):
