@@ -137,3 +137,13 @@ def test_serve_without_a_queue_url_fails_naming_the_variable(tmp_path):
     result = subprocess.run([WORKER_BIN, "serve"], env=env, capture_output=True, text=True,
                             timeout=60, cwd=tmp_path)
     assert result.returncode == 2 and "IMG2IMG_QUEUE_URL" in result.stderr
+
+
+def test_serve_on_a_queue_that_does_not_exist_stops_with_a_clear_error(fleet, model_cache,
+                                                                        tmp_path):
+    env = worker_env(fleet, model_cache, tmp_path)
+    env["IMG2IMG_QUEUE_URL"] = fleet.queue_url + "-missing"
+    result = subprocess.run([WORKER_BIN, "serve"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert "cannot receive from" in result.stderr and "-missing" in result.stderr

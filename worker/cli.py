@@ -135,6 +135,8 @@ def serve(
     install_signal_handlers(worker, (signal.SIGTERM, signal.SIGINT))
     summary = worker.run(exit_when_idle=exit_when_idle, max_jobs=max_jobs)
     typer.echo(summary.line(worker.worker_id), err=True)
+    if worker.fatal:
+        raise _fail(worker.fatal)
 
 
 @app.command()

@@ -102,6 +102,7 @@ class Worker:
         self._finished_jobs = 0
         self._max_jobs: int | None = None
         self._batch_seconds: dict[BatchKey, float] = {}  # last seconds per image
+        self.fatal: str | None = None  # why the worker stopped on its own, if it did
 
     # -- public ---------------------------------------------------------------------
 
@@ -203,6 +204,12 @@ class Worker:
                                               self.settings.visibility_timeout,
                                               time.monotonic())
             except Exception as exc:  # noqa: BLE001 - SQS hiccups must not kill the loop
+                if _is_configuration_error(exc):
+                    # No such queue, no permission: waiting will not fix it. Say so and stop.
+                    self.fatal = f"cannot receive from {self.queue.queue_url}: {exc}"
+                    log.error(self.fatal)
+                    self.request_stop()
+                    return
                 log.warning("receive failed: %r; retrying", exc)
                 time.sleep(1 + random.random())
                 continue
@@ -575,6 +582,17 @@ class Worker:
         with self._lock:
             while (self._writing or self._preparing) and not self._aborting.is_set():
                 self._lock.wait(timeout=0.2)
+
+
+def _is_configuration_error(exc: BaseException) -> bool:
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return False
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return code in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist",
+                    "AccessDenied", "AccessDeniedException", "InvalidAddress",
+                    "InvalidClientTokenId", "UnrecognizedClientException")
 
 
 def install_signal_handlers(worker: Worker, signals: tuple[int, ...]) -> None:
