@@ -28,19 +28,18 @@ def make_session() -> boto3.session.Session:
                                  or os.environ.get("AWS_DEFAULT_REGION") or None)
 
 
-def s3_client(session: boto3.session.Session | None = None, *,
-              endpoint_url: str | None = None, max_pool_connections: int = 32,
-              max_attempts: int | None = None) -> Any:
-    """``max_attempts`` overrides botocore's retry count (1: no retries)."""
+def client(service: str, session: boto3.session.Session | None = None, *,
+           endpoint_url: str | None = None, max_pool_connections: int = 32,
+           max_attempts: int | None = None) -> Any:
+    """A boto3 client; ``max_attempts`` overrides botocore's retry count (1: no retries)."""
     session = session or make_session()
-    return session.client("s3", endpoint_url=endpoint_url,
+    return session.client(service, endpoint_url=endpoint_url,
                           config=client_config(max_pool_connections, max_attempts))
 
 
-def sqs_client(session: boto3.session.Session | None = None, *,
-               endpoint_url: str | None = None, max_pool_connections: int = 32,
-               max_attempts: int | None = None) -> Any:
-    """``max_attempts`` overrides botocore's retry count (1: no retries)."""
-    session = session or make_session()
-    return session.client("sqs", endpoint_url=endpoint_url,
-                          config=client_config(max_pool_connections, max_attempts))
+def s3_client(session: boto3.session.Session | None = None, **options: Any) -> Any:
+    return client("s3", session, **options)
+
+
+def sqs_client(session: boto3.session.Session | None = None, **options: Any) -> Any:
+    return client("sqs", session, **options)
