@@ -12,6 +12,7 @@ from PIL import Image
 
 from contract.job import OutputFormat
 from tests.helpers_images import encode, pattern_rgb
+from worker import png_writer
 from worker.images import encode_image
 from worker.png_writer import encode_png, supports
 
@@ -85,3 +86,14 @@ def test_photo_like_output_is_no_bigger_than_pillows() -> None:
     pillow = encode(image, "PNG", compress_level=1)
     assert len(fast) <= len(pillow)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(fast))), np.asarray(image))
+
+
+def test_zlib_ng_is_used_and_the_standard_zlib_gives_the_same_image(monkeypatch) -> None:
+    assert png_writer.deflate.__name__ == "zlib_ng.zlib_ng"  # the worker extra has it
+    image = pattern_rgb(64, 48, seed=5)
+    fast = encode_png(image)
+    monkeypatch.setattr(png_writer, "deflate", zlib)
+    plain = encode_png(image)
+    for data in (fast, plain):
+        chunks(data)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), np.asarray(image))
