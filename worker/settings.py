@@ -48,7 +48,7 @@ class WorkerSettings(CommonSettings):
     receive_wait_seconds: int = Field(20, ge=0, le=20)
     stop_deadline: float = Field(100.0, ge=0)
     release_backoff_seconds: int = Field(30, ge=0, le=SQS_MAX_VISIBILITY_SECONDS)
-    io_threads: int = Field(8, ge=1, le=64)
+    io_threads: int = Field(16, ge=1, le=64)
     prefetch_batches: int = Field(2, ge=1, le=16)
     worker_id: str | None = None
     health_file: Path = Path("/tmp/img2img-worker.health")
