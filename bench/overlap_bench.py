@@ -9,12 +9,14 @@ batcher, encoding and conditional PUTs of outputs, result records, batch markers
 batched deletes.
 
 Reported:
-- engine busy fraction = sum of generate() time / (first receive -> last delete);
+- engine busy fraction = sum of generate() time / (first receive -> last delete), also
+  per quarter of the run, and the engine's waits between batches;
 - jobs/s against the engine's ceiling (batch / latency);
-- plumbing per job in ms: download, decode, encode, upload (from the result records),
-  every S3 request (timed at the storage layer), the job's share of receives and deletes.
+- plumbing per job: the worker process's CPU ms per job (the feeder and moto run in
+  other processes), split by stage (each S3 request kind, SQS receive and delete,
+  decode, encode); and the wall ms of each stage, which includes waiting on moto.
 
-    PYTHONPATH=. python -m bench.overlap_bench --jobs 160 --latency 0.2 --batch 8
+    PYTHONPATH=. python -m bench.overlap_bench --jobs 400 --latency 0.2 --batch 8
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
+import multiprocessing
 import os
 import socket
 import statistics
@@ -81,20 +85,23 @@ def timed_queue_class():
             super().__init__(*args, **kwargs)
             self.receives: list[tuple[float, float, int]] = []
             self.deletes: list[tuple[float, float, int]] = []
+            self.cpu_seconds = {"receive": 0.0, "delete": 0.0}
             self._lock = threading.Lock()
 
         def receive(self, *args: Any, **kwargs: Any):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             messages = super().receive(*args, **kwargs)
             with self._lock:
                 self.receives.append((started, time.perf_counter(), len(messages)))
+                self.cpu_seconds["receive"] += time.thread_time() - cpu
             return messages
 
         def delete(self, receipts: list[str]) -> list[str]:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             failed = super().delete(receipts)
             with self._lock:
                 self.deletes.append((started, time.perf_counter(), len(receipts)))
+                self.cpu_seconds["delete"] += time.thread_time() - cpu
             return failed
 
     return TimedQueue
@@ -104,20 +111,22 @@ def timed_storage_class():
     from worker.storage import S3Storage
 
     class TimedStorage(S3Storage):
-        """Records the seconds of every S3 request by kind."""
+        """Records the seconds (wall, and this thread's CPU) of every S3 request by kind."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.seconds: dict[str, list[float]] = defaultdict(list)
+            self.cpu_seconds: dict[str, float] = defaultdict(float)
             self._lock = threading.Lock()
 
         def _timed(self, name: str, fn, *args: Any, **kwargs: Any):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             try:
                 return fn(*args, **kwargs)
             finally:
                 with self._lock:
                     self.seconds[name].append(time.perf_counter() - started)
+                    self.cpu_seconds[name] += time.thread_time() - cpu
 
         def read(self, location):
             return self._timed("get_input", super().read, location)
@@ -141,7 +150,7 @@ def timed_storage_class():
 @contextlib.contextmanager
 def moto_subprocess():
     """moto in its own process, so the server does not share the worker's GIL (a real S3
-    and SQS are other machines)."""
+    and SQS are other machines). Yields (endpoint, pid)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -157,7 +166,7 @@ def moto_subprocess():
             time.sleep(0.1)
         else:
             raise RuntimeError("moto server did not start")
-        yield endpoint
+        yield endpoint, proc.pid
     finally:
         proc.terminate()
         try:
@@ -166,11 +175,21 @@ def moto_subprocess():
             proc.kill()
 
 
+def process_cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of another process, from /proc (0 where unknown)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # -- inputs -----------------------------------------------------------------------------
 
-def photo_like_png(size: int, seed: int = 0) -> bytes:
-    """A size x size PNG that compresses like a photo (smooth shapes plus sensor noise),
-    not like a flat test card, so download and decode cost what a real input costs."""
+def photo_like_image(size: int, seed: int = 0, fmt: str = "png") -> bytes:
+    """A size x size PNG or JPEG (quality 90) that compresses like a photo (smooth
+    shapes plus sensor noise), not like a flat test card, so download and decode cost
+    what a real input costs."""
     import numpy as np
     from PIL import Image
 
@@ -183,18 +202,20 @@ def photo_like_png(size: int, seed: int = 0) -> bytes:
     ], axis=-1)
     pixels = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, "PNG")
+    options = {"quality": 90} if fmt == "jpg" else {}
+    Image.fromarray(pixels, "RGB").save(buffer, "JPEG" if fmt == "jpg" else "PNG", **options)
     return buffer.getvalue()
 
 
-def upload_and_make_jobs(s3, bucket: str, jobs: int, size: int, params: dict) -> list:
+def upload_and_make_jobs(s3, bucket: str, jobs: int, size: int, params: dict,
+                         input_format: str = "png") -> tuple[list, int]:
     from contract import GenerationParams, JobMessage, S3Location, parse_s3_uri
 
-    data = photo_like_png(size)
+    data = photo_like_image(size, fmt=input_format)
     prefix = parse_s3_uri(f"s3://{bucket}/out/", prefix=True)
 
     def one(i: int):
-        key = f"in/img-{i:05d}.png"
+        key = f"in/img-{i:05d}.{input_format}"
         etag = s3.put_object(Bucket=bucket, Key=key, Body=data)["ETag"]
         return JobMessage.create(input=S3Location(bucket=bucket, key=key), input_etag=etag,
                                  output_prefix=prefix, params=GenerationParams(**params),
@@ -204,13 +225,53 @@ def upload_and_make_jobs(s3, bucket: str, jobs: int, size: int, params: dict) ->
         return list(pool.map(one, range(jobs))), len(data)
 
 
-class Feeder(threading.Thread):
+def s3_capacity(s3, bucket: str, input_key: str, output_format: str, threads: int,
+                seconds: float = 3.0) -> float:
+    """Job-equivalents per second the S3 endpoint serves alone: ``threads`` threads
+    repeat one job's S3 requests (done check, input GET, conditional output PUT, result
+    record, marker) with no worker around them. Where this is near the engine's ceiling,
+    the endpoint, not the worker, limits the run."""
+    from PIL import Image
+
+    from contract.job import OutputFormat
+    from worker.images import decode_image, encode_image
+
+    image = decode_image(s3.get_object(Bucket=bucket, Key=input_key)["Body"].read(),
+                         max_pixels=10**8)
+    output = encode_image(image, OutputFormat(output_format))
+    assert isinstance(image, Image.Image)
+    stop = time.perf_counter() + seconds
+    counter = itertools.count()
+    done: list[int] = []
+
+    def loop() -> None:
+        n = 0
+        while time.perf_counter() < stop:
+            i = next(counter)
+            with contextlib.suppress(s3.exceptions.NoSuchKey):
+                s3.get_object(Bucket=bucket, Key=f"probe/{i}.json")
+            s3.get_object(Bucket=bucket, Key=input_key)["Body"].read()
+            s3.put_object(Bucket=bucket, Key=f"probe/{i}.{output_format}", Body=output,
+                          IfNoneMatch="*")
+            s3.put_object(Bucket=bucket, Key=f"probe/{i}.json", Body=b"{}" * 200)
+            s3.put_object(Bucket=bucket, Key=f"probe_batches/{i}.done", Body=b"")
+            n += 1
+        done.append(n)
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    return sum(done) / (time.perf_counter() - started)
+
+
+class Feeder:
     """Sends jobs in waves, keeping at most MAX_VISIBLE messages waiting."""
 
-    def __init__(self, sqs, queue_url: str, jobs: list) -> None:
-        super().__init__(daemon=True, name="feeder")
-        self.sqs, self.queue_url, self.jobs = sqs, queue_url, list(jobs)
-        self.error: BaseException | None = None
+    def __init__(self, sqs, queue_url: str, bodies: list[str]) -> None:
+        self.sqs, self.queue_url, self.bodies = sqs, queue_url, list(bodies)
 
     def visible(self) -> int:
         attrs = self.sqs.get_queue_attributes(QueueUrl=self.queue_url,
@@ -218,21 +279,61 @@ class Feeder(threading.Thread):
         return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
 
     def send_some(self, count: int) -> None:
-        while count > 0 and self.jobs:
-            chunk, self.jobs = self.jobs[:min(10, count)], self.jobs[min(10, count):]
+        while count > 0 and self.bodies:
+            take = min(10, count)
+            chunk, self.bodies = self.bodies[:take], self.bodies[take:]
             self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=[
-                {"Id": str(i), "MessageBody": job.to_json()} for i, job in enumerate(chunk)])
+                {"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)])
             count -= len(chunk)
 
     def run(self) -> None:
+        while self.bodies:
+            room = MAX_VISIBLE - self.visible()
+            if room >= 10:
+                self.send_some(room)
+            time.sleep(0.1)
+
+
+def feed_in_subprocess(endpoint: str, queue_url: str, bodies: list[str]) -> None:
+    """The feeder's own process: its CPU is not counted as the worker's."""
+    from producer.aws import sqs_client
+
+    Feeder(sqs_client(endpoint_url=endpoint), queue_url, bodies).run()
+
+
+class ImageCpuMeter:
+    """Counts the thread CPU seconds of the worker's image work (decode, resize, encode)
+    by wrapping the functions ``worker.job_io`` calls, for the length of the run."""
+
+    NAMES = {"decode_image": "decode", "prepare_image": "decode", "encode_image": "encode",
+             "restore_size": "encode"}
+
+    def __init__(self) -> None:
+        self.cpu_seconds: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+
+    def _wrap(self, fn, stage: str):
+        def timed(*args: Any, **kwargs: Any):
+            cpu = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.cpu_seconds[stage] += time.thread_time() - cpu
+        return timed
+
+    @contextlib.contextmanager
+    def installed(self):
+        from worker import job_io
+
+        originals = {name: getattr(job_io, name) for name in self.NAMES}
         try:
-            while self.jobs:
-                room = MAX_VISIBLE - self.visible()
-                if room >= 10:
-                    self.send_some(room)
-                time.sleep(0.1)
-        except BaseException as exc:  # noqa: BLE001 - reported by the bench
-            self.error = exc
+            for name, stage in self.NAMES.items():
+                setattr(job_io, name, self._wrap(originals[name], stage))
+            yield self
+        finally:
+            for name, fn in originals.items():
+                setattr(job_io, name, fn)
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -244,25 +345,28 @@ def ms(values: list[float]) -> dict[str, float] | None:
     return {"mean": round(1000 * statistics.fmean(ordered), 2),
             "p50": round(1000 * ordered[len(ordered) // 2], 2),
             "p95": round(1000 * ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2),
+            "max": round(1000 * ordered[-1], 2),
             "n": len(ordered)}
 
 
-def run_overlap(*, jobs: int = 160, latency: float = 0.2, batch: int = 8, size: int = 512,
-                io_threads: int = 8, prefetch_batches: int = 2,
+def run_overlap(*, jobs: int = 400, latency: float = 0.2, batch: int = 8, size: int = 512,
+                io_threads: int | None = None, prefetch_batches: int = 2,
                 endpoint: str | None = None, receive_wait: int = 1,
-                output_format: str = "png") -> dict[str, Any]:
+                output_format: str = "png", input_format: str = "png") -> dict[str, Any]:
     from producer.aws import s3_client, sqs_client
     from producer.embedded import create_fleet_resources
     from worker.service import Worker
     from worker.settings import WorkerSettings
 
+    if io_threads is None:
+        io_threads = WorkerSettings.model_fields["io_threads"].default
     for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                        ("AWS_DEFAULT_REGION", "us-east-1")):
         os.environ.setdefault(key, value)
     with contextlib.ExitStack() as stack:
-        moto_mode = "given endpoint"
+        moto_mode, moto_pid = "given endpoint", None
         if endpoint is None:
-            endpoint = stack.enter_context(moto_subprocess())
+            endpoint, moto_pid = stack.enter_context(moto_subprocess())
             moto_mode = "subprocess"
         pool = io_threads + 4
         s3 = s3_client(endpoint_url=endpoint, max_pool_connections=pool)
@@ -272,7 +376,10 @@ def run_overlap(*, jobs: int = 160, latency: float = 0.2, batch: int = 8, size: 
                                        queue_name=f"q-{name}", visibility_timeout=120)
         params = dict(model="tiny", prompt="overlap bench", steps=25, strength=0.6,
                       max_side=size, output_format=output_format)
-        job_list, input_bytes = upload_and_make_jobs(s3, fleet.bucket, jobs, size, params)
+        job_list, input_bytes = upload_and_make_jobs(s3, fleet.bucket, jobs, size, params,
+                                                     input_format)
+        capacity = s3_capacity(s3, fleet.bucket, job_list[0].input.key, output_format,
+                               io_threads)
 
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="overlap-")))
         settings = WorkerSettings(
@@ -285,17 +392,24 @@ def run_overlap(*, jobs: int = 160, latency: float = 0.2, batch: int = 8, size: 
         storage = timed_storage_class()(s3)
         worker = Worker(settings, engine, queue, storage, worker_id="overlap-bench")
 
-        feeder = Feeder(sqs, fleet.queue_url, job_list)
+        bodies = [job.to_json() for job in job_list]
+        feeder = Feeder(sqs, fleet.queue_url, bodies)
         feeder.send_some(MAX_VISIBLE)
-        feeder.start()
+        feeding = multiprocessing.get_context("spawn").Process(
+            target=feed_in_subprocess, args=(endpoint, fleet.queue_url, feeder.bodies),
+            daemon=True, name="feeder")
+        feeding.start()
+        meter = ImageCpuMeter()
         cpu0, wall0 = time.process_time(), time.perf_counter()
+        moto_cpu0 = process_cpu_seconds(moto_pid)
         # The worker prints one CloudWatch EMF line per job and per batch to stdout.
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), meter.installed():
             summary = worker.run(max_jobs=jobs, exit_when_idle=30)
         cpu_seconds, run_seconds = time.process_time() - cpu0, time.perf_counter() - wall0
-        feeder.join(timeout=5)
-        if feeder.error is not None:
-            raise feeder.error
+        moto_cpu = process_cpu_seconds(moto_pid) - moto_cpu0
+        feeding.join(timeout=10)
+        if feeding.exitcode != 0:
+            raise RuntimeError(f"the feeder process failed (exit code {feeding.exitcode})")
 
         records = []
         for job in job_list:
@@ -326,12 +440,20 @@ def run_overlap(*, jobs: int = 160, latency: float = 0.2, batch: int = 8, size: 
     delete_share = delete_s / max(1, deleted)
     plumbing = (s3_total + cpu_work) / jobs + receive_share + delete_share
     batches = [n for *_, n in engine.calls]
+    calls = sorted(engine.calls)
+    gaps = [b[0] - a[1] for a, b in itertools.pairwise(calls)]
+    cpu_stages = {f"s3 {k}": v for k, v in storage.cpu_seconds.items()}
+    cpu_stages.update({f"sqs {k}": v for k, v in queue.cpu_seconds.items()})
+    cpu_stages.update(meter.cpu_seconds)
+    cpu_stages["everything else (threads, records, logs)"] = max(
+        0.0, cpu_seconds - sum(cpu_stages.values()))
     return {
         "kind": "overlap",
         "machine": machine_info(),
         "moto": moto_mode,
         "config": {"jobs": jobs, "latency_s": latency, "batch": batch, "size": size,
-                   "input_png_bytes": input_bytes, "output_format": output_format,
+                   "input_format": input_format, "input_bytes": input_bytes,
+                   "output_format": output_format,
                    "io_threads": io_threads,
                    "prefetch_batches": prefetch_batches, "receive_wait_s": receive_wait,
                    "max_visible_messages": MAX_VISIBLE},
@@ -340,12 +462,18 @@ def run_overlap(*, jobs: int = 160, latency: float = 0.2, batch: int = 8, size: 
         "worker_run_s": round(run_seconds, 3),
         "jobs_per_s": round(jobs / window, 3),
         "engine_ceiling_jobs_per_s": round(batch / latency, 3),
+        "s3_endpoint_capacity_jobs_per_s": round(capacity, 1),
         "engine_busy_fraction": round(busy / window, 4),
         "engine_busy_fraction_first_to_last_batch": round(busy / gen_span, 4),
+        "engine_wait_between_batches_ms": ms(gaps),
+        "engine_busy_fraction_by_quarter": busy_by_quarter(calls, first_receive, last_delete),
         "startup_s": round(min(s for s, _, _ in engine.calls) - first_receive, 3),
         "tail_s": round(last_delete - max(e for _, e, _ in engine.calls), 3),
         "batches": len(batches), "mean_batch_size": round(statistics.fmean(batches), 2),
         "full_batches": sum(1 for b in batches if b == batch),
+        "worker_cpu_ms_per_job": round(1000 * cpu_seconds / jobs, 2),
+        "worker_cpu_ms_per_job_by_stage": {k: round(1000 * v / jobs, 2)
+                                           for k, v in cpu_stages.items()},
         "plumbing_ms_per_job": round(1000 * plumbing, 2),
         "plumbing_ms_per_job_recorded_4_stages": ms(four),
         "recorded_stage_ms": recorded,
@@ -358,7 +486,23 @@ def run_overlap(*, jobs: int = 160, latency: float = 0.2, batch: int = 8, size: 
         "delete_calls": len(queue.deletes),
         "worker_process_cpu_s": round(cpu_seconds, 3),
         "worker_process_cpu_cores_used": round(cpu_seconds / run_seconds, 3),
+        "moto_process_cpu_cores_used": round(moto_cpu / run_seconds, 3) if moto_pid else None,
+        "cpu_cores": os.cpu_count(),
+        "engine_idle_ms_per_job": round(1000 * (window - busy) / jobs, 2),
     }
+
+
+def busy_by_quarter(calls: list[tuple[float, float, int]], start: float,
+                    end: float) -> list[float]:
+    """The engine's busy fraction in each quarter of the window: a falling figure means
+    the plumbing slows as the run goes on (a growing moto, say), not a start-up cost."""
+    quarter = (end - start) / 4
+    fractions = []
+    for i in range(4):
+        lo, hi = start + i * quarter, start + (i + 1) * quarter
+        busy = sum(max(0.0, min(e, hi) - max(s, lo)) for s, e, _ in calls)
+        fractions.append(round(busy / quarter, 3))
+    return fractions
 
 
 def markdown(result: dict) -> str:
@@ -367,7 +511,8 @@ def markdown(result: dict) -> str:
     rows = [
         ("jobs / batch / engine latency", f"{c['jobs']} / {c['batch']} / "
                                           f"{1000 * c['latency_s']:.0f} ms"),
-        ("input / output", f"{c['size']} px PNG, {c['input_png_bytes'] / 1024:.0f} KiB / "
+        ("input / output", f"{c['size']} px {c['input_format']}, "
+                           f"{c['input_bytes'] / 1024:.0f} KiB / "
                            f"{c['output_format']}"),
         ("moto", result["moto"]),
         ("done / failed / released", f"{result['done']} / {result['failed']} / "
@@ -375,13 +520,27 @@ def markdown(result: dict) -> str:
         ("window (first receive -> last delete)", f"{result['window_s']:.2f} s"),
         ("jobs/s (engine ceiling)", f"{result['jobs_per_s']:.1f} "
                                     f"({result['engine_ceiling_jobs_per_s']:.1f})"),
+        ("S3 endpoint alone: job-equivalents/s (no worker; same threads)",
+         f"{result['s3_endpoint_capacity_jobs_per_s']:.1f}"),
         ("engine busy fraction", f"{100 * result['engine_busy_fraction']:.1f} %"),
         ("busy, first to last batch",
          f"{100 * result['engine_busy_fraction_first_to_last_batch']:.1f} %"),
+        ("busy by quarter of the window",
+         " / ".join(f"{100 * f:.0f} %" for f in result["engine_busy_fraction_by_quarter"])),
+        ("engine wait between batches ms (mean, p95, max)",
+         "{mean}, {p95}, {max}".format(**result["engine_wait_between_batches_ms"])),
+        ("engine idle ms per job ((window - busy) / jobs)",
+         f"{result['engine_idle_ms_per_job']:.2f}"),
         ("start-up / tail", f"{result['startup_s']:.2f} s / {result['tail_s']:.2f} s"),
         ("batches (full) / mean size", f"{result['batches']} ({result['full_batches']}) / "
                                        f"{result['mean_batch_size']}"),
-        ("plumbing ms/job, all (S3 + decode + encode + SQS share)",
+        ("**worker CPU ms/job** (all worker threads; the engine double sleeps)",
+         f"**{result['worker_cpu_ms_per_job']:.1f}**"),
+    ]
+    for stage, value in result["worker_cpu_ms_per_job_by_stage"].items():
+        rows.append((f"  CPU ms/job: {stage}", f"{value:.2f}"))
+    rows += [
+        ("thread wall ms/job (S3 + decode + encode + SQS share, incl. waiting on moto)",
          f"{result['plumbing_ms_per_job']:.1f}"),
         ("download+decode+encode+upload ms/job (mean, p50, p95)",
          f"{four.get('mean')}, {four.get('p50')}, {four.get('p95')}"),
@@ -395,6 +554,8 @@ def markdown(result: dict) -> str:
         ("  SQS receive ms/message", f"{result['receive_ms_per_message']}"),
         ("  SQS delete ms/message", f"{result['delete_ms_per_message']}"),
         ("worker process CPU cores used", f"{result['worker_process_cpu_cores_used']}"),
+        ("moto process CPU cores used (of the machine's cores)",
+         f"{result['moto_process_cpu_cores_used']} (of {result['cpu_cores']})"),
     ]
     lines = ["| measure | value |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in rows]
@@ -403,13 +564,16 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--jobs", type=int, default=160)
+    p.add_argument("--jobs", type=int, default=400)
     p.add_argument("--latency", type=float, default=0.2, help="engine seconds per batch")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--format", default="png", choices=("png", "jpg", "webp"),
                    help="output format of the jobs")
-    p.add_argument("--io-threads", type=int, default=8)
+    p.add_argument("--input-format", default="png", choices=("png", "jpg"),
+                   help="format of the photo-like inputs")
+    p.add_argument("--io-threads", type=int, default=None,
+                   help="I/O threads (default: the worker's IMG2IMG_IO_THREADS default)")
     p.add_argument("--prefetch-batches", type=int, default=2)
     p.add_argument("--endpoint", default=None, help="use this S3/SQS endpoint (moto) "
                    "instead of starting moto in a subprocess")
@@ -419,7 +583,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = run_overlap(jobs=args.jobs, latency=args.latency, batch=args.batch,
                          size=args.size, io_threads=args.io_threads,
                          prefetch_batches=args.prefetch_batches, endpoint=args.endpoint,
-                         output_format=args.format)
+                         output_format=args.format, input_format=args.input_format)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

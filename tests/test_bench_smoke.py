@@ -52,7 +52,17 @@ def test_overlap_bench_keeps_books(moto_endpoint):
     assert result["batches"] >= 2
     assert result["s3_requests_per_job"] >= 4  # state check, input, output, record, marker
     assert set(result["recorded_stage_ms"]) == {"download", "decode", "encode", "upload"}
-    assert "engine busy fraction" in overlap_bench.markdown(result)
+    cpu = result["worker_cpu_ms_per_job_by_stage"]
+    named = {k: v for k, v in cpu.items() if not k.startswith("everything else")}
+    assert {"decode", "encode", "s3 get_input", "s3 put_output_if_absent",
+            "sqs receive", "sqs delete"} <= set(named)
+    assert all(v > 0 for v in named.values())
+    # Stages are parts of the process's CPU (here moto shares the process, so more).
+    assert sum(named.values()) <= result["worker_cpu_ms_per_job"] * 1.05
+    assert len(result["engine_busy_fraction_by_quarter"]) == 4
+    assert result["engine_wait_between_batches_ms"]["n"] == result["batches"] - 1
+    table = overlap_bench.markdown(result)
+    assert "engine busy fraction" in table and "worker CPU ms/job" in table
 
 
 def test_flops_of_full_size_sd15_are_counted_on_meta():
