@@ -72,3 +72,12 @@ def test_flops_of_full_size_sd15_are_counted_on_meta():
     # One CFG UNet forward at 512 px is ~1.6 TFLOP; the whole image ~68 TFLOP.
     assert 1.0e12 < count.unet_forward < 2.5e12
     assert 4e13 < count.total < 1e14
+
+
+def test_png_bench_compares_the_three_encoders():
+    from bench import png_bench
+
+    rows = png_bench.run(size=64, repeat=1)
+    assert {r["encoder"] for r in rows} == {"Pillow compress_level=1", "writer, stdlib zlib",
+                                             "writer, zlib-ng"}
+    assert len(rows) == 6 and all(r["cpu_ms"] > 0 and r["kib"] > 0 for r in rows)

@@ -113,7 +113,7 @@ def restore_size(output: Image.Image, prepared: PreparedImage, keep_size: bool) 
 
 def encode_image(image: Image.Image, fmt: OutputFormat) -> bytes:
     if fmt is OutputFormat.PNG and png_writer.supports(image):
-        return png_writer.encode_png(image)  # about 4x faster than Pillow, as small
+        return png_writer.encode_png(image)  # 4-7x less CPU than Pillow, about as small
     buffer = io.BytesIO()
     image.save(buffer, format=fmt.pil_format, **_ENCODE_OPTIONS[fmt])
     return buffer.getvalue()
