@@ -6,6 +6,7 @@ nothing is read at import time.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -73,6 +74,9 @@ def _str_list(value: Any) -> tuple[str, ...]:
     return tuple(v.strip() for v in str(value).split(",") if v.strip())
 
 
+_S3_PREFIX_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/(\S+/)?$")
+
+
 def _prefix(value: Any) -> str:
     text = str(value).strip().lstrip("/")
     return text if not text or text.endswith("/") else text + "/"
@@ -98,6 +102,8 @@ class FleetConfig:
     alarm_email: str = ""
     image_tag: str = "latest"
     default_models: str = "sd15"
+    models_uri: str = ""
+    allowed_models: str = ""
     task_memory_mib: int = 12288
     task_cpu: int = 3072
     root_volume_gib: int = 100
@@ -134,10 +140,25 @@ class FleetConfig:
                     problems.append(f"prefixes must not nest: {a!r} is inside {b!r}")
         if self.log_retention_days not in LOG_RETENTION:
             problems.append(f"logRetentionDays: one of {sorted(LOG_RETENTION)}")
+        if self.models_uri and not _S3_PREFIX_URI.match(self.models_uri):
+            problems.append(f"modelsUri: an s3://bucket/prefix/ URI (got {self.models_uri!r})")
         if self.output_expiration_days < 0:
             problems.append("outputExpirationDays: must be >= 0 (0 keeps outputs)")
         if problems:
             raise ValueError("invalid context: " + "; ".join(problems))
+
+    @property
+    def worker_allowed_models(self) -> str | None:
+        """IMG2IMG_ALLOWED_MODELS, or None for the worker's default (its built-in aliases).
+
+        With ``modelsUri`` the fleet may load every model under it, plus ``allowedModels``
+        (by default ``defaultModels``).
+        """
+        listed = self.allowed_models or (self.default_models if self.models_uri else "")
+        patterns = [p for p in listed.split(",") if p]
+        if self.models_uri:
+            patterns.append(self.models_uri + "*")
+        return ",".join(patterns) or None
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -171,6 +192,8 @@ _CONVERT: Mapping[str, Callable[[Any], Any]] = {
     "alarm_email": lambda v: str(v).strip(),
     "image_tag": lambda v: str(v).strip(),
     "default_models": lambda v: ",".join(_str_list(v)),
+    "allowed_models": lambda v: ",".join(_str_list(v)),
+    "models_uri": lambda v: _prefix(str(v).strip()) if str(v).strip() else "",
     **{name: int for name in (
         "max_tasks", "backlog_per_task", "max_receive_count", "visibility_timeout",
         "stop_timeout", "stop_deadline", "output_expiration_days",
@@ -367,6 +390,16 @@ class Img2ImgFleetStack(Stack):
             resources=[self.bucket.bucket_arn],
             conditions={"StringLike": {"s3:prefix": [
                 f"{p}*" for p in [*read_prefixes, cfg.output_prefix]]}}))
+        if cfg.models_uri:
+            bucket, _, prefix = cfg.models_uri.removeprefix("s3://").partition("/")
+            bucket_arn = f"arn:{Aws.PARTITION}:s3:::{bucket}"
+            role.add_to_policy(iam.PolicyStatement(
+                sid="ReadModels", actions=["s3:GetObject"],
+                resources=[f"{bucket_arn}/{prefix}*"]))
+            # The worker lists the prefix to sync a model folder into its cache.
+            role.add_to_policy(iam.PolicyStatement(
+                sid="ListModels", actions=["s3:ListBucket"], resources=[bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{prefix}*"]}}))
         # Batch variants (DeleteMessageBatch, ...) are authorised by the same actions.
         role.add_to_policy(iam.PolicyStatement(
             sid="ConsumeJobQueue",
@@ -428,6 +461,8 @@ class Img2ImgFleetStack(Stack):
                 "IMG2IMG_RECEIVE_WAIT_SECONDS": str(RECEIVE_WAIT_SECONDS),
                 "HF_HOME": f"{MODELS_MOUNT}/huggingface",
                 "IMG2IMG_MODEL_CACHE": f"{MODELS_MOUNT}/img2img",
+                **({"IMG2IMG_ALLOWED_MODELS": cfg.worker_allowed_models}
+                   if cfg.worker_allowed_models else {}),
             },
         )
         container.add_mount_points(ecs.MountPoint(

@@ -20,7 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CDK_JSON = ROOT / "infra" / "cdk.json"
 VARIANT = {"spot": "true", "uploadsPrefix": "uploads", "outputExpirationDays": "30",
-           "maxTasks": "8", "alarmEmail": "ops@example.com"}
+           "maxTasks": "8", "alarmEmail": "ops@example.com",
+           "modelsUri": "s3://my-model-store/weights"}
 
 pytest.importorskip("aws_cdk", reason="the infra extra (aws-cdk-lib) is not installed")
 if str(ROOT) not in sys.path:  # `infra` is a top-level package of the repository
@@ -338,21 +339,54 @@ def test_no_wildcard_actions_anywhere(default: Synth, variant: Synth) -> None:
                     logical_id, actions)
 
 
-def test_variant_task_role_reads_uploads(variant: Synth) -> None:
-    _, task_def = variant.one("AWS::ECS::TaskDefinition")
+def _task_role_statements(s: Synth, action: str) -> list[dict[str, Any]]:
+    _, task_def = s.one("AWS::ECS::TaskDefinition")
     (role_id,) = _refs(task_def["TaskRoleArn"])
-    reads = [_flat(r) for p in variant.resources("AWS::IAM::Policy").values()
-             if role_id in _refs(p["Properties"]["Roles"])
-             for s in p["Properties"]["PolicyDocument"]["Statement"]
-             if s["Action"] == "s3:GetObject"
-             for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])]
-    assert sorted(r.rsplit("/", 2)[-2] for r in reads) == ["inputs", "outputs", "uploads"]
-    (listing,) = [s for p in variant.resources("AWS::IAM::Policy").values()
-                  if role_id in _refs(p["Properties"]["Roles"])
-                  for s in p["Properties"]["PolicyDocument"]["Statement"]
-                  if s["Action"] == "s3:ListBucket"]
+    return [st for p in s.resources("AWS::IAM::Policy").values()
+            if role_id in _refs(p["Properties"]["Roles"])
+            for st in p["Properties"]["PolicyDocument"]["Statement"]
+            if st["Action"] == action]
+
+
+def test_variant_task_role_reads_uploads(variant: Synth) -> None:
+    bucket_id, _ = variant.one("AWS::S3::Bucket")
+    reads = [_flat(r) for st in _task_role_statements(variant, "s3:GetObject")
+             for r in (st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]])]
+    own = sorted(r.rsplit("/", 2)[-2] for r in reads if r.startswith(f"{{{bucket_id}}}"))
+    assert own == ["inputs", "outputs", "uploads"]
+    (listing,) = [st for st in _task_role_statements(variant, "s3:ListBucket")
+                  if _flat(st["Resource"]) == f"{{{bucket_id}}}"]
     assert sorted(listing["Condition"]["StringLike"]["s3:prefix"]) == [
         "inputs/*", "outputs/*", "uploads/*"]
+
+
+def test_models_uri_grants_read_of_that_prefix_only_and_allows_its_models(
+        default: Synth, variant: Synth) -> None:
+    (read,) = [st for st in _task_role_statements(variant, "s3:GetObject")
+               if "my-model-store" in _flat(st["Resource"])]
+    assert _flat(read["Resource"]) == "arn:{AWS::Partition}:s3:::my-model-store/weights/*"
+    (listing,) = [st for st in _task_role_statements(variant, "s3:ListBucket")
+                  if "my-model-store" in _flat(st["Resource"])]
+    assert _flat(listing["Resource"]) == "arn:{AWS::Partition}:s3:::my-model-store"
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["weights/*"]}}
+    assert variant.env()["IMG2IMG_ALLOWED_MODELS"] == "sd15,s3://my-model-store/weights/*"
+    # Without modelsUri: no model store grant, and the worker keeps its built-in aliases.
+    assert not [st for st in _task_role_statements(default, "s3:GetObject")
+                if "arn:" in _flat(st["Resource"])]
+    assert "IMG2IMG_ALLOWED_MODELS" not in default.env()
+
+
+def test_models_uri_and_allowed_models_config() -> None:
+    from infra.img2img_stack import FleetConfig
+
+    with pytest.raises(ValueError, match="modelsUri"):
+        FleetConfig.from_context({"modelsUri": "my-model-store/weights"}.get)
+    cfg = FleetConfig.from_context({"modelsUri": "s3://store/w", "allowedModels": "sd15, sdxl",
+                                    "defaultModels": "sd15"}.get)
+    assert cfg.models_uri == "s3://store/w/"
+    assert cfg.worker_allowed_models == "sd15,sdxl,s3://store/w/*"
+    assert FleetConfig(allowed_models="sd-turbo").worker_allowed_models == "sd-turbo"
+    assert FleetConfig().worker_allowed_models is None
 
 
 # -- alarms and outputs ------------------------------------------------------------------
