@@ -410,3 +410,25 @@ def test_fast_mode_matches_an_unoptimised_diffusers_pipeline(engine: Engine, tin
         assert max_abs_diff(a, b) <= SAME_MAX
     arr = np.asarray(got[0])
     assert arr.std() > 1  # not a blank image
+
+
+def test_uint8_device_path_gives_the_same_pixels_as_diffusers_pil_path(
+        engine: Engine, square: Image.Image) -> None:
+    """The engine hands the pipeline uint8 pixels and takes its output as a tensor
+    (worker/pixels.py); the same pipeline given PIL images and asked for PIL output must
+    produce the very same bytes."""
+    other = square.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    prompts, seeds = ["a cat", "a dog"], [41, 42]
+    key = key_for(square.size)
+    got = engine.generate(key, [
+        item(image, seed=s, prompt=p)
+        for image, p, s in zip([square, other], prompts, seeds, strict=True)])
+    pipe = engine.model("tiny").pipeline  # the scheduler generate() set is still in place
+    expected = pipe(prompt=prompts, image=[square, other], strength=key.strength,
+                    num_inference_steps=key.steps, guidance_scale=key.guidance_scale,
+                    generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+                    output_type="pil").images
+    for a, b in zip(expected, got, strict=True):
+        assert (a.mode, a.size) == (b.mode, b.size)
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert np.asarray(got[0]).std() > 1

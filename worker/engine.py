@@ -29,6 +29,7 @@ from worker.devices import (
 from worker.memory_modes import apply_memory_mode, set_vae_tiling_for
 from worker.model_refs import ModelSource, check_allowed, resolve_model
 from worker.pipeline_cache import PipelineCache
+from worker.pixels import from_device_batch, to_device_batch
 from worker.schedulers import make_scheduler
 from worker.settings import WorkerSettings
 
@@ -220,17 +221,17 @@ class Engine:
         result = pipe(
             prompt=[item.prompt for item in items],
             negative_prompt=negative if any(negative) else None,
-            image=[item.image for item in items],
+            image=to_device_batch([item.image for item in items], self.device),
             strength=key.strength,
             num_inference_steps=key.steps,
             guidance_scale=key.guidance_scale,
             generator=generators,
-            output_type="pil",
+            output_type="pt",  # uint8 conversion on the device: worker/pixels.py
             callback_on_step_end=step_end,
         )
         if interrupted:
             raise GenerationInterrupted(f"batch of {len(items)} stopped before its last step")
-        return list(result.images)
+        return from_device_batch(result.images)
 
     def _scheduler(self, loaded: LoadedModel, name: str) -> Any:
         if name not in loaded.schedulers:
