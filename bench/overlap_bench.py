@@ -231,15 +231,12 @@ def s3_capacity(s3, bucket: str, input_key: str, output_format: str, threads: in
     repeat one job's S3 requests (done check, input GET, conditional output PUT, result
     record, marker) with no worker around them. Where this is near the engine's ceiling,
     the endpoint, not the worker, limits the run."""
-    from PIL import Image
-
     from contract.job import OutputFormat
     from worker.images import decode_image, encode_image
 
     image = decode_image(s3.get_object(Bucket=bucket, Key=input_key)["Body"].read(),
                          max_pixels=10**8)
     output = encode_image(image, OutputFormat(output_format))
-    assert isinstance(image, Image.Image)
     stop = time.perf_counter() + seconds
     counter = itertools.count()
     done: list[int] = []
