@@ -24,6 +24,7 @@ from tests.helpers_images import (
 )
 from worker.engine import BatchKey, Engine, GenerationItem
 from worker.images import decode_image, encode_image, prepare_image, restore_size
+from worker.memory_modes import apply_memory_mode, enable_group_offload
 from worker.settings import WorkerSettings
 from worker.tiny_model import ensure_tiny_model
 
@@ -381,6 +382,32 @@ def test_lean_mode_output_is_close_to_fast(engine: Engine, model_cache: Path,
             assert max_abs_diff(a, b) <= SAME_MAX
     finally:
         lean.close()
+
+
+def test_lean_group_offload_keeps_sdpa_and_gives_the_same_pixels(
+        model_cache: Path, square: Image.Image) -> None:
+    """``lean_offload="group"``: no slicing, VAE tiling; and diffusers' group-offload hooks
+    (installed here with the CPU as the onload device, since this machine has no GPU;
+    on CUDA they also use a side stream) change nothing in the pixels."""
+    from diffusers.hooks.group_offloading import _get_group_onload_device
+
+    lean = Engine(settings(model_cache, memory_mode="lean", lean_offload="group"))
+    try:
+        pipe = lean.model("tiny").pipeline
+        assert "SlicedAttnProcessor" not in _processor_names(pipe)
+        assert pipe.vae.use_tiling
+        key = key_for(square.size)
+        items = [item(square, seed=23), item(square, seed=24, prompt="other")]
+        before = lean.generate(key, items)
+        enable_group_offload(pipe, torch.device("cpu"))
+        assert _get_group_onload_device(pipe.unet) == torch.device("cpu")
+        after = lean.generate(key, items)
+        for a, b in zip(before, after, strict=True):
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+    finally:
+        lean.close()
+    with pytest.raises(ValueError, match="lean offload"):
+        apply_memory_mode(pipe, "lean", torch.device("cpu"), lean_offload="groups")
 
 
 def test_fast_mode_matches_an_unoptimised_diffusers_pipeline(engine: Engine, tiny_dir: Path,

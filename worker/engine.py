@@ -132,7 +132,8 @@ class Engine:
         source = resolve_model(reference, model_cache=self.settings.model_cache,
                                s3_client_factory=self._s3_client_factory)
         pipe = load_pipeline(source, self.dtype)
-        apply_memory_mode(pipe, mode, self.device, compile=self.settings.compile)
+        apply_memory_mode(pipe, mode, self.device, compile=self.settings.compile,
+                          lean_offload=self.settings.lean_offload)
         seconds = time.perf_counter() - started
         log.info("loaded model %s (%s, %s, %s) in %.2fs", reference, mode, self.device,
                  str(self.dtype).removeprefix("torch."), seconds)

@@ -4,7 +4,10 @@
   projections, SDPA attention, optional ``torch.compile``. Batches many images.
 - ``balanced``: model CPU offload (one whole component on the GPU at a time).
 - ``lean``: the original script's "memory efficient" switch: sequential CPU offload,
-  attention slicing, xformers when installed, plus VAE tiling.
+  attention slicing, xformers when installed, plus VAE tiling. With
+  ``lean_offload="group"`` (IMG2IMG_LEAN_OFFLOAD): diffusers' leaf-level group offloading
+  on a CUDA stream instead of the sequential hooks, and SDPA instead of slicing. Not yet
+  measured on a GPU; ``bench.engine_bench`` compares both (cases ``lean``, ``lean-group``).
 
 Offloading only means something with an accelerator; on a CPU the offload part of a
 mode is skipped and the rest (slicing, tiling) still applies.
@@ -20,15 +23,18 @@ import torch
 log = logging.getLogger(__name__)
 
 MEMORY_MODES = ("fast", "balanced", "lean")
+LEAN_OFFLOADS = ("sequential", "group")
 # Above this many pixels per side the VAE decodes in tiles even in ``fast`` mode: a
 # 2048 px decode needs several GB of activations for one image.
 VAE_TILING_MIN_SIDE = 1536
 
 
 def apply_memory_mode(pipe: Any, mode: str, device: torch.device, *,
-                      compile: bool = False) -> None:
+                      compile: bool = False, lean_offload: str = "sequential") -> None:
     if mode not in MEMORY_MODES:
         raise ValueError(f"memory mode must be one of {MEMORY_MODES}, got {mode!r}")
+    if lean_offload not in LEAN_OFFLOADS:
+        raise ValueError(f"lean offload must be one of {LEAN_OFFLOADS}, got {lean_offload!r}")
     accelerated = device.type != "cpu"
     if mode == "fast":
         pipe.to(device)
@@ -36,6 +42,16 @@ def apply_memory_mode(pipe: Any, mode: str, device: torch.device, *,
     elif mode == "balanced":
         if accelerated:
             pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.to(device)
+    elif lean_offload == "group":
+        # No attention slicing: SDPA's fused kernels already keep attention memory linear,
+        # and slicing would swap them for plain attention per slice.
+        if device.type == "cuda":
+            _try_xformers(pipe)
+        pipe.vae.enable_tiling()
+        if accelerated:
+            enable_group_offload(pipe, device)
         else:
             pipe.to(device)
     else:
@@ -47,6 +63,14 @@ def apply_memory_mode(pipe: Any, mode: str, device: torch.device, *,
             pipe.enable_sequential_cpu_offload(device=device)
         else:
             pipe.to(device)
+
+
+def enable_group_offload(pipe: Any, device: torch.device) -> None:
+    """Leaf-level group offloading: weights live on the CPU and each layer is brought to
+    ``device`` for its forward; with CUDA the next layer is copied on a side stream while
+    the current one computes, so the GPU holds about two layers' weights at a time."""
+    pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"),
+                              offload_type="leaf_level", use_stream=device.type == "cuda")
 
 
 def set_vae_tiling_for(pipe: Any, mode: str, width: int, height: int) -> None:

@@ -12,6 +12,7 @@ from contract.job import GenerationParams, OutputFormat
 from contract.settings import CommaList, CommonSettings, split_list
 
 MemoryMode = Literal["fast", "balanced", "lean"]
+LeanOffload = Literal["sequential", "group"]
 DTypeName = Literal["auto", "float16", "bfloat16", "float32"]
 
 # Built-in aliases; the default allow-list admits exactly these (tiny included).
@@ -29,6 +30,10 @@ class WorkerSettings(CommonSettings):
     # Engine
     allowed_models: CommaList = BUILTIN_ALIASES
     memory_mode: MemoryMode = "fast"
+    # How ``lean`` offloads on a GPU: "sequential" is the original switch (accelerate
+    # hooks, one weight at a time); "group" is diffusers' leaf-level group offloading
+    # with a CUDA stream, which prefetches the next layer while this one computes.
+    lean_offload: LeanOffload = "sequential"
     dtype: DTypeName = "auto"
     device: str = "auto"
     max_batch_size: int = Field(8, ge=1, le=64)
