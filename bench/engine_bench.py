@@ -12,6 +12,10 @@ Cases (each on the same model folder, loaded from safetensors on disk):
 4. ``compile-<mode>``: ours with ``torch.compile``; warm-up (compilation, CUDA graph
    capture) is timed separately and excluded from throughput.
 5. ``balanced-bN``: ours in ``balanced`` mode (model CPU offload).
+6. ``lean-bN``: ours in ``lean`` mode (the original switch, but the model stays warm and
+   images are batched), the case the lean target compares with case 2; and
+   ``lean-group-bN``: ``lean`` with ``IMG2IMG_LEAN_OFFLOAD=group`` (leaf-level group
+   offloading on a CUDA stream, SDPA instead of slicing).
 
 On a GPU the model is full-size SD 1.5 at 512 px (and SDXL at 1024 px with --sdxl)
 with random weights. Without CUDA every case runs on the tiny model at a small size:
@@ -214,14 +218,14 @@ def run_original(work: Workload, items: list, *, memory_efficient: bool,
 # -- cases 3 to 5: the worker's Engine ---------------------------------------------------
 
 def make_engine(work: Workload, model_dir: Path, mode: str, *, compile: bool = False,
-                max_batch: int = 64):
+                max_batch: int = 64, lean_offload: str = "sequential"):
     from worker.engine import Engine
     from worker.settings import WorkerSettings
 
     settings = WorkerSettings(
         allowed_models=[work.folder], memory_mode=mode, model_cache=model_dir,
         max_batch_size=min(64, max_batch), compile=compile, device="auto", dtype="auto",
-        max_cached_models=1)
+        max_cached_models=1, lean_offload=lean_offload)
     return Engine(settings)
 
 
@@ -381,7 +385,8 @@ class Bench:
         args = self.args
         self.info["workloads"][work.model] = vars(work) | {
             "denoising_steps": work.denoising_steps}
-        items = make_items(max(images, max(batch_sizes), args.balanced_batch), work.size)
+        items = make_items(max(images, max(batch_sizes), args.balanced_batch,
+                               *args.lean_batch_sizes), work.size)
         base_items = items[:baseline_images]
 
         if "original" in cases or "original-lean" in cases:
@@ -406,7 +411,8 @@ class Bench:
                       lambda r: run_original(work, base_items, memory_efficient=True,
                                              result=r))
         engine = None
-        needs_fast = any(c in cases for c in ("fast", "balanced", "compile"))
+        needs_fast = any(c in cases for c in ("fast", "balanced", "compile", "lean",
+                                              "lean-group"))
         if needs_fast:
             engine = make_engine(work, Path(args.model_dir), "fast", max_batch=max(batch_sizes))
             t0 = time.perf_counter()
@@ -414,7 +420,7 @@ class Bench:
             self.info.setdefault("fast_load_s", {})[work.model] = round(
                 time.perf_counter() - t0, 3)
             self.count_flops(work, engine, [1, *batch_sizes, args.balanced_batch,
-                                            args.compile_batch])
+                                            args.compile_batch, *args.lean_batch_sizes])
         if "fast" in cases:
             for batch in batch_sizes:
                 self.case(CaseResult(f"fast-b{batch}", work.model,
@@ -437,6 +443,23 @@ class Bench:
             self.case(CaseResult(f"balanced-b{batch}", work.model,
                                  f"ours: Engine balanced (model CPU offload), batch {batch}",
                                  batch), work, balanced)
+        for case, offload, how in (
+                ("lean", "sequential", "the original switch, model warm"),
+                ("lean-group", "group", "leaf-level group offload on a CUDA stream, SDPA")):
+            if case not in cases:
+                continue
+            for batch in args.lean_batch_sizes:
+                def lean(r: CaseResult, batch: int = batch, offload: str = offload) -> list:
+                    eng = make_engine(work, Path(args.model_dir), "lean", max_batch=batch,
+                                      lean_offload=offload)
+                    try:
+                        return run_engine(eng, work, items[:max(batch, min(images, 2 * batch))],
+                                          batch, r)
+                    finally:
+                        eng.close()
+                self.case(CaseResult(f"{case}-b{batch}", work.model,
+                                     f"ours: Engine lean ({how}), batch {batch}", batch),
+                          work, lean)
 
     def run_compile(self, work: Workload, images: int) -> None:
         import torch
@@ -525,7 +548,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile-modes", default=None,
                    help="comma list; GPU default: reduce-overhead,max-autotune-no-cudagraphs;"
                         " 'eager-backend' runs dynamo without inductor")
-    p.add_argument("--cases", default="original,original-lean,fast,balanced,compile")
+    p.add_argument("--lean-batch-sizes", default=None,
+                   help="batch sizes of the lean cases (GPU default 1,4; CPU 1)")
+    p.add_argument("--cases",
+                   default="original,original-lean,fast,balanced,lean,lean-group,compile")
     p.add_argument("--sdxl", action="store_true", help="SDXL at 1024 px as a second model")
     p.add_argument("--sdxl-cases", default="original,fast,balanced")
     p.add_argument("--sdxl-batch-sizes", default="1,4")
@@ -547,6 +573,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.batch_sizes is None:
         args.batch_sizes = "1,4,8,16" if gpu and not quick else "1,4"
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if args.lean_batch_sizes is None:
+        args.lean_batch_sizes = "1,4" if gpu else "1"
+    args.lean_batch_sizes = [int(b) for b in args.lean_batch_sizes.split(",")]
     if args.compile_modes is None:
         args.compile_modes = ("reduce-overhead," + PRODUCTION_COMPILE_MODE) if gpu \
             else "eager-backend"

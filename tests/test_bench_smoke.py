@@ -12,7 +12,7 @@ from bench import engine_bench, overlap_bench
 pytestmark = pytest.mark.timeout(180)
 
 ENGINE_CASES = {"original", "original-lean", "fast-b1", "fast-b2", "balanced-b2",
-                "compile-eager-backend-b2"}
+                "lean-b1", "lean-group-b1", "compile-eager-backend-b2"}
 
 
 def test_engine_bench_quick_cpu_reports_every_case(model_cache, tmp_path, monkeypatch):
@@ -34,6 +34,7 @@ def test_engine_bench_quick_cpu_reports_every_case(model_cache, tmp_path, monkey
     assert cases["original"]["vs_original"] == 1.0
     assert cases["original-lean"]["vs_original_lean"] == 1.0
     assert cases["fast-b2"]["images"] == 2
+    assert cases["lean-b1"]["vs_original_lean"] > 0  # the lean target's ratio is reported
     # Same seed, same fp32 arithmetic up to fused QKV: outputs agree to a grey level or two.
     assert cases["fast-b1"]["max_abs_diff_vs_original"] <= 8
     flops = doc["flops"]["tiny"]
