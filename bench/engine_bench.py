@@ -215,7 +215,7 @@ def run_original(work: Workload, items: list, *, memory_efficient: bool,
     return outputs
 
 
-# -- cases 3 to 5: the worker's Engine ---------------------------------------------------
+# -- cases 3 to 6: the worker's Engine ---------------------------------------------------
 
 def make_engine(work: Workload, model_dir: Path, mode: str, *, compile: bool = False,
                 max_batch: int = 64, lean_offload: str = "sequential"):
