@@ -41,6 +41,7 @@ lint: $(VENV)/.test-deps
 bench: $(VENV)/.test-deps
 	$(BIN)/python -m bench.engine_bench
 	$(BIN)/python -m bench.overlap_bench
+	$(BIN)/python -m bench.png_bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache data/output_images/*
