@@ -5,7 +5,7 @@ thread, while the GPU waits: uint8 -> float32 -> normalised tensor before the ca
 float32 -> x255 -> round -> uint8 -> PIL after it. For a batch of eight 512 px images
 that is about 55 ms of CPU per batch on the project's 2-core test machine (23 ms in,
 31 ms out), and four times the bytes on the bus. Here only uint8 crosses, which leaves
-about 8 ms on the CPU (stacking the arrays, wrapping the outputs); the division, the
+4-8 ms on the CPU (stacking the arrays, wrapping the outputs); the division, the
 pipeline's own normalisation and the rounding run on the device with the same float32
 arithmetic, so the pixels are diffusers' own (tests/test_engine.py checks bit for bit).
 On a CPU-only engine nothing is saved, the same work just runs in torch.
