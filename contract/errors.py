@@ -31,6 +31,18 @@ class InvalidJob(PermanentError):
     """The message is not a valid job (bad JSON, missing field, value out of range)."""
 
 
+class UnsupportedSchemaVersion(InvalidJob):
+    """The message has a newer major schema_version than this worker understands.
+
+    Not recorded as a failure: the message waits in the dead-letter queue until workers
+    that understand it are deployed, then ``img2img-producer redrive`` brings it back.
+    """
+
+
+class OutputConflict(PermanentError):
+    """The output key already holds an object that this job did not write."""
+
+
 class InvalidImage(PermanentError):
     """The input is not a readable image (empty, truncated, corrupt, unknown format)."""
 
