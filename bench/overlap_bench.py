@@ -128,15 +128,26 @@ def timed_storage_class():
                     self.seconds[name].append(time.perf_counter() - started)
                     self.cpu_seconds[name] += time.thread_time() - cpu
 
-        def read(self, location):
-            return self._timed("get_input", super().read, location)
+        def read_object(self, location):
+            return self._timed("get_input", super().read_object, location)
 
         def read_json(self, location):
             return self._timed("get_result_record", super().read_json, location)
 
         def put_if_absent(self, location, data, content_type, metadata=None):
-            return self._timed("put_output_if_absent", super().put_if_absent, location, data,
-                               content_type, metadata)
+            kind = "put_claim" if location.key.endswith(".json") else "put_output_if_absent"
+            return self._timed(kind, super().put_if_absent, location, data, content_type,
+                               metadata)
+
+        def put_if_match(self, location, data, content_type, etag):
+            return self._timed("put_claim_takeover", super().put_if_match, location, data,
+                               content_type, etag)
+
+        def head_metadata(self, location):
+            return self._timed("head_output", super().head_metadata, location)
+
+        def delete(self, location):
+            return self._timed("delete_claim", super().delete, location)
 
         def put(self, location, data, content_type):
             kind = "put_result_record" if location.key.endswith(".json") else "put_marker"
@@ -228,8 +239,8 @@ def upload_and_make_jobs(s3, bucket: str, jobs: int, size: int, params: dict,
 def s3_capacity(s3, bucket: str, input_key: str, output_format: str, threads: int,
                 seconds: float = 3.0) -> float:
     """Job-equivalents per second the S3 endpoint serves alone: ``threads`` threads
-    repeat one job's S3 requests (done check, input GET, conditional output PUT, result
-    record, marker) with no worker around them. Where this is near the engine's ceiling,
+    repeat one job's S3 requests (conditional claim PUT, input GET, conditional output
+    PUT, result record, marker) with no worker around them. Where this is near the engine's ceiling,
     the endpoint, not the worker, limits the run."""
     from contract.job import OutputFormat
     from worker.images import decode_image, encode_image
@@ -245,8 +256,8 @@ def s3_capacity(s3, bucket: str, input_key: str, output_format: str, threads: in
         n = 0
         while time.perf_counter() < stop:
             i = next(counter)
-            with contextlib.suppress(s3.exceptions.NoSuchKey):
-                s3.get_object(Bucket=bucket, Key=f"probe/{i}.json")
+            s3.put_object(Bucket=bucket, Key=f"probe/{i}.json", Body=b"{}" * 150,
+                          IfNoneMatch="*")
             s3.get_object(Bucket=bucket, Key=input_key)["Body"].read()
             s3.put_object(Bucket=bucket, Key=f"probe/{i}.{output_format}", Body=output,
                           IfNoneMatch="*")
@@ -302,7 +313,7 @@ class ImageCpuMeter:
     """Counts the thread CPU seconds of the worker's image work (decode, resize, encode)
     by wrapping the functions ``worker.job_io`` calls, for the length of the run."""
 
-    NAMES = {"decode_image": "decode", "prepare_image": "decode", "encode_image": "encode",
+    NAMES = {"decode_and_prepare": "decode", "encode_image": "encode",
              "restore_size": "encode"}
 
     def __init__(self) -> None:

@@ -204,8 +204,17 @@ def test_bodies_that_are_not_jobs(tmp_path, body, field, reason):
 def test_invalid_job_with_an_output_is_recordable(tmp_path):
     body = json.dumps({"job_id": "abcdefgh1234", "batch_id": "b", "model": "tiny",
                        "prompt": "x", "steps": 0, "input": {"bucket": "bkt", "key": "a.png"},
-                       "output": {"bucket": "bkt", "key": "out/a.png"}})
+                       "output": {"bucket": "bkt", "key": "out/a.abcdefgh1234.png"}})
     decoded = decode_body(body, _settings(tmp_path))
     (bad,) = decoded.bad_jobs
     assert isinstance(bad.error, InvalidJob) and "steps" in str(bad.error)
-    assert bad.output.key == "out/a.png" and bad.input_uri == "s3://bkt/a.png"
+    assert bad.output.key == "out/a.abcdefgh1234.png" and bad.input_uri == "s3://bkt/a.png"
+
+
+def test_invalid_job_naming_an_output_it_could_not_derive_is_poison(tmp_path):
+    """It could otherwise overwrite another job's record with its failure."""
+    body = json.dumps({"job_id": "abcdefgh1234", "batch_id": "b", "model": "tiny",
+                       "prompt": "x", "steps": 0, "input": {"bucket": "bkt", "key": "a.png"},
+                       "output": {"bucket": "bkt", "key": "out/a.0123456789ab.png"}})
+    decoded = decode_body(body, _settings(tmp_path))
+    assert decoded.bad_jobs == [] and "not a job" in decoded.poison

@@ -13,6 +13,9 @@ log = logging.getLogger(__name__)
 
 # Keep this far from SQS's 12-hour cap: a request past it fails for the whole batch.
 _CAP_MARGIN_SECONDS = 60
+# The loop wakes at least this often, so its liveness beat stays fresh even when the
+# extension interval is long (a third of a large visibility timeout).
+_WAKE_SECONDS = 5.0
 
 
 class Heartbeat:
@@ -23,7 +26,8 @@ class Heartbeat:
     """
 
     def __init__(self, queue: SqsQueue, visibility_timeout: int, interval: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_alive: Callable[[], None] = lambda: None) -> None:
         self._queue = queue
         self._visibility_timeout = visibility_timeout
         self._interval = interval
@@ -31,6 +35,7 @@ class Heartbeat:
         self._held: dict[str, float] = {}  # receipt -> first received (monotonic)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._on_alive = on_alive
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self.extensions = 0
 
@@ -56,7 +61,12 @@ class Heartbeat:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        next_beat = time.monotonic() + self._interval
+        while not self._stop.wait(min(_WAKE_SECONDS, max(0.0, next_beat - time.monotonic()))):
+            self._on_alive()
+            if time.monotonic() < next_beat:
+                continue
+            next_beat = time.monotonic() + self._interval
             try:
                 self.beat()
             except Exception:  # noqa: BLE001 - keep beating; the next round may work

@@ -1,20 +1,52 @@
-"""The per-job S3 work around the engine: read and prepare an input, write an output,
-its result record and its batch marker. Runs in the worker's I/O thread pool."""
+"""The per-job S3 work around the engine: claim a job, read and prepare its input,
+write its output, result record and batch marker. Runs in the worker's I/O threads.
+
+The result record is also the job's claim. Before any work, a worker writes a
+``running`` record with a conditional PUT; a second delivery of the same job (another
+message, another worker) finds it and waits for the outcome instead of running the
+job again. A record is only ever written by the job that owns it:
+- ``done`` only after this job's conditional PUT wrote the output, or the output found
+  there was written by this job (its ``job-id`` metadata) in an earlier delivery;
+- ``failed`` over this job's own claim; a message that failed validation writes its
+  failed record only where no record is yet, at a key derived from its own job id.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from enum import Enum
 
 from PIL import Image
 
-from contract.errors import LocationNotAllowed
+from contract.errors import LocationNotAllowed, OutputConflict
 from contract.job import JobMessage
 from contract.locations import S3Location, batch_marker_key, is_within, result_key
 from contract.result import ErrorInfo, ResultRecord
-from worker.images import PreparedImage, decode_image, encode_image, prepare_image, restore_size
+from worker.images import (
+    PixelBudget,
+    PreparedImage,
+    decode_and_prepare,
+    encode_image,
+    restore_size,
+)
 from worker.settings import WorkerSettings
 from worker.storage import S3Storage
+
+JSON = "application/json"
+JOB_ID_METADATA = "job-id"  # user metadata on every output: which job wrote it
+_CLAIM_ATTEMPTS = 3
+
+
+class OwnOutput(Exception):
+    """An S3 notification's object is one of this fleet's outputs: not an input."""
+
+
+class Claim(str, Enum):
+    CLAIMED = "claimed"  # this delivery runs the job
+    FINISHED = "finished"  # another delivery ended it (done; or failed while we waited)
+    WAIT = "wait"  # another delivery is running it now: wait for its outcome
 
 
 @dataclass
@@ -24,6 +56,9 @@ class JobState:
     job: JobMessage
     receipt: str
     received_at: float  # time.monotonic()
+    message_id: str = ""
+    from_event: bool = False  # made from an S3 notification
+    claimed: bool = False  # this delivery holds the job's running record
     prepared: PreparedImage | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -32,7 +67,11 @@ class JobState:
         return self.job.effective_seed(self.job.job_id)
 
     def result_location(self) -> S3Location:
-        return S3Location(bucket=self.job.output.bucket, key=result_key(self.job.output.key))
+        return record_location(self.job.output)
+
+
+def record_location(output: S3Location) -> S3Location:
+    return S3Location(bucket=output.bucket, key=result_key(output.key))
 
 
 def check_locations(job: JobMessage, settings: WorkerSettings) -> None:
@@ -51,45 +90,126 @@ def output_allowed(output: S3Location, settings: WorkerSettings) -> bool:
     return not settings.allowed_outputs or is_within(output, settings.allowed_outputs)
 
 
-def already_done(storage: S3Storage, state: JobState) -> ResultRecord | None:
-    """The job's done record if an earlier delivery finished it."""
-    data = storage.read_json(state.result_location())
-    if data and data.get("status") == "done":
-        return ResultRecord.model_validate(data)
-    return None
+# -- the claim ---------------------------------------------------------------------------
+
+def claim(storage: S3Storage, state: JobState, *, worker_id: str,
+          lease_seconds: float) -> Claim:
+    """Write this delivery's running record unless the job is done or running elsewhere.
+
+    A running record takes over when it is for this very message (its worker lost it:
+    crashed, or its heartbeat failed), when its lease ran out, or when it is a failed
+    record (the job was enqueued again); the takeover is conditional on the record
+    not having changed since it was read.
+    """
+    location = state.result_location()
+    for _ in range(_CLAIM_ATTEMPTS):
+        body = _running_record(state, worker_id, lease_seconds).to_json().encode()
+        if storage.put_if_absent(location, body, JSON):
+            state.claimed = True
+            return Claim.CLAIMED
+        data, etag = storage.read_json(location)
+        if data is None:
+            continue  # deleted meanwhile (a release): try the clean claim again
+        status = data.get("status")
+        if status == "done":
+            return Claim.FINISHED
+        if status == "running" and not _claim_lapsed(data, state.message_id):
+            return Claim.WAIT
+        if etag and storage.put_if_match(location, body, JSON, etag):
+            state.claimed = True
+            return Claim.CLAIMED
+    return Claim.WAIT  # the record keeps changing under us: someone else is on it
 
 
-def read_and_prepare(storage: S3Storage, state: JobState, settings: WorkerSettings) -> None:
+def recheck(storage: S3Storage, state: JobState, *, worker_id: str,
+            lease_seconds: float) -> Claim:
+    """For a delivery that waits on another: FINISHED once that one ended the job (done
+    or failed: either way the job is not run twice), else a new ``claim`` when it let
+    go (released, or its lease ran out), else WAIT."""
+    data, _ = storage.read_json(state.result_location())
+    if data is not None and data.get("status") in ("done", "failed"):
+        return Claim.FINISHED
+    if data is not None and data.get("status") == "running" and not _claim_lapsed(
+            data, state.message_id):
+        return Claim.WAIT
+    return claim(storage, state, worker_id=worker_id, lease_seconds=lease_seconds)
+
+
+def release_claim(storage: S3Storage, state: JobState) -> None:
+    """Drop this delivery's running record (the job is released for a retry)."""
+    if state.claimed:
+        storage.delete(state.result_location())
+        state.claimed = False
+
+
+def _running_record(state: JobState, worker_id: str, lease_seconds: float) -> ResultRecord:
+    job = state.job
+    now = datetime.now(timezone.utc)
+    return ResultRecord(
+        job_id=job.job_id, batch_id=job.batch_id, status="running", input=job.input.uri,
+        model=job.model, prompt=job.prompt, seed=state.seed, worker=worker_id,
+        finished_at=now, claimed_until=now + timedelta(seconds=lease_seconds),
+        message_id=state.message_id or None)
+
+
+def _claim_lapsed(data: dict, message_id: str) -> bool:
+    if message_id and data.get("message_id") == message_id:
+        return True  # this very message came back: its former holder lost it
+    try:
+        until = datetime.fromisoformat(str(data.get("claimed_until")))
+    except ValueError:
+        return True
+    if until.tzinfo is None:
+        until = until.replace(tzinfo=timezone.utc)
+    return until < datetime.now(timezone.utc)
+
+
+# -- input -------------------------------------------------------------------------------
+
+def read_and_prepare(storage: S3Storage, state: JobState, settings: WorkerSettings,
+                     budget: PixelBudget | None = None) -> None:
     started = time.perf_counter()
-    data = storage.read(state.job.input)
+    stored = storage.read_object(state.job.input)
+    if state.from_event and JOB_ID_METADATA in stored.metadata:
+        raise OwnOutput(f"{state.job.input.uri} was written by job "
+                        f"{stored.metadata[JOB_ID_METADATA]}: an output, not an input")
     downloaded = time.perf_counter()
-    image = decode_image(data, max_pixels=settings.max_input_pixels, name=state.job.input.uri)
-    state.prepared = prepare_image(image, state.job.max_side, settings.size_bucket)
+    state.prepared = decode_and_prepare(
+        stored.body, max_pixels=settings.max_input_pixels, max_side=state.job.max_side,
+        size_bucket=settings.size_bucket, name=state.job.input.uri, budget=budget)
     state.timings["download"] = downloaded - started
     state.timings["decode"] = time.perf_counter() - downloaded
 
 
+# -- outcomes ----------------------------------------------------------------------------
+
 def write_output(storage: S3Storage, state: JobState, output: Image.Image,
                  worker_id: str) -> ResultRecord:
-    """Conditional PUT of the output, then the done record and the batch marker."""
+    """Conditional PUT of the output, then the done record and the batch marker.
+
+    When the output key is taken, the object must be this job's (an earlier delivery
+    that ended before its record); anything else there is an OutputConflict.
+    """
     job = state.job
     assert state.prepared is not None
     started = time.perf_counter()
     data = encode_image(restore_size(output, state.prepared, job.keep_size), job.output_format)
     encoded = time.perf_counter()
     written = storage.put_if_absent(job.output, data, job.output_format.content_type,
-                                    metadata={"job-id": job.job_id})
+                                    metadata={JOB_ID_METADATA: job.job_id})
+    if not written:
+        owner = (storage.head_metadata(job.output) or {}).get(JOB_ID_METADATA)
+        if owner != job.job_id:
+            raise OutputConflict(
+                f"output {job.output.uri} already holds an object "
+                f"{'of job ' + owner if owner else 'not written by any job'}; this job "
+                "does not overwrite it")
     state.timings["encode"] = encoded - started
     state.timings["upload"] = time.perf_counter() - encoded
     record = done_record(state, worker_id)
-    if not written:
-        # Another delivery wrote the same deterministic output first; keep its record.
-        existing = already_done(storage, state)
-        if existing is not None:
-            write_marker(storage, job, "done")
-            return existing
-    storage.put(state.result_location(), record.to_json().encode(), "application/json")
-    write_marker(storage, job, "done")
+    storage.put(state.result_location(), record.to_json().encode(), JSON)
+    state.claimed = False
+    write_marker(storage, job.output, job.batch_id, job.job_id, "done")
     return record
 
 
@@ -105,23 +225,29 @@ def done_record(state: JobState, worker_id: str) -> ResultRecord:
 def write_failure(storage: S3Storage, *, job_id: str, batch_id: str | None,
                   input_uri: str, output: S3Location, error: BaseException,
                   worker_id: str, seconds: float, model: str | None = None,
-                  prompt: str | None = None, seed: int | None = None) -> ResultRecord:
-    """The failed record at ``<output key>.json`` and the batch marker."""
+                  prompt: str | None = None, seed: int | None = None,
+                  claimed: bool = True) -> ResultRecord | None:
+    """The failed record at ``<output key>.json`` and the batch marker.
+
+    Unclaimed (a message that failed validation), the record is written only where
+    there is none yet; returns None when one was there (nothing is overwritten).
+    """
     record = ResultRecord(
         job_id=job_id, batch_id=batch_id, status="failed", input=input_uri, output=None,
         error=ErrorInfo.from_exception(error), model=model, prompt=prompt, seed=seed,
         seconds=round(seconds, 4), worker=worker_id)
-    storage.put(S3Location(bucket=output.bucket, key=result_key(output.key)),
-                record.to_json().encode(), "application/json")
+    body = record.to_json().encode()
+    if claimed:
+        storage.put(record_location(output), body, JSON)
+    elif not storage.put_if_absent(record_location(output), body, JSON):
+        return None
     if batch_id:
-        storage.put(S3Location(bucket=output.bucket,
-                               key=batch_marker_key(output.key, batch_id, job_id, "failed")),
-                    b"", "application/octet-stream")
+        write_marker(storage, output, batch_id, job_id, "failed")
     return record
 
 
-def write_marker(storage: S3Storage, job: JobMessage, status: str) -> None:
-    storage.put(S3Location(bucket=job.output.bucket,
-                           key=batch_marker_key(job.output.key, job.batch_id, job.job_id,
-                                                status)),
+def write_marker(storage: S3Storage, output: S3Location, batch_id: str, job_id: str,
+                 status: str) -> None:
+    storage.put(S3Location(bucket=output.bucket,
+                           key=batch_marker_key(output.key, batch_id, job_id, status)),
                 b"", "application/octet-stream")

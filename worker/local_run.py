@@ -113,6 +113,8 @@ def plan_jobs(
             while out in taken:
                 out = out.with_name(f"{base}_{counter}{out.suffix}")
                 counter += 1
+        if not out.resolve().is_relative_to(output_dir.resolve()):
+            raise InputNotFound(f"{path}: its output {out} would leave {output_dir}")
         taken.add(out)
         jobs.append(LocalJob(input_path=path, output_path=out, params=params))
     return jobs
