@@ -157,6 +157,10 @@ def enqueue(
         typer.echo(f"dry run, nothing sent: {summary.line()}", err=True)
         return
     typer.echo(summary.line())
+    for reason in summary.skipped_reasons[:20]:
+        typer.echo(f"  skipped: {reason}", err=True)
+    if len(summary.skipped_reasons) > 20:
+        typer.echo(f"  ... and {len(summary.skipped_reasons) - 20} more skipped", err=True)
     for failure in summary.failed[:20]:
         typer.echo(f"  not enqueued: job {failure.id}: {failure.code}: {failure.message}",
                    err=True)
@@ -291,9 +295,19 @@ def _watch(s3: Any, location: S3Location, batch_id: str, interval: float,
 def redrive(
     queue_url: QueueOpt = None,
     max_messages: Annotated[int | None, typer.Option(
-        "--max", min=1, help="Move at most this many (default: all).")] = None,
+        "--max", min=1, help="Move at most this many (default: the DLQ's depth now).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(
+        help="Stop after this many seconds.", min=1)] = 300.0,
+    move_task: Annotated[bool, typer.Option(
+        "--move-task", help="Use SQS's StartMessageMoveTask: server-side and fast, but it "
+        "moves everything, bodies that are not jobs included.")] = False,
 ) -> None:
-    """Move messages from the dead-letter queue back to the job queue, losing none."""
+    """Move jobs from the dead-letter queue back to the job queue, each at most once.
+
+    Bodies that are not jobs stay in the DLQ and are listed. Bounded by --max and
+    --timeout, so it ends even while workers send failing messages back.
+    """
     from producer import aws
     from producer.redrive import redrive as move
 
@@ -302,14 +316,26 @@ def redrive(
         if not settings.queue_url:
             raise InvalidJob("no queue URL: pass --queue-url or set IMG2IMG_QUEUE_URL")
         report = move(aws.sqs_client(), settings.queue_url, max_messages=max_messages,
+                      timeout=timeout, use_move_task=move_task,
                       probe=aws.sqs_client(max_attempts=1))
     if report.method == "move-task":
         typer.echo(f"started SQS move task {report.task_handle}: about {report.moved} "
                    f"messages from {report.dlq_url} to {settings.queue_url}")
         return
-    typer.echo(f"moved {report.moved} messages from {report.dlq_url} to {settings.queue_url}"
-               + (f"; {report.failed} failed to send and stay in the DLQ"
-                  if report.failed else ""))
+    stopped = {"empty": "the DLQ is empty", "limit": "--max reached",
+               "all": "every message that was in the DLQ at the start was handled",
+               "time": f"time limit ({timeout:.0f} s) reached"}.get(report.stopped, "")
+    typer.echo(f"moved {report.moved} messages from {report.dlq_url} to "
+               f"{settings.queue_url}; {stopped}")
+    if report.failed:
+        typer.echo(f"{report.failed} failed to send and stay in the DLQ", err=True)
+    if report.bounced:
+        typer.echo(f"{report.bounced} moved by this run came back to the DLQ already and "
+                   "stay there (failing again: look at the workers' logs)", err=True)
+    if report.not_jobs:
+        typer.echo(f"{report.not_jobs} bodies that are not jobs stay in the DLQ:", err=True)
+        for reason in report.reasons:
+            typer.echo(f"  {reason}", err=True)
     if report.failed:
         raise typer.Exit(1)
 

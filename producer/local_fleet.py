@@ -127,6 +127,7 @@ def _collect(s3, bucket: str, output_dir: Path) -> tuple[int, int]:
             if obj["Key"].endswith(".json") and "/_batches/" not in obj["Key"]:
                 records.append(json.loads(
                     s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()))
+    records = [r for r in records if r.get("status") in ("done", "failed")]
     with (output_dir / "results.jsonl").open("w") as results:
         for record in sorted(records, key=lambda r: r["input"]):
             if record["status"] == "done":

@@ -58,6 +58,7 @@ class SendReport:
     calls: int = 0
     retried: int = 0  # entries sent again after a retryable failure
     failed: list[SendFailure] = field(default_factory=list)
+    message_ids: dict[str, str] = field(default_factory=dict)  # entry id -> SQS MessageId
 
 
 def full_jitter(attempt: int) -> float:
@@ -140,6 +141,8 @@ class BatchSender:
                 report.failed.extend(SendFailure(i, code, str(exc)) for i in pending)
                 return report
             report.sent += len(response.get("Successful", []))
+            report.message_ids.update({ok["Id"]: ok.get("MessageId", "")
+                                       for ok in response.get("Successful", [])})
             retry: dict[str, Outgoing] = {}
             for entry in response.get("Failed", []):
                 code, message = entry.get("Code", ""), entry.get("Message", "")

@@ -13,7 +13,7 @@ from typing import Any
 
 from boto3.s3.transfer import TransferConfig
 
-from contract.locations import S3Location, is_image_key
+from contract.locations import MAX_KEY_BYTES, S3Location, is_image_key
 from producer.listing import iter_objects
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,9 @@ class Digest:
 
 @dataclass
 class UploadResult:
-    files: list[LocalFile]
+    files: list[LocalFile]  # the files now in S3
     ignored: int  # files that are not images
+    skipped: list[str] = field(default_factory=list)  # files that cannot be uploaded: why
     uploaded: int = 0
     unchanged: int = 0
     etags: dict[str, str] = field(default_factory=dict)  # key -> ETag
@@ -63,6 +64,13 @@ def scan_folder(root: Path) -> tuple[list[LocalFile], int]:
         else:
             ignored += 1
     return files, ignored
+
+
+def uploadable(files: list[LocalFile], prefix: str) -> tuple[list[LocalFile], list[str]]:
+    """The files whose keys fit S3, and why each of the others does not."""
+    fits = [f for f in files if len(f.key(prefix).encode()) <= MAX_KEY_BYTES]
+    return fits, [f"{f.path}: its key would be over S3's {MAX_KEY_BYTES} bytes"
+                  for f in files if f not in fits]
 
 
 def file_digest(path: Path, part_size: int = PART_SIZE) -> Digest:
@@ -100,8 +108,9 @@ def _is_current(s3: Any, dest: S3Location, key: str, digest: Digest,
 def upload_folder(s3: Any, root: Path, dest: S3Location, *, concurrency: int = 8,
                   on_file: Callable[[], None] = lambda: None) -> UploadResult:
     """Upload the images under ``root`` to the prefix ``dest``; return what is there now."""
-    files, ignored = scan_folder(root)
-    result = UploadResult(files=files, ignored=ignored)
+    scanned, ignored = scan_folder(root)
+    files, skipped = uploadable(scanned, dest.key)
+    result = UploadResult(files=files, ignored=ignored, skipped=skipped)
     existing = {o["Key"]: o["ETag"] for o in iter_objects(s3, dest.bucket, dest.key)}
 
     def one(local: LocalFile) -> tuple[str, bool]:
