@@ -1,7 +1,8 @@
 """The CDK stack, synthesized offline: properties asserted, template cfn-lint clean.
 
-Two synths per module (each takes seconds): the defaults from infra/cdk.json (on-demand,
-no upload notification) and a variant (Spot, uploads prefix, output expiry, maxTasks 8).
+Templates come from tests/infra_synth.py (each context synthesized once per session): the
+defaults from infra/cdk.json (on-demand, no upload notification) and a variant (Spot,
+uploads prefix, output expiry, maxTasks 8).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,111 +17,38 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-CDK_JSON = ROOT / "infra" / "cdk.json"
+from tests.infra_synth import (
+    CDK_JSON,
+    ROOT,
+    Synth,
+    cdk_json_context,
+    cfn_lint,
+    cfn_lint_path,
+    synth,
+)
+from tests.infra_synth import flat as _flat
+from tests.infra_synth import refs as _refs
+
 VARIANT = {"spot": "true", "uploadsPrefix": "uploads", "outputExpirationDays": "30",
            "maxTasks": "8", "alarmEmail": "ops@example.com",
            "modelsUri": "s3://my-model-store/weights"}
 
 pytest.importorskip("aws_cdk", reason="the infra extra (aws-cdk-lib) is not installed")
-if str(ROOT) not in sys.path:  # `infra` is a top-level package of the repository
-    sys.path.insert(0, str(ROOT))
-
-
-def _env_for_jsii() -> None:
-    # Node 20 prints a banner on every jsii start; it is noise in test output.
-    os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
-    os.environ.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "1")
-
-
-def _cdk_json_context() -> dict[str, Any]:
-    return json.loads(CDK_JSON.read_text())["context"]
-
-
-class Synth:
-    """One synthesized stack: its assertions Template and raw template dict."""
-
-    def __init__(self, overrides: dict[str, Any]) -> None:
-        _env_for_jsii()
-        import aws_cdk as cdk
-        from aws_cdk.assertions import Template
-
-        from infra.app import build_app
-
-        app = build_app(cdk.App(context={**_cdk_json_context(), **overrides}))
-        (stack,) = [c for c in app.node.children if isinstance(c, cdk.Stack)]
-        self.stack = stack
-        self.template = Template.from_stack(stack)
-        self.json: dict[str, Any] = self.template.to_json()
-
-    def resources(self, type_: str) -> dict[str, dict[str, Any]]:
-        return {k: v for k, v in self.json["Resources"].items() if v["Type"] == type_}
-
-    def one(self, type_: str) -> tuple[str, dict[str, Any]]:
-        found = self.resources(type_)
-        assert len(found) == 1, f"expected one {type_}, got {list(found)}"
-        ((logical_id, resource),) = found.items()
-        return logical_id, resource["Properties"]
-
-    def logical_id(self, type_: str, predicate: Any) -> str:
-        ids = [k for k, v in self.resources(type_).items() if predicate(v["Properties"])]
-        assert len(ids) == 1, (type_, ids)
-        return ids[0]
-
-    def container(self) -> dict[str, Any]:
-        _, props = self.one("AWS::ECS::TaskDefinition")
-        (container,) = props["ContainerDefinitions"]
-        return container
-
-    def env(self) -> dict[str, Any]:
-        return {e["Name"]: e["Value"] for e in self.container()["Environment"]}
 
 
 @pytest.fixture(scope="module")
 def default() -> Synth:
-    return Synth({})
+    return synth()
 
 
 @pytest.fixture(scope="module")
 def variant() -> Synth:
-    return Synth(VARIANT)
+    return synth(VARIANT)
 
 
 def _queue_ids(s: Synth) -> tuple[str, str]:
-    """(main queue, DLQ) logical ids: the main queue is the one with a redrive policy."""
-    queues = s.resources("AWS::SQS::Queue")
-    main = [k for k, v in queues.items() if "RedrivePolicy" in v["Properties"]]
-    dlq = [k for k in queues if k not in main]
-    assert len(main) == 1 and len(dlq) == 1
-    return main[0], dlq[0]
-
-
-def _refs(value: Any) -> set[str]:
-    """Every logical id a CloudFormation value refers to (Ref / Fn::GetAtt)."""
-    found: set[str] = set()
-    if isinstance(value, dict):
-        if "Ref" in value:
-            found.add(value["Ref"])
-        if "Fn::GetAtt" in value:
-            found.add(value["Fn::GetAtt"][0])
-        for v in value.values():
-            found |= _refs(v)
-    elif isinstance(value, list):
-        for v in value:
-            found |= _refs(v)
-    return found
-
-
-def _flat(value: Any) -> str:
-    """A CloudFormation value as text, Fn::Join parts concatenated (for prefix checks)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and "Fn::Join" in value:
-        sep, parts = value["Fn::Join"]
-        return sep.join(_flat(p) for p in parts)
-    if isinstance(value, dict) and ("Ref" in value or "Fn::GetAtt" in value):
-        return "{" + next(iter(_refs(value))) + "}"
-    return json.dumps(value, sort_keys=True)
+    """(main queue, DLQ) logical ids."""
+    return s.queue_ids()
 
 
 # -- S3 ----------------------------------------------------------------------------------
@@ -423,21 +350,10 @@ def test_outputs(default: Synth) -> None:
 
 # -- cfn-lint ----------------------------------------------------------------------------
 
-def _cfn_lint() -> str:
-    candidate = Path(sys.executable).with_name("cfn-lint")
-    found = str(candidate) if candidate.exists() else shutil.which("cfn-lint")
-    if not found:
-        pytest.fail("cfn-lint not found: install the dev extra")
-    return found
-
-
 @pytest.mark.parametrize("which", ["default", "variant"])
 def test_cfn_lint_clean(which: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    synth: Synth = request.getfixturevalue(which)
-    path = tmp_path / f"{which}.template.json"
-    path.write_text(json.dumps(synth.json, indent=1))
-    result = subprocess.run([_cfn_lint(), "--format", "parseable", str(path)],
-                            capture_output=True, text=True, timeout=300)
+    template: Synth = request.getfixturevalue(which)
+    result = cfn_lint(template.json, tmp_path / f"{which}.template.json")
     findings = [line for line in result.stdout.splitlines() if line.strip()]
     # Known redundant DependsOn (W3005), and only these: CDK's bucket-notification handler
     # (library code), and the service's dependency on the cluster construct, which is how
@@ -460,7 +376,7 @@ def test_cfn_lint_catches_a_bad_template(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"Resources": {"Q": {"Type": "AWS::SQS::Queue", "Properties": {
         "VisibilityTimeout": "not-a-number", "NoSuchProperty": 1}}}}))
-    result = subprocess.run([_cfn_lint(), str(bad)], capture_output=True, text=True,
+    result = subprocess.run([cfn_lint_path(), str(bad)], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode & 2, result.stdout
 
@@ -470,7 +386,7 @@ def test_cfn_lint_catches_a_bad_template(tmp_path: Path) -> None:
 def test_context_keys_documented_and_in_cdk_json() -> None:
     from infra.img2img_stack import CONTEXT_KEYS
 
-    in_json = set(_cdk_json_context())
+    in_json = set(cdk_json_context())
     assert set(CONTEXT_KEYS) | {"stackName"} == in_json
     docs = (ROOT / "docs" / "deploy.md").read_text()
     missing = [k for k in (*CONTEXT_KEYS, "stackName") if f"`{k}`" not in docs]
@@ -497,7 +413,7 @@ def test_config_rejects_inconsistent_settings() -> None:
 def test_app_entry_point_synthesizes_with_cdk_json(tmp_path: Path) -> None:
     """What `cdk synth` runs: infra/app.py, with cdk.json's context passed by the CLI."""
     env = {**os.environ, "CDK_OUTDIR": str(tmp_path),
-           "CDK_CONTEXT_JSON": json.dumps(_cdk_json_context()),
+           "CDK_CONTEXT_JSON": json.dumps(cdk_json_context()),
            "JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1"}
     app_cmd = json.loads(CDK_JSON.read_text())["app"].split()
     assert app_cmd[-1] == "app.py"
