@@ -46,6 +46,10 @@ RECEIVE_WAIT_SECONDS = 20
 # Where the image keeps downloaded weights (HF_HOME) and the worker's own model cache.
 MODELS_MOUNT = "/models"
 CONTAINER_NAME = "worker"
+# The worker's CloudWatch EMF namespace and its task-protection failure metric
+# (worker/logs.py, worker/task_protection.py).
+WORKER_METRICS_NAMESPACE = "Img2ImgFleet"
+PROTECTION_FAILURE_METRIC = "TaskProtectionFailures"
 # CloudWatch Logs accepts only these retention periods (days).
 LOG_RETENTION = {
     1: logs.RetentionDays.ONE_DAY, 3: logs.RetentionDays.THREE_DAYS,
@@ -314,6 +318,14 @@ class Img2ImgFleetStack(Stack):
             # the worker releases its messages within its stop deadline.
             user_data.add_commands(
                 "echo ECS_ENABLE_SPOT_INSTANCE_DRAINING=true >> /etc/ecs/ecs.config")
+            # The agent sets its own instance DRAINING with the instance role; CDK's inline
+            # instance policy (unlike AmazonEC2ContainerServiceforEC2Role) lacks this action.
+            instance_role.add_to_policy(iam.PolicyStatement(
+                sid="SpotInstanceDraining",
+                actions=["ecs:UpdateContainerInstancesState"],
+                resources=[self.format_arn(service="ecs", resource="container-instance",
+                                           resource_name="*")],
+                conditions={"ArnEquals": {"ecs:cluster": cluster.cluster_arn}}))
         launch_template = ec2.LaunchTemplate(
             self, "GpuLaunchTemplate",
             machine_image=ecs.EcsOptimizedImage.amazon_linux2023(ecs.AmiHardwareType.GPU),
@@ -405,6 +417,13 @@ class Img2ImgFleetStack(Stack):
             sid="ConsumeJobQueue",
             actions=["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"],
             resources=[self.queue.queue_arn]))
+        # Scale-in protection: the ECS agent's endpoint calls these with the task role's
+        # credentials, so without them protection is denied and busy tasks can be stopped.
+        role.add_to_policy(iam.PolicyStatement(
+            sid="OwnTaskProtection",
+            actions=["ecs:UpdateTaskProtection", "ecs:GetTaskProtection"],
+            resources=[self.format_arn(service="ecs", resource="task",
+                                       resource_name=f"{self.cluster.cluster_name}/*")]))
         return role
 
     def _service(self, capacity_provider: ecs.AsgCapacityProvider) -> ecs.Ec2Service:
@@ -620,6 +639,21 @@ class Img2ImgFleetStack(Stack):
             evaluation_periods=5,
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
         )
-        for alarm in (dlq_alarm, age_alarm):
+        # The worker emits this EMF metric on every failed call to the agent's task
+        # protection endpoint (worker/task_protection.py): scale-in may stop busy tasks.
+        protection_alarm = cloudwatch.Alarm(
+            self, "TaskProtectionFailingAlarm",
+            alarm_description="Workers cannot set ECS task scale-in protection (see the "
+                              "worker logs: denied = the task role lacks "
+                              "ecs:UpdateTaskProtection)",
+            metric=cloudwatch.Metric(
+                namespace=WORKER_METRICS_NAMESPACE, metric_name=PROTECTION_FAILURE_METRIC,
+                statistic="Sum", period=Duration.minutes(5)),
+            threshold=0,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        for alarm in (dlq_alarm, age_alarm, protection_alarm):
             alarm.add_alarm_action(notify)
         CfnOutput(self, "AlarmTopicArn", value=self.alarm_topic.topic_arn)

@@ -246,6 +246,9 @@ def test_task_role_is_least_privilege(default: Synth) -> None:
             granted.setdefault(action, set()).update(_flat(r) for r in resources)
     bucket_id, _ = default.one("AWS::S3::Bucket")
     main_queue, _ = _queue_ids(default)
+    cluster_id, _ = default.one("AWS::ECS::Cluster")
+    own_tasks = ("arn:{AWS::Partition}:ecs:{AWS::Region}:{AWS::AccountId}:task/"
+                 f"{{{cluster_id}}}/*")
     assert granted == {
         "s3:GetObject": {f"{{{bucket_id}}}/inputs/*", f"{{{bucket_id}}}/outputs/*"},
         "s3:PutObject": {f"{{{bucket_id}}}/outputs/*"},
@@ -253,6 +256,8 @@ def test_task_role_is_least_privilege(default: Synth) -> None:
         "sqs:ReceiveMessage": {f"{{{main_queue}}}"},
         "sqs:DeleteMessage": {f"{{{main_queue}}}"},
         "sqs:ChangeMessageVisibility": {f"{{{main_queue}}}"},
+        "ecs:UpdateTaskProtection": {own_tasks},
+        "ecs:GetTaskProtection": {own_tasks},
     }
 
 
