@@ -582,6 +582,12 @@ class Img2ImgFleetStack(Stack):
 
         # From zero: with no task, RunningTaskCount is missing and the ratio above has no
         # value, so target tracking cannot act. This alarm starts the first task.
+        # CloudWatch repeats an Application Auto Scaling alarm action every period while
+        # the alarm stays in ALARM, and the first task stays PENDING for minutes while a
+        # GPU instance boots: the action must be idempotent (desired count exactly 1),
+        # never "+1", which would climb towards maxTasks before anything runs. The guard
+        # on DesiredTaskCount only narrows when it fires; nothing relies on Container
+        # Insights publishing it while the task is pending.
         start_from_zero = cloudwatch.Alarm(
             self, "StartFromZeroAlarm",
             alarm_description="Jobs are waiting and no worker task runs or is wanted",
@@ -605,7 +611,7 @@ class Img2ImgFleetStack(Stack):
         start = appscaling.StepScalingAction(
             self, "StartFromZeroAction",
             scaling_target=target,
-            adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
+            adjustment_type=appscaling.AdjustmentType.EXACT_CAPACITY,
             cooldown=Duration.minutes(2),
         )
         start.add_adjustment(adjustment=1, lower_bound=0)

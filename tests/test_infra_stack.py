@@ -186,46 +186,6 @@ def test_task_definition(default: Synth) -> None:
     assert env["IMG2IMG_MODEL_CACHE"].startswith(mount["ContainerPath"])
 
 
-# -- scaling -----------------------------------------------------------------------------
-
-def test_target_tracking_on_backlog_per_task(default: Synth) -> None:
-    target_id, target = default.one("AWS::ApplicationAutoScaling::ScalableTarget")
-    assert target["MinCapacity"] == 0 and target["MaxCapacity"] == 4
-    assert target["ScalableDimension"] == "ecs:service:DesiredCount"
-    tracking = [p["Properties"] for p in
-                default.resources("AWS::ApplicationAutoScaling::ScalingPolicy").values()
-                if p["Properties"]["PolicyType"] == "TargetTrackingScaling"]
-    (policy,) = tracking
-    assert _refs(policy["ScalingTargetId"]) == {target_id}
-    metrics = policy["TargetTrackingScalingPolicyConfiguration"][
-        "CustomizedMetricSpecification"]["Metrics"]
-    by_name = {m["MetricStat"]["Metric"]["MetricName"]: m["Id"] for m in metrics
-               if "MetricStat" in m}
-    assert "ApproximateNumberOfMessagesVisible" in by_name and "RunningTaskCount" in by_name
-    (expression,) = [m for m in metrics if m.get("ReturnData")]
-    assert by_name["ApproximateNumberOfMessagesVisible"] in expression["Expression"]
-    assert expression["Expression"].rstrip().endswith("/ " + by_name["RunningTaskCount"])
-
-
-def test_step_policy_starts_from_zero(default: Synth) -> None:
-    steps = {k: v["Properties"] for k, v in
-             default.resources("AWS::ApplicationAutoScaling::ScalingPolicy").items()
-             if v["Properties"]["PolicyType"] == "StepScaling"}
-    ((step_id, step),) = steps.items()
-    config = step["StepScalingPolicyConfiguration"]
-    assert config["AdjustmentType"] == "ChangeInCapacity"
-    assert [a["ScalingAdjustment"] for a in config["StepAdjustments"]] == [1]
-    alarms = [a["Properties"] for a in default.resources("AWS::CloudWatch::Alarm").values()
-              if step_id in _refs(a["Properties"].get("AlarmActions", []))]
-    (alarm,) = alarms
-    metrics = {m["Id"]: m for m in alarm["Metrics"]}
-    names = {m["MetricStat"]["Metric"]["MetricName"]: i for i, m in metrics.items()
-             if "MetricStat" in m}
-    (expression,) = [m["Expression"] for m in metrics.values() if m.get("ReturnData")]
-    visible, running = names["ApproximateNumberOfMessagesVisible"], names["RunningTaskCount"]
-    assert f"{visible} > 0" in expression and f"FILL({running}, 0) == 0" in expression
-
-
 # -- IAM ---------------------------------------------------------------------------------
 
 def test_task_role_is_least_privilege(default: Synth) -> None:
