@@ -41,6 +41,19 @@ ECS_MAX_HEALTH_START_PERIOD = 300
 # SQS limits: visibility timeout at most 12 h, retention at most 14 days.
 SQS_MAX_VISIBILITY_SECONDS = 12 * 60 * 60
 DLQ_RETENTION = Duration.days(14)
+# Spot gives a 2-minute interruption notice. The agent polls for it every second and sets
+# its instance DRAINING, then the service scheduler stops the task: keep this much of the
+# notice for that, so SIGKILL (at stopTimeout after SIGTERM) comes before the reclaim.
+SPOT_NOTICE_SECONDS = 120
+SPOT_DRAIN_LEAD_SECONDS = 30
+# Between the worker's stop deadline and ECS's SIGKILL: release messages, flush deletes.
+STOP_MARGIN_SECONDS = 15
+# Receives before the DLQ. SIGTERM releases (scale-in, deployments, Spot reclaims) count
+# as receives too, so the allowance covers transient failures plus interruptions.
+MAX_RECEIVE_COUNT = {"on-demand": 5, "spot": 10}
+SPOT_MIN_RECEIVE_COUNT = 5
+STOP_TIMEOUT = {"on-demand": 120, "spot": SPOT_NOTICE_SECONDS - SPOT_DRAIN_LEAD_SECONDS}
+STOP_DEADLINE = {"on-demand": 100, "spot": 70}
 # Long polling: the longest receive wait SQS allows.
 RECEIVE_WAIT_SECONDS = 20
 # Where the image keeps downloaded weights (HF_HOME) and the worker's own model cache.
@@ -94,10 +107,11 @@ class FleetConfig:
     instance_types: tuple[str, ...] = ("g5.xlarge", "g6.xlarge")
     max_tasks: int = 4
     backlog_per_task: int = 32
-    max_receive_count: int = 3
+    # None: the default for the capacity type (on-demand or Spot), see __post_init__.
+    max_receive_count: int | None = None
     visibility_timeout: int = 120
-    stop_timeout: int = 120
-    stop_deadline: int = 100
+    stop_timeout: int | None = None
+    stop_deadline: int | None = None
     input_prefix: str = "inputs/"
     output_prefix: str = "outputs/"
     uploads_prefix: str = ""
@@ -114,6 +128,11 @@ class FleetConfig:
     log_retention_days: int = 30
 
     def __post_init__(self) -> None:
+        capacity = "spot" if self.spot else "on-demand"
+        for name, defaults in (("max_receive_count", MAX_RECEIVE_COUNT),
+                               ("stop_timeout", STOP_TIMEOUT), ("stop_deadline", STOP_DEADLINE)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, defaults[capacity])
         problems: list[str] = []
         for itype in self.instance_types:
             if itype.split(".")[0] not in GPU_FAMILIES:
@@ -129,11 +148,23 @@ class FleetConfig:
         # The worker extends visibility every third of the timeout: keep that >= 10 s.
         if not 30 <= self.visibility_timeout <= SQS_MAX_VISIBILITY_SECONDS:
             problems.append(f"visibilityTimeout: 30..43200 s (got {self.visibility_timeout})")
-        # The worker must give up the batch before ECS sends SIGKILL.
-        if not 0 < self.stop_deadline < self.stop_timeout:
+        # The worker must give up the batch, release and exit before ECS sends SIGKILL.
+        if not 0 < self.stop_deadline <= self.stop_timeout - STOP_MARGIN_SECONDS:
             problems.append(
-                f"stopDeadline ({self.stop_deadline}) must be > 0 and below stopTimeout "
-                f"({self.stop_timeout}): ECS kills the container at stopTimeout")
+                f"stopDeadline ({self.stop_deadline}) must be > 0 and at least "
+                f"{STOP_MARGIN_SECONDS} s below stopTimeout ({self.stop_timeout}): ECS kills "
+                "the container at stopTimeout")
+        if self.spot and self.stop_timeout > SPOT_NOTICE_SECONDS - SPOT_DRAIN_LEAD_SECONDS:
+            problems.append(
+                f"stopTimeout ({self.stop_timeout}) must be at most "
+                f"{SPOT_NOTICE_SECONDS - SPOT_DRAIN_LEAD_SECONDS} s with spot: the instance "
+                f"is reclaimed {SPOT_NOTICE_SECONDS} s after the notice, and draining "
+                "starts some seconds into it")
+        if self.spot and self.max_receive_count < SPOT_MIN_RECEIVE_COUNT:
+            problems.append(
+                f"maxReceiveCount ({self.max_receive_count}) must be >= "
+                f"{SPOT_MIN_RECEIVE_COUNT} with spot: every Spot reclaim releases the jobs a "
+                "task holds and counts as a receive")
         for name in ("input_prefix", "output_prefix"):
             if not getattr(self, name):
                 problems.append(f"{_camel(name)}: must not be empty")
@@ -493,7 +524,10 @@ class Img2ImgFleetStack(Stack):
             task_definition=task_definition,
             # Scaling owns the count; it starts at zero and follows the queue.
             desired_count=0,
-            min_healthy_percent=100,
+            # Draining (a Spot notice) stops a task only once its replacement runs if this
+            # is 100%, and a replacement needs a new GPU instance: minutes, past the notice.
+            # On-demand keeps 100% so deployments start new tasks before stopping old ones.
+            min_healthy_percent=0 if cfg.spot else 100,
             max_healthy_percent=200,
             circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),
             capacity_provider_strategies=[ecs.CapacityProviderStrategy(
