@@ -59,6 +59,20 @@ RECEIVE_WAIT_SECONDS = 20
 # Where the image keeps downloaded weights (HF_HOME) and the worker's own model cache.
 MODELS_MOUNT = "/models"
 CONTAINER_NAME = "worker"
+# The image's numeric user (Dockerfile: USER 10001:10001); the task definition states it
+# too, so the container cannot run as root whatever image the tag points at.
+WORKER_USER = "10001:10001"
+# With a read-only root filesystem the only writable paths are /models (a volume) and a
+# tmpfs at /tmp (the health file, temporary files, HOME for libraries that cache under
+# ~). tmpfs pages count against the task's memory.
+TMP_MOUNT = "/tmp"
+TMP_SIZE_MIB = 1024
+# /dev/shm: Docker's default is 64 MiB, too small for torch's shared-memory tensors.
+SHARED_MEMORY_MIB = 1024
+# Instance memory per "xlarge" of size (g5.2xlarge: 2 x 16 GiB); the OS, Docker, the ECS
+# agent and the NVIDIA driver keep this much of it.
+MEMORY_GIB_PER_XLARGE = {"g5": 16, "g6": 16, "g6e": 32}
+HOST_RESERVED_MIB = 2048
 # The worker's CloudWatch EMF namespace and its task-protection failure metric
 # (worker/logs.py, worker/task_protection.py).
 WORKER_METRICS_NAMESPACE = "Img2ImgFleet"
@@ -123,6 +137,7 @@ class FleetConfig:
     models_uri: str = ""
     allowed_models: str = ""
     task_memory_mib: int = 12288
+    task_memory_limit_mib: int = 14336
     task_cpu: int = 3072
     root_volume_gib: int = 100
     log_retention_days: int = 30
@@ -173,6 +188,17 @@ class FleetConfig:
             for b in prefixes:
                 if a is not b and a.startswith(b):
                     problems.append(f"prefixes must not nest: {a!r} is inside {b!r}")
+        if not 0 < self.task_memory_mib < self.task_memory_limit_mib:
+            problems.append(
+                f"taskMemoryLimitMiB ({self.task_memory_limit_mib}) must be above "
+                f"taskMemoryMiB ({self.task_memory_mib}), the memory reserved for placement")
+        smallest = min((instance_memory_mib(t) for t in self.instance_types
+                        if instance_memory_mib(t)), default=None)
+        if smallest and self.task_memory_limit_mib > smallest - HOST_RESERVED_MIB:
+            problems.append(
+                f"taskMemoryLimitMiB ({self.task_memory_limit_mib}) must leave "
+                f"{HOST_RESERVED_MIB} MiB of the smallest instance type's {smallest} MiB "
+                "to the host")
         if self.log_retention_days not in LOG_RETENTION:
             problems.append(f"logRetentionDays: one of {sorted(LOG_RETENTION)}")
         if self.models_uri and not _S3_PREFIX_URI.match(self.models_uri):
@@ -212,6 +238,15 @@ class FleetConfig:
         return cls(**values)
 
 
+def instance_memory_mib(instance_type: str) -> int | None:
+    """Memory of a g5/g6/g6e size (``g5.xlarge`` 16 GiB, ``g6e.2xlarge`` 64 GiB), or None."""
+    family, _, size = instance_type.partition(".")
+    match = re.fullmatch(r"(\d*)xlarge", size)
+    if family not in MEMORY_GIB_PER_XLARGE or not match:
+        return None
+    return MEMORY_GIB_PER_XLARGE[family] * int(match.group(1) or 1) * 1024
+
+
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     special = {"mib": "MiB", "gib": "GiB"}
@@ -232,7 +267,8 @@ _CONVERT: Mapping[str, Callable[[Any], Any]] = {
     **{name: int for name in (
         "max_tasks", "backlog_per_task", "max_receive_count", "visibility_timeout",
         "stop_timeout", "stop_deadline", "output_expiration_days",
-        "oldest_message_alarm_seconds", "task_memory_mib", "task_cpu", "root_volume_gib",
+        "oldest_message_alarm_seconds", "task_memory_mib", "task_memory_limit_mib",
+        "task_cpu", "root_volume_gib",
         "log_retention_days")},
 }
 
@@ -484,9 +520,14 @@ class Img2ImgFleetStack(Stack):
             essential=True,
             gpu_count=1,
             cpu=cfg.task_cpu,
+            # Placement reserves the soft value; the hard limit keeps a runaway process from
+            # taking the host (and its ECS agent) down with it: the kernel kills the task.
             memory_reservation_mib=cfg.task_memory_mib,
+            memory_limit_mib=cfg.task_memory_limit_mib,
+            user=WORKER_USER,
+            readonly_root_filesystem=True,
             stop_timeout=Duration.seconds(cfg.stop_timeout),
-            linux_parameters=ecs.LinuxParameters(self, "WorkerLinux", init_process_enabled=True),
+            linux_parameters=self._linux_parameters(),
             health_check=ecs.HealthCheck(
                 command=["CMD", "img2img-worker", "healthcheck"],
                 interval=Duration.seconds(30),
@@ -509,6 +550,9 @@ class Img2ImgFleetStack(Stack):
                 "IMG2IMG_VISIBILITY_TIMEOUT": str(cfg.visibility_timeout),
                 "IMG2IMG_STOP_DEADLINE": str(cfg.stop_deadline),
                 "IMG2IMG_RECEIVE_WAIT_SECONDS": str(RECEIVE_WAIT_SECONDS),
+                # The image's home is on the read-only root: libraries that cache under ~
+                # (Triton's kernel cache, for torch.compile) write to the tmpfs instead.
+                "HOME": TMP_MOUNT,
                 "HF_HOME": f"{MODELS_MOUNT}/huggingface",
                 "IMG2IMG_MODEL_CACHE": f"{MODELS_MOUNT}/img2img",
                 **({"IMG2IMG_ALLOWED_MODELS": cfg.worker_allowed_models}
@@ -538,6 +582,17 @@ class Img2ImgFleetStack(Stack):
         # so depend on the whole cluster construct.
         service.node.add_dependency(self.cluster)
         return service
+
+    def _linux_parameters(self) -> ecs.LinuxParameters:
+        linux = ecs.LinuxParameters(self, "WorkerLinux", init_process_enabled=True,
+                                    shared_memory_size=SHARED_MEMORY_MIB)
+        # Docker mounts a tmpfs noexec unless told otherwise; torch.compile loads the
+        # kernels it builds from here, so this one allows exec (never setuid or devices).
+        linux.add_tmpfs(ecs.Tmpfs(
+            container_path=TMP_MOUNT, size=TMP_SIZE_MIB,
+            mount_options=[ecs.TmpfsMountOption.EXEC, ecs.TmpfsMountOption.NOSUID,
+                           ecs.TmpfsMountOption.NODEV]))
+        return linux
 
     def _s3_uri(self, prefix: str) -> str:
         return f"s3://{self.bucket.bucket_name}/{prefix}"

@@ -167,25 +167,6 @@ def test_capacity_provider_managed_scaling_and_draining(default: Synth) -> None:
     assert association in default.json["Resources"][service_id]["DependsOn"]
 
 
-def test_task_definition(default: Synth) -> None:
-    container = default.container()
-    assert {"Type": "GPU", "Value": "1"} in container["ResourceRequirements"]
-    assert container["StopTimeout"] == 120
-    env = default.env()
-    assert float(env["IMG2IMG_STOP_DEADLINE"]) < container["StopTimeout"]
-    assert container["HealthCheck"]["Command"] == ["CMD", "img2img-worker", "healthcheck"]
-    assert container["LogConfiguration"]["LogDriver"] == "awslogs"
-    for name in ("IMG2IMG_QUEUE_URL", "IMG2IMG_ALLOWED_INPUTS", "IMG2IMG_ALLOWED_OUTPUTS",
-                 "IMG2IMG_MODEL_CACHE", "HF_HOME", "AWS_REGION"):
-        assert name in env, name
-    bucket_id, _ = default.one("AWS::S3::Bucket")
-    assert _flat(env["IMG2IMG_ALLOWED_OUTPUTS"]) == f"s3://{{{bucket_id}}}/outputs/"
-    assert _flat(env["IMG2IMG_ALLOWED_INPUTS"]) == f"s3://{{{bucket_id}}}/inputs/"
-    (mount,) = container["MountPoints"]
-    assert env["HF_HOME"].startswith(mount["ContainerPath"])
-    assert env["IMG2IMG_MODEL_CACHE"].startswith(mount["ContainerPath"])
-
-
 # -- IAM ---------------------------------------------------------------------------------
 
 def test_task_role_is_least_privilege(default: Synth) -> None:
