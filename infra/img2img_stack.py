@@ -12,11 +12,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from aws_cdk import (
+    Annotations,
     Aws,
     CfnOutput,
     Duration,
     RemovalPolicy,
     Stack,
+    Token,
 )
 from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_autoscaling as autoscaling
@@ -69,6 +71,9 @@ TMP_MOUNT = "/tmp"
 TMP_SIZE_MIB = 1024
 # /dev/shm: Docker's default is 64 MiB, too small for torch's shared-memory tensors.
 SHARED_MEMORY_MIB = 1024
+# ECS instance attributes the user data sets from nvidia-smi; tasks need driver-ok.
+DRIVER_VERSION_ATTRIBUTE = "img2img.nvidia-driver"
+DRIVER_OK_ATTRIBUTE = "img2img.driver-ok"
 # Instance memory per "xlarge" of size (g5.2xlarge: 2 x 16 GiB); the OS, Docker, the ECS
 # agent and the NVIDIA driver keep this much of it.
 MEMORY_GIB_PER_XLARGE = {"g5": 16, "g6": 16, "g6e": 32}
@@ -141,6 +146,8 @@ class FleetConfig:
     task_cpu: int = 3072
     root_volume_gib: int = 100
     log_retention_days: int = 30
+    max_azs: int = 3
+    min_driver_version: int = 580
 
     def __post_init__(self) -> None:
         capacity = "spot" if self.spot else "on-demand"
@@ -199,6 +206,11 @@ class FleetConfig:
                 f"taskMemoryLimitMiB ({self.task_memory_limit_mib}) must leave "
                 f"{HOST_RESERVED_MIB} MiB of the smallest instance type's {smallest} MiB "
                 "to the host")
+        if not 1 <= self.max_azs <= 6:
+            problems.append(f"maxAzs: 1..6 (got {self.max_azs})")
+        if self.min_driver_version < 0:
+            problems.append(f"minDriverVersion: a driver major version (got "
+                            f"{self.min_driver_version})")
         if self.log_retention_days not in LOG_RETENTION:
             problems.append(f"logRetentionDays: one of {sorted(LOG_RETENTION)}")
         if self.models_uri and not _S3_PREFIX_URI.match(self.models_uri):
@@ -238,6 +250,41 @@ class FleetConfig:
         return cls(**values)
 
 
+def driver_check_commands(min_major: int, *, ecs_config: str = "/etc/ecs/ecs.config",
+                          attempts: int = 10, pause_seconds: int = 6) -> list[str]:
+    """User-data lines that record the NVIDIA driver as ECS instance attributes.
+
+    The image's CUDA needs a minimum driver (CUDA 13.0: 580); the ECS GPU AMI's driver
+    is only known on the instance. The task definition is placed only where
+    ``img2img.driver-ok`` is ``true``, so an AMI with an older driver shows up as a
+    placement failure in the service's events, not as containers that crash. The version
+    is kept only if it looks like one (attribute values have a restricted alphabet).
+    """
+    return [
+        f"# img2img: NVIDIA driver >= {min_major}? Recorded as ECS instance attributes.",
+        "img2img_driver=unknown",
+        f"for img2img_try in $(seq 1 {attempts}); do",
+        "  img2img_found=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader "
+        "2>/dev/null | head -n 1 | tr -d '[:space:]')",
+        "  case $img2img_found in",
+        f"    ''|*[!0-9.]*) sleep {pause_seconds} ;;",
+        "    *) img2img_driver=$img2img_found; break ;;",
+        "  esac",
+        "done",
+        "img2img_major=${img2img_driver%%.*}",
+        "case $img2img_major in",
+        "  ''|*[!0-9]*) img2img_ok=false ;;",
+        f"  *) if [ \"$img2img_major\" -ge {min_major} ]; then img2img_ok=true; "
+        "else img2img_ok=false; fi ;;",
+        "esac",
+        f"echo \"ECS_INSTANCE_ATTRIBUTES={{\\\"{DRIVER_VERSION_ATTRIBUTE}\\\":"
+        f"\\\"$img2img_driver\\\",\\\"{DRIVER_OK_ATTRIBUTE}\\\":\\\"$img2img_ok\\\"}}\" "
+        f">> {ecs_config}",
+        f"echo \"img2img: NVIDIA driver $img2img_driver (needs >= {min_major}): "
+        f"{DRIVER_OK_ATTRIBUTE}=$img2img_ok\"",
+    ]
+
+
 def instance_memory_mib(instance_type: str) -> int | None:
     """Memory of a g5/g6/g6e size (``g5.xlarge`` 16 GiB, ``g6e.2xlarge`` 64 GiB), or None."""
     family, _, size = instance_type.partition(".")
@@ -268,7 +315,7 @@ _CONVERT: Mapping[str, Callable[[Any], Any]] = {
         "max_tasks", "backlog_per_task", "max_receive_count", "visibility_timeout",
         "stop_timeout", "stop_deadline", "output_expiration_days",
         "oldest_message_alarm_seconds", "task_memory_mib", "task_memory_limit_mib",
-        "task_cpu", "root_volume_gib",
+        "task_cpu", "root_volume_gib", "max_azs", "min_driver_version",
         "log_retention_days")},
 }
 
@@ -299,9 +346,16 @@ class Img2ImgFleetStack(Stack):
             lifecycle_rules=[ecr.LifecycleRule(
                 description="keep the 20 newest images", max_image_count=20)],
         )
+        if Token.is_unresolved(self.region):
+            # Without an account and region CDK cannot look the AZs up and uses two.
+            Annotations.of(self).add_warning_v2(
+                "img2img:env-agnostic",
+                "No account/region (CDK_DEFAULT_ACCOUNT/CDK_DEFAULT_REGION): the VPC spans "
+                "2 AZs instead of maxAzs. Synthesize with AWS credentials to use more.")
         vpc = ec2.Vpc(
             self, "Vpc",
-            max_azs=3,
+            # More AZs, more pools of GPU (and Spot) capacity to launch from.
+            max_azs=config.max_azs,
             nat_gateways=0,  # public subnets, no inbound rules: no NAT hourly cost
             subnet_configuration=[ec2.SubnetConfiguration(
                 name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=22)],
@@ -379,6 +433,7 @@ class Img2ImgFleetStack(Stack):
             managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(
                 "AmazonSSMManagedInstanceCore")])
         user_data = ec2.UserData.for_linux()
+        user_data.add_commands(*driver_check_commands(cfg.min_driver_version))
         if cfg.spot:
             # CDK sets this only for spotPrice groups; a mixed-instances group needs it here.
             # On the 2-minute interruption notice ECS drains the instance: SIGTERM, then
@@ -443,6 +498,8 @@ class Img2ImgFleetStack(Stack):
             machine_image_type=ecs.MachineImageType.AMAZON_LINUX_2,
         )
         cluster.add_asg_capacity_provider(capacity_provider)
+        # Teardown needs it: instances must be unprotected before the group can empty.
+        CfnOutput(self, "AutoScalingGroupName", value=asg.auto_scaling_group_name)
         return cluster, capacity_provider
 
     def _task_role(self) -> iam.Role:
@@ -504,6 +561,9 @@ class Img2ImgFleetStack(Stack):
             self, "WorkerTask",
             network_mode=ecs.NetworkMode.BRIDGE,
             task_role=self.task_role,
+            # Only on instances whose NVIDIA driver runs the image's CUDA (user data).
+            placement_constraints=[ecs.PlacementConstraint.member_of(
+                f"attribute:{DRIVER_OK_ATTRIBUTE} == true")],
             volumes=[ecs.Volume(
                 name="models",
                 # One Docker volume per instance, shared by its tasks: weights survive

@@ -69,14 +69,15 @@ def flat(value: Any) -> str:
 class Synth:
     """One synthesized stack: its assertions Template and raw template dict."""
 
-    def __init__(self, overrides: dict[str, Any]) -> None:
+    def __init__(self, overrides: dict[str, Any], env: tuple[str, str] | None = None) -> None:
         silence_jsii()
         import aws_cdk as cdk
         from aws_cdk.assertions import Template
 
         from infra.app import build_app
 
-        app = build_app(cdk.App(context={**cdk_json_context(), **overrides}))
+        environment = cdk.Environment(account=env[0], region=env[1]) if env else None
+        app = build_app(cdk.App(context={**cdk_json_context(), **overrides}), environment)
         (stack,) = [c for c in app.node.children if isinstance(c, cdk.Stack)]
         self.stack = stack
         self.template = Template.from_stack(stack)
@@ -144,14 +145,16 @@ class Synth:
 
 
 @functools.cache
-def _synth(overrides_json: tuple[tuple[str, str], ...]) -> Synth:
-    return Synth({k: json.loads(v) for k, v in overrides_json})
+def _synth(overrides_json: tuple[tuple[str, str], ...], env: tuple[str, str] | None) -> Synth:
+    return Synth({k: json.loads(v) for k, v in overrides_json}, env)
 
 
-def synth(overrides: dict[str, Any] | None = None) -> Synth:
-    """The stack for cdk.json's context plus ``overrides`` (values as ``-c`` gives them)."""
+def synth(overrides: dict[str, Any] | None = None, *,
+          env: tuple[str, str] | None = None) -> Synth:
+    """The stack for cdk.json's context plus ``overrides`` (values as ``-c`` gives them),
+    environment-agnostic unless ``env`` gives an (account, region)."""
     pytest.importorskip("aws_cdk", reason="the infra extra (aws-cdk-lib) is not installed")
-    return _synth(tuple(sorted((k, json.dumps(v)) for k, v in (overrides or {}).items())))
+    return _synth(tuple(sorted((k, json.dumps(v)) for k, v in (overrides or {}).items())), env)
 
 
 def cfn_lint_path() -> str:

@@ -288,8 +288,10 @@ def test_outputs(default: Synth) -> None:
     bucket_id, _ = default.one("AWS::S3::Bucket")
     cluster_id, _ = default.one("AWS::ECS::Cluster")
     service_id, _ = default.one("AWS::ECS::Service")
+    asg_id, _ = default.one("AWS::AutoScaling::AutoScalingGroup")
     expected = {"BucketName": bucket_id, "QueueUrl": main_id, "DlqUrl": dlq_id,
-                "ClusterName": cluster_id, "ServiceName": service_id}
+                "ClusterName": cluster_id, "ServiceName": service_id,
+                "AutoScalingGroupName": asg_id}
     for name, logical_id in expected.items():
         assert _refs(outputs[name]["Value"]) == {logical_id}, name
 
