@@ -12,9 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aws_cdk as cdk  # noqa: E402
 
-from infra.img2img_stack import FleetConfig, Img2ImgFleetStack  # noqa: E402
-
-DEFAULT_STACK_NAME = "Img2ImgFleet"
+from infra.config import FleetConfig  # noqa: E402
+from infra.img2img_stack import Img2ImgFleetStack  # noqa: E402
 
 
 def cli_environment() -> cdk.Environment | None:
@@ -30,12 +29,14 @@ def cli_environment() -> cdk.Environment | None:
 
 
 def build_app(app: cdk.App | None = None, env: cdk.Environment | None = None) -> cdk.App:
-    """Create the app and the stack; every setting comes from CDK context."""
+    """Create the app and the stack; every setting comes from CDK context.
+
+    Raises ``infra.config.ContextError`` naming each unknown or invalid context key.
+    """
     app = app or cdk.App()
-    config = FleetConfig.from_context(app.node.try_get_context)
-    stack_name = app.node.try_get_context("stackName") or DEFAULT_STACK_NAME
+    config = FleetConfig.from_context(app.node.get_all_context())
     Img2ImgFleetStack(
-        app, stack_name, config=config, env=env or cli_environment(),
+        app, config.stack_name, config=config, env=env or cli_environment(),
         description="img2img fleet: S3 in/out, SQS jobs, GPU ECS workers scaled on queue depth",
     )
     return app

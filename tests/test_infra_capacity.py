@@ -52,7 +52,7 @@ def template(request: pytest.FixtureRequest) -> Synth:
 
 
 def test_tasks_are_placed_only_where_the_driver_fits(template: Synth) -> None:
-    from infra.img2img_stack import driver_check_commands
+    from infra.capacity import driver_check_commands
 
     _, task_def = template.one("AWS::ECS::TaskDefinition")
     assert task_def["PlacementConstraints"] == [
@@ -63,7 +63,7 @@ def test_tasks_are_placed_only_where_the_driver_fits(template: Synth) -> None:
 
 
 def _run_driver_check(tmp_path: Path, nvidia_smi: str | None, min_major: int = 580) -> dict:
-    from infra.img2img_stack import driver_check_commands
+    from infra.capacity import driver_check_commands
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(parents=True)

@@ -42,7 +42,7 @@ def test_receive_count_leaves_room_for_interruptions(on_demand: Synth, spot: Syn
 
 
 def test_stop_deadline_fits_inside_stop_timeout(on_demand: Synth, spot: Synth) -> None:
-    from infra.img2img_stack import STOP_MARGIN_SECONDS
+    from infra.config import STOP_MARGIN_SECONDS
 
     for s in (on_demand, spot):
         stop_timeout = s.container()["StopTimeout"]
@@ -53,7 +53,7 @@ def test_stop_deadline_fits_inside_stop_timeout(on_demand: Synth, spot: Synth) -
 
 
 def test_spot_task_is_killed_before_the_instance_is_reclaimed(spot: Synth) -> None:
-    from infra.img2img_stack import SPOT_DRAIN_LEAD_SECONDS
+    from infra.config import SPOT_DRAIN_LEAD_SECONDS
 
     stop_timeout = spot.container()["StopTimeout"]
     # Notice -> agent polls (1 s) -> DRAINING -> scheduler stops the task -> SIGTERM; the
@@ -73,16 +73,16 @@ def test_spot_draining_stops_tasks_without_waiting_for_replacements(
 
 
 def test_spot_settings_that_cannot_work_are_refused() -> None:
-    from infra.img2img_stack import FleetConfig
+    from infra.config import FleetConfig
 
     with pytest.raises(ValueError, match="stopTimeout"):
         FleetConfig.from_context({"spot": "true", "stopTimeout": "120",
-                                  "stopDeadline": "100"}.get)
+                                  "stopDeadline": "100"})
     with pytest.raises(ValueError, match="maxReceiveCount"):
-        FleetConfig.from_context({"spot": "true", "maxReceiveCount": "3"}.get)
+        FleetConfig.from_context({"spot": "true", "maxReceiveCount": "3"})
     with pytest.raises(ValueError, match="stopDeadline"):
-        FleetConfig.from_context({"stopTimeout": "120", "stopDeadline": "110"}.get)
+        FleetConfig.from_context({"stopTimeout": "120", "stopDeadline": "110"})
     # Explicit values win over the capacity type's defaults.
     chosen = FleetConfig.from_context({"spot": "true", "maxReceiveCount": "7",
-                                       "stopTimeout": "80", "stopDeadline": "60"}.get)
+                                       "stopTimeout": "80", "stopDeadline": "60"})
     assert (chosen.max_receive_count, chosen.stop_timeout, chosen.stop_deadline) == (7, 80, 60)

@@ -19,7 +19,6 @@ import pytest
 
 from tests.infra_synth import (
     CDK_JSON,
-    ROOT,
     Synth,
     cdk_json_context,
     cfn_lint,
@@ -249,19 +248,6 @@ def test_models_uri_grants_read_of_that_prefix_only_and_allows_its_models(
     assert "IMG2IMG_ALLOWED_MODELS" not in default.env()
 
 
-def test_models_uri_and_allowed_models_config() -> None:
-    from infra.img2img_stack import FleetConfig
-
-    with pytest.raises(ValueError, match="modelsUri"):
-        FleetConfig.from_context({"modelsUri": "my-model-store/weights"}.get)
-    cfg = FleetConfig.from_context({"modelsUri": "s3://store/w", "allowedModels": "sd15, sdxl",
-                                    "defaultModels": "sd15"}.get)
-    assert cfg.models_uri == "s3://store/w/"
-    assert cfg.worker_allowed_models == "sd15,sdxl,s3://store/w/*"
-    assert FleetConfig(allowed_models="sd-turbo").worker_allowed_models == "sd-turbo"
-    assert FleetConfig().worker_allowed_models is None
-
-
 # -- alarms and outputs ------------------------------------------------------------------
 
 def test_alarms(default: Synth, variant: Synth) -> None:
@@ -329,35 +315,7 @@ def test_cfn_lint_catches_a_bad_template(tmp_path: Path) -> None:
     assert result.returncode & 2, result.stdout
 
 
-# -- configuration -----------------------------------------------------------------------
-
-def test_context_keys_documented_and_in_cdk_json() -> None:
-    from infra.img2img_stack import CONTEXT_KEYS
-
-    in_json = set(cdk_json_context())
-    # Every key but those whose default depends on the capacity type (on-demand, Spot).
-    by_capacity = {"maxReceiveCount", "stopTimeout", "stopDeadline"}
-    assert set(CONTEXT_KEYS) | {"stackName"} == in_json | by_capacity
-    docs = (ROOT / "docs" / "deploy.md").read_text()
-    missing = [k for k in (*CONTEXT_KEYS, "stackName") if f"`{k}`" not in docs]
-    assert missing == []
-
-
-def test_config_rejects_inconsistent_settings() -> None:
-    from infra.img2img_stack import FleetConfig
-
-    with pytest.raises(ValueError, match="stopDeadline"):
-        FleetConfig(stop_deadline=120, stop_timeout=120)
-    with pytest.raises(ValueError, match="instanceTypes"):
-        FleetConfig(instance_types=("p4d.24xlarge",))
-    with pytest.raises(ValueError, match="nest"):
-        FleetConfig(input_prefix="data/", output_prefix="data/out/")
-    parsed = FleetConfig.from_context(
-        {"spot": "false", "instanceTypes": "g6.2xlarge, g5.2xlarge", "inputPrefix": "in",
-         "maxTasks": "2"}.get)
-    assert parsed.spot is False and parsed.instance_types == ("g6.2xlarge", "g5.2xlarge")
-    assert parsed.input_prefix == "in/" and parsed.max_tasks == 2
-
+# -- the CDK entry point ---------------------------------------------------------------
 
 @pytest.mark.slow
 def test_app_entry_point_synthesizes_with_cdk_json(tmp_path: Path) -> None:

@@ -72,16 +72,17 @@ def test_memory_has_a_hard_limit_and_shared_memory_is_sized(template: Synth) -> 
 
 
 def test_memory_settings_are_checked_against_the_instance_types() -> None:
-    from infra.img2img_stack import FleetConfig, instance_memory_mib
+    from infra.config import FleetConfig
+    from infra.instance_types import instance_memory_mib
 
     assert instance_memory_mib("g5.xlarge") == 16 * 1024
     assert instance_memory_mib("g6.12xlarge") == 192 * 1024
     assert instance_memory_mib("g6e.2xlarge") == 64 * 1024
     assert instance_memory_mib("g6.metal") is None
     with pytest.raises(ValueError, match="taskMemoryLimitMiB"):
-        FleetConfig.from_context({"taskMemoryLimitMiB": "15360"}.get)  # 15 GiB on 16 GiB
+        FleetConfig.from_context({"taskMemoryLimitMiB": "15360"})  # 15 GiB on 16 GiB
     with pytest.raises(ValueError, match="taskMemoryLimitMiB"):
-        FleetConfig.from_context({"taskMemoryMiB": "14336", "taskMemoryLimitMiB": "14336"}.get)
+        FleetConfig.from_context({"taskMemoryMiB": "14336", "taskMemoryLimitMiB": "14336"})
     bigger = FleetConfig.from_context({"instanceTypes": "g6e.xlarge",
-                                       "taskMemoryLimitMiB": "28672"}.get)
+                                       "taskMemoryLimitMiB": "28672"})
     assert bigger.task_memory_limit_mib == 28672
