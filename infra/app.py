@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aws_cdk as cdk  # noqa: E402
 
-from infra.config import FleetConfig  # noqa: E402
+from infra.config import ContextError, FleetConfig  # noqa: E402
 from infra.img2img_stack import Img2ImgFleetStack  # noqa: E402
 
 
@@ -43,7 +43,11 @@ def build_app(app: cdk.App | None = None, env: cdk.Environment | None = None) ->
 
 
 def main() -> None:
-    build_app().synth()
+    try:
+        app = build_app()
+    except ContextError as exc:  # a usage error: the message, not a traceback
+        sys.exit(f"img2img fleet: {exc}")
+    app.synth()
 
 
 if __name__ == "__main__":

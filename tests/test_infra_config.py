@@ -134,5 +134,6 @@ def test_cdk_app_refuses_a_mistyped_key(tmp_path: Path) -> None:
            "JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION": "1"}
     result = subprocess.run([sys.executable, "app.py"], cwd=CDK_JSON.parent, env=env,
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert "unknown context key 'maxTask' (did you mean 'maxTasks'?)" in result.stderr
+    assert "Traceback" not in result.stderr
