@@ -7,6 +7,7 @@ from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subs
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from infra.config import FleetConfig
@@ -23,28 +24,29 @@ def fleet_alarms(scope: Construct, config: FleetConfig, *, queues: JobQueues) ->
     topic = sns.Topic(scope, "AlarmTopic", display_name="img2img fleet alarms")
     if config.alarm_email:
         topic.add_subscription(subs.EmailSubscription(config.alarm_email))
-    alarms = [
-        cloudwatch.Alarm(
-            scope, "DlqNotEmptyAlarm",
-            alarm_description="Jobs reached the dead-letter queue: inspect, fix, then "
-                              "`img2img-producer redrive`",
-            metric=queue_metric(queues.main_dlq, "ApproximateNumberOfMessagesVisible",
-                                "Maximum"),
+    alarms = []
+    for label, name, queue, dlq in _named_queues(queues):
+        alarms.append(cloudwatch.Alarm(
+            scope, f"{label}DlqNotEmptyAlarm",
+            alarm_description=f"Jobs reached the {name}'s dead-letter queue: inspect, fix, "
+                              "then `img2img-producer redrive`",
+            metric=queue_metric(dlq, "ApproximateNumberOfMessagesVisible", "Maximum"),
             threshold=0,
             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
             evaluation_periods=1,
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        ),
-        cloudwatch.Alarm(
-            scope, "OldestMessageAgeAlarm",
-            alarm_description=(
-                f"A job has waited more than {config.oldest_message_alarm_seconds} s"),
-            metric=queue_metric(queues.main, "ApproximateAgeOfOldestMessage", "Maximum"),
+        ))
+        alarms.append(cloudwatch.Alarm(
+            scope, f"{label}OldestMessageAgeAlarm",
+            alarm_description=(f"A job in the {name} has waited more than "
+                               f"{config.oldest_message_alarm_seconds} s"),
+            metric=queue_metric(queue, "ApproximateAgeOfOldestMessage", "Maximum"),
             threshold=config.oldest_message_alarm_seconds,
             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
             evaluation_periods=5,
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        ),
+        ))
+    alarms.append(
         # The worker emits this EMF metric on every failed call to the agent's task
         # protection endpoint (worker/task_protection.py): scale-in may stop busy tasks.
         cloudwatch.Alarm(
@@ -59,9 +61,17 @@ def fleet_alarms(scope: Construct, config: FleetConfig, *, queues: JobQueues) ->
             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
             evaluation_periods=1,
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        ),
-    ]
+        ))
     notify = cw_actions.SnsAction(topic)
     for alarm in alarms:
         alarm.add_alarm_action(notify)
     return topic
+
+
+def _named_queues(queues: JobQueues) -> list[tuple[str, str, sqs.IQueue, sqs.IQueue]]:
+    """(alarm id prefix, name in descriptions, queue, its DLQ); the main queue's alarms
+    keep their unprefixed ids."""
+    named = [("", "job queue", queues.main, queues.main_dlq)]
+    if queues.priority is not None and queues.priority_dlq is not None:
+        named.append(("Priority", "priority queue", queues.priority, queues.priority_dlq))
+    return named

@@ -51,6 +51,8 @@ LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 180, 365)
 DEFAULT_STACK_NAME = "Img2ImgFleet"
 
 _S3_PREFIX_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/(\S+/)?$")
+_SECRET_ARN = re.compile(r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[\w/+=.@-]+$")
+_SECRET_NAME = re.compile(r"^[\w/+=.@-]{1,512}$")
 # What one of our keys looks like; CDK's own keys never match (see the module docstring).
 _OUR_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _BOOL = TypeAdapter(bool)
@@ -112,6 +114,15 @@ class FleetConfig(BaseModel):
     log_retention_days: int = 30
     max_azs: int = Field(3, ge=1, le=6)
     min_driver_version: int = Field(580, ge=0)
+    # Jobs that jump the line: a second queue (and DLQ) the worker drains first.
+    priority_queue: bool = False
+    # The events topic (always there) and who hears it.
+    events_email: str = ""
+    events_queue: bool = False
+    webhook_url: str = ""
+    webhook_secret: str = ""  # a Secrets Manager secret's name or ARN
+    # IMG2IMG_GPU_PRICE_PER_HOUR for cost per image; CDK cannot know the instance's price.
+    gpu_price_per_hour: float | None = Field(None, ge=0)
 
     # -- reading values as cdk.json and `-c` give them --------------------------------
 
@@ -153,6 +164,11 @@ class FleetConfig(BaseModel):
         text = str(value).strip()
         return _prefix(text) if text else ""
 
+    @field_validator("gpu_price_per_hour", mode="before")
+    @classmethod
+    def _empty_price(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
     # -- single values -----------------------------------------------------------------
 
     @field_validator("instance_types")
@@ -176,7 +192,7 @@ class FleetConfig(BaseModel):
     @classmethod
     def _s3_prefix_uri(cls, value: str) -> str:
         if value and not _S3_PREFIX_URI.match(value):
-            raise ValueError(f"an s3://bucket/prefix/ URI (got {value!r})")
+            raise ValueError("an s3://bucket/prefix/ URI")
         return value
 
     @field_validator("log_retention_days")
@@ -186,11 +202,25 @@ class FleetConfig(BaseModel):
             raise ValueError(f"one of {LOG_RETENTION_DAYS}")
         return value
 
-    @field_validator("alarm_email")
+    @field_validator("webhook_url")
+    @classmethod
+    def _https_url(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https://[^\s/$.?#][^\s]*", value):
+            raise ValueError("an https:// URL")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret_reference(cls, value: str) -> str:
+        if value and not (_SECRET_ARN.match(value) or _SECRET_NAME.match(value)):
+            raise ValueError("a Secrets Manager secret name or ARN")
+        return value
+
+    @field_validator("alarm_email", "events_email")
     @classmethod
     def _email(cls, value: str) -> str:
         if value and "@" not in value:
-            raise ValueError(f"an e-mail address (got {value!r})")
+            raise ValueError("an e-mail address")
         return value
 
     # -- values that must fit together -----------------------------------------------
@@ -203,6 +233,9 @@ class FleetConfig(BaseModel):
         problems += [f"inputPrefix/outputPrefix/uploadsPrefix: prefixes must not nest: "
                      f"{a!r} is inside {b!r}"
                      for a in prefixes for b in prefixes if a is not b and a.startswith(b)]
+        if self.webhook_secret and not self.webhook_url:
+            problems.append("webhookSecret is set but webhookUrl is empty: the secret signs "
+                            "webhook calls")
         if problems:
             raise ValueError("; ".join(problems))
         return self

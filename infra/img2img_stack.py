@@ -14,6 +14,7 @@ from constructs import Construct
 from infra.alarms import fleet_alarms
 from infra.capacity import gpu_capacity
 from infra.config import FleetConfig
+from infra.events import fleet_events
 from infra.queues import job_queues
 from infra.scaling import scale_on_queue_depth
 from infra.storage import fleet_bucket, notify_uploads
@@ -22,7 +23,8 @@ from infra.worker_service import worker_repository, worker_service
 
 
 class Img2ImgFleetStack(Stack):
-    """Bucket, job queue + DLQ, GPU ECS capacity, the worker service, scaling and alarms."""
+    """Bucket, job queues + DLQs, events, GPU ECS capacity, the worker service, scaling and
+    alarms."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: FleetConfig,
                  **kwargs: Any) -> None:
@@ -33,14 +35,16 @@ class Img2ImgFleetStack(Stack):
         self.queues = job_queues(self, config)
         if config.uploads_prefix:
             notify_uploads(self.bucket, self.queues.main, config.uploads_prefix)
+        self.events = fleet_events(self, config)
         self.repository = worker_repository(self)
         self.capacity = gpu_capacity(self, config)
         self.task_role = worker_task_role(
             self, config, bucket=self.bucket, queues=self.queues,
-            cluster=self.capacity.cluster)
+            cluster=self.capacity.cluster, events_topic=self.events.topic)
         self.worker = worker_service(
             self, config, capacity=self.capacity, repository=self.repository,
-            task_role=self.task_role, bucket=self.bucket, queues=self.queues)
+            task_role=self.task_role, bucket=self.bucket, queues=self.queues,
+            events_topic=self.events.topic)
         self.scalable_target = scale_on_queue_depth(
             self, config, queues=self.queues, cluster=self.capacity.cluster,
             service=self.worker.service)
@@ -59,6 +63,12 @@ class Img2ImgFleetStack(Stack):
             "RepositoryUri": self.repository.repository_uri,
             "LogGroupName": self.worker.log_group.log_group_name,
             "AlarmTopicArn": self.alarm_topic.topic_arn,
+            "EventsTopicArn": self.events.topic.topic_arn,
         }
+        if self.queues.priority is not None and self.queues.priority_dlq is not None:
+            outputs["PriorityQueueUrl"] = self.queues.priority.queue_url
+            outputs["PriorityDlqUrl"] = self.queues.priority_dlq.queue_url
+        if self.events.queue is not None:
+            outputs["EventsQueueUrl"] = self.events.queue.queue_url
         for name, value in outputs.items():
             CfnOutput(self, name, value=value)

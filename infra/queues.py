@@ -1,4 +1,4 @@
-"""The job queue and its dead-letter queue."""
+"""The job queue, the optional priority queue, and a dead-letter queue for each."""
 
 from __future__ import annotations
 
@@ -21,18 +21,41 @@ DLQ_RETENTION = Duration.days(14)
 class JobQueues:
     main: sqs.Queue
     main_dlq: sqs.Queue
+    # With priorityQueue: jobs the worker takes before the main queue's.
+    priority: sqs.Queue | None = None
+    priority_dlq: sqs.Queue | None = None
+
+    @property
+    def consumed(self) -> list[sqs.Queue]:
+        """Every queue the worker receives from (main first)."""
+        return [q for q in (self.main, self.priority) if q is not None]
+
+    @property
+    def dead_letter(self) -> list[sqs.Queue]:
+        return [q for q in (self.main_dlq, self.priority_dlq) if q is not None]
 
 
 def job_queues(scope: Construct, config: FleetConfig) -> JobQueues:
+    main, main_dlq = _queue_with_dlq(scope, config, "JobQueue", "DeadLetterQueue")
+    if not config.priority_queue:
+        return JobQueues(main=main, main_dlq=main_dlq)
+    priority, priority_dlq = _queue_with_dlq(
+        scope, config, "PriorityQueue", "PriorityDeadLetterQueue")
+    return JobQueues(main=main, main_dlq=main_dlq, priority=priority,
+                     priority_dlq=priority_dlq)
+
+
+def _queue_with_dlq(scope: Construct, config: FleetConfig, queue_id: str,
+                    dlq_id: str) -> tuple[sqs.Queue, sqs.Queue]:
     # SSE-SQS (not KMS): S3 event notifications can deliver to it without a key policy.
     dlq = sqs.Queue(
-        scope, "DeadLetterQueue",
+        scope, dlq_id,
         encryption=sqs.QueueEncryption.SQS_MANAGED,
         enforce_ssl=True,
         retention_period=DLQ_RETENTION,
     )
-    main = sqs.Queue(
-        scope, "JobQueue",
+    queue = sqs.Queue(
+        scope, queue_id,
         encryption=sqs.QueueEncryption.SQS_MANAGED,
         enforce_ssl=True,
         visibility_timeout=Duration.seconds(config.visibility_timeout),
@@ -41,4 +64,4 @@ def job_queues(scope: Construct, config: FleetConfig) -> JobQueues:
         dead_letter_queue=sqs.DeadLetterQueue(
             queue=dlq, max_receive_count=config.max_receive_count),
     )
-    return JobQueues(main=main, main_dlq=dlq)
+    return queue, dlq

@@ -7,6 +7,7 @@ from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from infra.config import FleetConfig
@@ -50,20 +51,33 @@ def _query(metric_id: str, namespace: str, name: str, dimensions: dict[str, str]
                     name=k, value=v) for k, v in dimensions.items()])))
 
 
+def _queue_metric_ids(queues: JobQueues) -> list[tuple[str, sqs.IQueue]]:
+    """(metric id prefix, queue) for every queue the worker consumes."""
+    prefixes = {id(queues.main): "", id(queues.priority): "priority"}
+    return [(prefixes[id(q)], q) for q in queues.consumed]
+
+
 def _track_backlog_per_task(scope: Construct, config: FleetConfig,
                             target: appscaling.ScalableTarget, queues: JobQueues,
                             cluster: ecs.ICluster, service: ecs.IService) -> None:
-    """Target tracking on backlog per running task. In-flight messages count as backlog
-    so the fleet does not scale in (and SIGTERM) workers that are still busy with them."""
-    queue_dims = {"QueueName": queues.main.queue_name}
-    metrics = [
-        _query("visible", SQS_NAMESPACE, "ApproximateNumberOfMessagesVisible", queue_dims,
-               "Sum"),
-        _query("inflight", SQS_NAMESPACE, "ApproximateNumberOfMessagesNotVisible",
-               queue_dims, "Sum"),
+    """Target tracking on backlog per running task, over every queue the worker consumes.
+
+    In-flight messages count as backlog so the fleet does not scale in (and SIGTERM)
+    workers that are still busy with them. A queue with no recent traffic publishes no
+    metrics, and one missing term would blank the whole sum: each is FILLed with 0.
+    """
+    metrics: list[_Query] = []
+    terms: list[str] = []
+    for prefix, queue in _queue_metric_ids(queues):
+        dims = {"QueueName": queue.queue_name}
+        for suffix, name in (("visible", "ApproximateNumberOfMessagesVisible"),
+                             ("inflight", "ApproximateNumberOfMessagesNotVisible")):
+            metrics.append(_query(prefix + suffix, SQS_NAMESPACE, name, dims, "Sum"))
+            terms.append(f"FILL({prefix + suffix}, 0)")
+    metrics += [
         _query("running", CONTAINER_INSIGHTS_NAMESPACE, "RunningTaskCount",
                service_dimensions(cluster, service), "Average"),
-        _Query(id="backlogpertask", expression="(visible + inflight) / running",
+        _Query(id="backlogpertask", expression=f"({' + '.join(terms)}) / running",
                label="Messages (visible + in flight) per running task", return_data=True),
     ]
     appscaling.CfnScalingPolicy(
@@ -95,15 +109,18 @@ def _start_from_zero(scope: Construct, target: appscaling.ScalableTarget, queues
     DesiredTaskCount only narrows when it fires; nothing relies on Container Insights
     publishing it while the task is pending.
     """
+    waiting = {f"{prefix}visible": queue_metric(queue, "ApproximateNumberOfMessagesVisible",
+                                                "Maximum")
+               for prefix, queue in _queue_metric_ids(queues)}
+    any_waiting = " + ".join(f"FILL({metric_id}, 0)" for metric_id in waiting)
     alarm = cloudwatch.Alarm(
         scope, "StartFromZeroAlarm",
         alarm_description="Jobs are waiting and no worker task runs or is wanted",
         metric=cloudwatch.MathExpression(
-            expression="IF(visible > 0 AND FILL(running, 0) == 0 AND FILL(desired, 0) == 0,"
-                       " 1, 0)",
+            expression=f"IF(({any_waiting}) > 0 AND FILL(running, 0) == 0 AND "
+                       "FILL(desired, 0) == 0, 1, 0)",
             using_metrics={
-                "visible": queue_metric(queues.main, "ApproximateNumberOfMessagesVisible",
-                                        "Maximum"),
+                **waiting,
                 "running": service_metric(cluster, service, "RunningTaskCount"),
                 "desired": service_metric(cluster, service, "DesiredTaskCount"),
             },

@@ -6,6 +6,7 @@ from aws_cdk import Aws, Stack
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from infra.config import FleetConfig
@@ -13,8 +14,10 @@ from infra.queues import JobQueues
 
 
 def worker_task_role(scope: Construct, config: FleetConfig, *, bucket: s3.IBucket,
-                     queues: JobQueues, cluster: ecs.ICluster) -> iam.Role:
-    """Read inputs, write outputs, consume its queue, protect its own task: nothing else."""
+                     queues: JobQueues, cluster: ecs.ICluster,
+                     events_topic: sns.ITopic) -> iam.Role:
+    """Read inputs, write outputs, consume its queues, publish its events, protect its own
+    task: nothing else."""
     role = iam.Role(scope, "WorkerTaskRole",
                     assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
                     description="img2img worker: read inputs, write outputs, own queue")
@@ -23,9 +26,11 @@ def worker_task_role(scope: Construct, config: FleetConfig, *, bucket: s3.IBucke
         _model_store_access(role, config.models_uri)
     # Batch variants (DeleteMessageBatch, ...) are authorised by the same actions.
     role.add_to_policy(iam.PolicyStatement(
-        sid="ConsumeJobQueue",
+        sid="ConsumeJobQueues",
         actions=["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"],
-        resources=[queues.main.queue_arn]))
+        resources=[q.queue_arn for q in queues.consumed]))
+    role.add_to_policy(iam.PolicyStatement(
+        sid="PublishEvents", actions=["sns:Publish"], resources=[events_topic.topic_arn]))
     # Scale-in protection: the ECS agent's endpoint calls these with the task role's
     # credentials, so without them protection is denied and busy tasks can be stopped.
     role.add_to_policy(iam.PolicyStatement(

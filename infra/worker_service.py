@@ -7,6 +7,7 @@ healthcheck`` and stops on SIGTERM within IMG2IMG_STOP_DEADLINE.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from aws_cdk import Aws, Duration, RemovalPolicy
@@ -15,6 +16,8 @@ from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from infra.capacity import DRIVER_OK_CONSTRAINT, GpuCapacity
@@ -65,7 +68,7 @@ def worker_repository(scope: Construct) -> ecr.Repository:
 
 def worker_service(scope: Construct, config: FleetConfig, *, capacity: GpuCapacity,
                    repository: ecr.IRepository, task_role: iam.IRole, bucket: s3.IBucket,
-                   queues: JobQueues) -> WorkerService:
+                   queues: JobQueues, events_topic: sns.ITopic) -> WorkerService:
     log_group = logs.LogGroup(
         scope, "WorkerLogs",
         retention=LOG_RETENTION[config.log_retention_days],
@@ -109,7 +112,12 @@ def worker_service(scope: Construct, config: FleetConfig, *, capacity: GpuCapaci
         logging=ecs.LogDrivers.aws_logs(
             stream_prefix="worker", log_group=log_group,
             mode=ecs.AwsLogDriverMode.NON_BLOCKING),
-        environment=worker_environment(config, bucket=bucket, queues=queues),
+        environment=worker_environment(config, bucket=bucket, queues=queues,
+                                       events_topic=events_topic),
+        # Injected by the agent with the task execution role, which CDK lets read exactly
+        # this secret; the value never appears in the task definition.
+        secrets=({"IMG2IMG_WEBHOOK_SECRET": ecs.Secret.from_secrets_manager(
+            webhook_secret(scope, config.webhook_secret))} if config.webhook_secret else None),
     )
     container.add_mount_points(ecs.MountPoint(
         container_path=MODELS_MOUNT, source_volume=MODELS_VOLUME, read_only=False))
@@ -137,8 +145,8 @@ def worker_service(scope: Construct, config: FleetConfig, *, capacity: GpuCapaci
                          log_group=log_group)
 
 
-def worker_environment(config: FleetConfig, *, bucket: s3.IBucket,
-                       queues: JobQueues) -> dict[str, str]:
+def worker_environment(config: FleetConfig, *, bucket: s3.IBucket, queues: JobQueues,
+                       events_topic: sns.ITopic) -> dict[str, str]:
     """The worker's settings (``IMG2IMG_*``, worker/settings.py) for this stack."""
 
     def s3_uri(prefix: str) -> str:
@@ -166,7 +174,25 @@ def worker_environment(config: FleetConfig, *, bucket: s3.IBucket,
     }
     if config.worker_allowed_models:
         env["IMG2IMG_ALLOWED_MODELS"] = config.worker_allowed_models
+    if queues.priority is not None:
+        env["IMG2IMG_PRIORITY_QUEUE_URL"] = queues.priority.queue_url
+    env["IMG2IMG_EVENTS_TOPIC_ARN"] = events_topic.topic_arn
+    if config.webhook_url:
+        env["IMG2IMG_WEBHOOK_URL"] = config.webhook_url
+    if config.gpu_price_per_hour is not None:
+        env["IMG2IMG_GPU_PRICE_PER_HOUR"] = f"{config.gpu_price_per_hour:g}"
     return env
+
+
+def webhook_secret(scope: Construct, reference: str) -> secretsmanager.ISecret:
+    """The secret named by ``webhookSecret``: a full ARN (with the 6-character suffix
+    Secrets Manager adds), a partial ARN, or a name in this account and region."""
+    if not reference.startswith("arn:"):
+        return secretsmanager.Secret.from_secret_name_v2(scope, "WebhookSecret", reference)
+    if re.search(r"-[A-Za-z0-9]{6}$", reference):
+        return secretsmanager.Secret.from_secret_complete_arn(scope, "WebhookSecret",
+                                                              reference)
+    return secretsmanager.Secret.from_secret_partial_arn(scope, "WebhookSecret", reference)
 
 
 def _linux_parameters(scope: Construct) -> ecs.LinuxParameters:

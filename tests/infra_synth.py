@@ -20,6 +20,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CDK_JSON = ROOT / "infra" / "cdk.json"
 
+SPOT = {"spot": "true"}
+WEBHOOK_SECRET_ARN = ("arn:aws:secretsmanager:us-east-1:111122223333:secret:"
+                      "img2img/webhook-AbCdEf")
+# Every optional part on, as `-c` would pass it.
+EVERYTHING_ON = {
+    "spot": "true", "priorityQueue": "true", "uploadsPrefix": "uploads",
+    "outputExpirationDays": "30", "alarmEmail": "ops@example.com",
+    "modelsUri": "s3://my-model-store/weights", "eventsEmail": "events@example.com",
+    "eventsQueue": "true", "webhookUrl": "https://hooks.example.com/img2img",
+    "webhookSecret": WEBHOOK_SECRET_ARN, "gpuPricePerHour": "1.006",
+}
+
 if str(ROOT) not in sys.path:  # `infra` is a top-level package of the repository
     sys.path.insert(0, str(ROOT))
 
@@ -139,6 +151,17 @@ class Synth:
             for action in as_list(st["Action"]):
                 by_action.setdefault(action, []).append(st)
         return by_action
+
+    def topic_id(self, display_name: str) -> str:
+        (topic_id,) = [k for k, v in self.resources("AWS::SNS::Topic").items()
+                       if v["Properties"].get("DisplayName") == display_name]
+        return topic_id
+
+    def alarm_topic_id(self) -> str:
+        return self.topic_id("img2img fleet alarms")
+
+    def events_topic_id(self) -> str:
+        return self.topic_id("img2img fleet events")
 
     def alarms(self) -> list[dict[str, Any]]:
         return [a["Properties"] for a in self.resources("AWS::CloudWatch::Alarm").values()]

@@ -9,14 +9,22 @@ from typing import Any
 
 import pytest
 
-from tests.infra_synth import Synth, refs, synth
+from tests.infra_synth import EVERYTHING_ON, SPOT, Synth, refs, synth
 
 pytest.importorskip("aws_cdk", reason="the infra extra (aws-cdk-lib) is not installed")
 
 
-@pytest.fixture(scope="module", params=["on-demand", "spot"])
+@pytest.fixture(scope="module", params=["on-demand", "spot", "everything-on"])
 def template(request: pytest.FixtureRequest) -> Synth:
-    return synth({"spot": "true"} if request.param == "spot" else {})
+    return synth({"on-demand": {}, "spot": SPOT, "everything-on": EVERYTHING_ON}[
+        request.param])
+
+
+def _consumed_queues(s: Synth) -> list[str]:
+    """Logical ids of the queues the worker receives from (main, then priority)."""
+    env = s.env()
+    names = ["IMG2IMG_QUEUE_URL", "IMG2IMG_PRIORITY_QUEUE_URL"]
+    return [next(iter(refs(env[n]))) for n in names if n in env]
 
 
 def _policies(s: Synth, policy_type: str) -> dict[str, dict[str, Any]]:
@@ -42,12 +50,19 @@ def test_target_tracking_on_backlog_per_task(template: Synth) -> None:
     # Scale-in stays on: an empty queue takes the fleet back to 0 tasks.
     assert not config.get("DisableScaleIn", False)
     metrics = config["CustomizedMetricSpecification"]["Metrics"]
-    ids = _metric_ids(metrics)
     (expression,) = [m["Expression"] for m in metrics if m.get("ReturnData")]
-    visible, inflight = (ids["ApproximateNumberOfMessagesVisible"],
-                         ids["ApproximateNumberOfMessagesNotVisible"])
-    assert f"{visible} + {inflight}" in expression
-    assert expression.rstrip().endswith("/ " + ids["RunningTaskCount"])
+    by_id = {m["Id"]: m["MetricStat"] for m in metrics if "MetricStat" in m}
+    # Every consumed queue's waiting and in-flight messages, FILLed (an idle queue
+    # publishes nothing), over the running tasks.
+    counted = {(next(iter(refs(stat["Metric"]["Dimensions"]))), stat["Metric"]["MetricName"])
+               for stat in by_id.values() if stat["Metric"]["Namespace"] == "AWS/SQS"}
+    assert counted == {(q, name) for q in _consumed_queues(template)
+                       for name in ("ApproximateNumberOfMessagesVisible",
+                                    "ApproximateNumberOfMessagesNotVisible")}
+    sqs_ids = [i for i, stat in by_id.items() if stat["Metric"]["Namespace"] == "AWS/SQS"]
+    numerator = " + ".join(f"FILL({i}, 0)" for i in sqs_ids)
+    running = _metric_ids(metrics)["RunningTaskCount"]
+    assert expression == f"({numerator}) / {running}"
 
 
 def test_start_from_zero_is_idempotent(template: Synth) -> None:
@@ -65,8 +80,13 @@ def test_start_from_zero_is_idempotent(template: Synth) -> None:
     assert refs(alarm["AlarmActions"]) == {step_id}
     assert "OKActions" not in alarm  # nothing pins the count when jobs run out
     metrics = {m["Id"]: m for m in alarm["Metrics"]}
-    ids = _metric_ids(alarm["Metrics"])
     (expression,) = [m["Expression"] for m in metrics.values() if m.get("ReturnData")]
-    visible, running = ids["ApproximateNumberOfMessagesVisible"], ids["RunningTaskCount"]
-    assert f"{visible} > 0" in expression and f"FILL({running}, 0) == 0" in expression
+    waiting = {i: m["MetricStat"]["Metric"] for i, m in metrics.items()
+               if m.get("MetricStat", {}).get("Metric", {}).get("Namespace") == "AWS/SQS"}
+    assert {next(iter(refs(m["Dimensions"]))) for m in waiting.values()} == set(
+        _consumed_queues(template))
+    assert {m["MetricName"] for m in waiting.values()} == {"ApproximateNumberOfMessagesVisible"}
+    any_waiting = " + ".join(f"FILL({i}, 0)" for i in waiting)
+    running = _metric_ids(alarm["Metrics"])["RunningTaskCount"]
+    assert expression.startswith(f"IF(({any_waiting}) > 0 AND FILL({running}, 0) == 0")
     assert alarm["Threshold"] == 1 and alarm["EvaluationPeriods"] == 1
