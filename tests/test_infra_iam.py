@@ -27,6 +27,13 @@ def _cluster_id(s: Synth) -> str:
 
 
 def test_task_role_may_protect_only_tasks_of_its_own_cluster(template: Synth) -> None:
+    from aws_cdk.assertions import Match
+
+    template.template.has_resource_properties("AWS::IAM::Policy", {
+        "Roles": [{"Ref": template.task_role_id()}],
+        "PolicyDocument": {"Statement": Match.array_with([Match.object_like({
+            "Sid": "OwnTaskProtection", "Effect": "Allow",
+            "Action": ["ecs:UpdateTaskProtection", "ecs:GetTaskProtection"]})])}})
     granted = template.granted(template.task_role_id())
     for action in ("ecs:UpdateTaskProtection", "ecs:GetTaskProtection"):
         (statement,) = granted[action]

@@ -68,6 +68,13 @@ def test_target_tracking_on_backlog_per_task(template: Synth) -> None:
 def test_start_from_zero_is_idempotent(template: Synth) -> None:
     """The alarm's action may run once a minute while the first instance boots: it sets
     the desired count to exactly 1 instead of adding 1 each time."""
+    from aws_cdk.assertions import Match
+
+    template.template.has_resource_properties("AWS::ApplicationAutoScaling::ScalingPolicy", {
+        "PolicyType": "StepScaling",
+        "StepScalingPolicyConfiguration": Match.object_like({
+            "AdjustmentType": "ExactCapacity",
+            "StepAdjustments": [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}]})})
     ((step_id, step),) = _policies(template, "StepScaling").items()
     config = step["StepScalingPolicyConfiguration"]
     assert config["AdjustmentType"] == "ExactCapacity"

@@ -36,6 +36,13 @@ def test_container_runs_the_worker_with_its_settings(template: Synth) -> None:
 
 
 def test_runs_as_the_images_non_root_user(template: Synth) -> None:
+    from aws_cdk.assertions import Match
+
+    template.template.has_resource_properties("AWS::ECS::TaskDefinition", {
+        "ContainerDefinitions": [Match.object_like({
+            "User": "10001:10001", "ReadonlyRootFilesystem": True,
+            "HealthCheck": Match.object_like(
+                {"Command": ["CMD", "img2img-worker", "healthcheck"]})})]})
     assert template.container()["User"] == "10001:10001"
 
 
