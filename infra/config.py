@@ -114,7 +114,7 @@ class FleetConfig(BaseModel):
     log_retention_days: int = 30
     max_azs: int = Field(3, ge=1, le=6)
     min_driver_version: int = Field(580, ge=0)
-    # Jobs that jump the line: a second queue (and DLQ) the worker drains first.
+    # Jobs that should not wait behind the main queue: a second queue with its own DLQ.
     priority_queue: bool = False
     # The events topic (always there) and who hears it.
     events_email: str = ""
