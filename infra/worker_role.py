@@ -50,10 +50,16 @@ def _bucket_access(role: iam.Role, config: FleetConfig, bucket: s3.IBucket) -> N
     role.add_to_policy(iam.PolicyStatement(
         sid="WriteOutputs", actions=["s3:PutObject"],
         resources=[bucket.arn_for_objects(f"{config.output_prefix}*")]))
-    # The worker reads its own result records to acknowledge duplicate deliveries.
+    # The worker reads result records (a job's claim and outcome) to acknowledge duplicate
+    # deliveries, and the job-id metadata of an output it finds already there.
     role.add_to_policy(iam.PolicyStatement(
         sid="ReadResults", actions=["s3:GetObject"],
         resources=[bucket.arn_for_objects(f"{config.output_prefix}*")]))
+    # A released job drops its claim (its 'running' record) so another delivery need not
+    # wait for the claim to lapse: records only, never outputs.
+    role.add_to_policy(iam.PolicyStatement(
+        sid="DropClaims", actions=["s3:DeleteObject"],
+        resources=[bucket.arn_for_objects(f"{config.output_prefix}*.json")]))
     # Without ListBucket a missing key answers 403, not 404: the worker could not
     # tell "no result yet" or "input deleted" from "access denied".
     role.add_to_policy(iam.PolicyStatement(

@@ -80,3 +80,11 @@ def test_failing_task_protection_raises_an_alarm(template: Synth) -> None:
     assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
     assert alarm["TreatMissingData"] == "notBreaching"
     assert refs(alarm["AlarmActions"]) == {topic_id}
+
+
+def test_task_role_may_delete_result_records_only(template: Synth) -> None:
+    """A released job drops its claim (its running record); outputs are never deleted."""
+    granted = template.granted(template.task_role_id())
+    (statement,) = granted["s3:DeleteObject"]
+    (resource,) = as_list(statement["Resource"])
+    assert flat(resource).endswith("/outputs/*.json"), resource
