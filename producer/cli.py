@@ -6,26 +6,19 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from contract import cli_options as opt
-from contract.errors import Img2ImgError, InvalidJob
+from common import cli_options as opt
+from common.cli import clear_errors, progress_bars, run_app
+from contract.errors import InvalidJob
 from contract.locations import S3_SCHEME, S3Location, parse_s3_uri
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Enqueue img2img jobs on SQS and follow them.")
 log = logging.getLogger("producer")
-
-# AWS error codes that mean the user named something that is not there (exit 2).
-BAD_INPUT_CODES = frozenset({
-    "NoSuchBucket", "AccessDenied", "AWS.SimpleQueueService.NonExistentQueue",
-    "QueueDoesNotExist", "InvalidAddress", "InvalidBucketName",
-})
 
 QueueOpt = Annotated[str | None, typer.Option(
     help="The job queue's URL. Default: IMG2IMG_QUEUE_URL.")]
@@ -39,49 +32,12 @@ def _group(log_level: Annotated[str, typer.Option(help="Python log level.")] = "
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code)
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    """Our errors and AWS's, as one line naming the problem (exit 2 for bad input)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        yield
-    except Img2ImgError as exc:
-        raise _fail(str(exc)) from None
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        message = f"{exc.operation_name}: {code}: {error.get('Message') or exc}"
-        raise _fail(message, 2 if code in BAD_INPUT_CODES else 1) from None
-    except BotoCoreError as exc:
-        raise _fail(f"AWS: {exc}", 1) from None
-
-
 def _settings(**overrides: Any) -> Any:
     from contract.settings import load_settings
     from producer.settings import ProducerSettings
 
     return load_settings(ProducerSettings,
                          **{k: v for k, v in overrides.items() if v is not None})
-
-
-@contextmanager
-def _progress_bars() -> Iterator[Any]:
-    """A factory of progress bars on stderr: (description, total) -> advance(n)."""
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True)) as progress:
-        def factory(description: str, total: int) -> Any:
-            task = progress.add_task(description, total=total)
-            return lambda n: progress.advance(task, n)
-
-        yield factory
 
 
 @app.command()
@@ -124,11 +80,11 @@ def enqueue(
     list_page_size: Annotated[int, typer.Option(hidden=True, min=1, max=1000)] = 1000,
 ) -> None:
     """Turn images into jobs on the queue: 10 per SendMessageBatch, in parallel."""
-    from producer import aws
+    from common import aws
     from producer.enqueue import EnqueueOptions, Enqueuer, no_progress
     from producer.planning import Defaults
 
-    with _clear_errors():
+    with clear_errors():
         settings = _settings(queue_url=queue_url, bucket=bucket, concurrency=concurrency)
         defaults = Defaults(
             models=list(model or settings.default_models),
@@ -149,7 +105,7 @@ def enqueue(
         if dry_run:
             summary = Enqueuer(s3, sqs, options, defaults, no_progress).run()
         else:
-            with _progress_bars() as bars:
+            with progress_bars() as bars:
                 summary = Enqueuer(s3, sqs, options, defaults, bars).run()
     if dry_run:
         for job in summary.jobs:
@@ -204,11 +160,11 @@ def status(
     ] = None,
 ) -> None:
     """Queue depth (visible, in flight, delayed, DLQ) and a batch's done/failed/rate/ETA."""
-    from producer import aws
+    from common import aws
     from producer.queues import queue_depth
     from producer.status import batch_progress, failed_records
 
-    with _clear_errors():
+    with clear_errors():
         settings = _settings(queue_url=queue_url)
         if (watch or failures) and not batch_id:
             raise InvalidJob("--watch and --failures need --batch-id")
@@ -308,10 +264,10 @@ def redrive(
     Bodies that are not jobs stay in the DLQ and are listed. Bounded by --max and
     --timeout, so it ends even while workers send failing messages back.
     """
-    from producer import aws
+    from common import aws
     from producer.redrive import redrive as move
 
-    with _clear_errors():
+    with clear_errors():
         settings = _settings(queue_url=queue_url)
         if not settings.queue_url:
             raise InvalidJob("no queue URL: pass --queue-url or set IMG2IMG_QUEUE_URL")
@@ -349,11 +305,7 @@ def schema() -> None:
 
 
 def main() -> None:
-    try:
-        app()
-    except InvalidJob as exc:  # configuration errors found late still read well
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        sys.exit(2)
+    run_app(app)
 
 
 if __name__ == "__main__":

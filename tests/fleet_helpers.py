@@ -21,7 +21,7 @@ from typing import Any
 from PIL import Image
 
 from contract import GenerationParams, JobMessage, S3Location, parse_s3_uri, validate_params
-from producer.embedded import FleetResources
+from local_fleet.embedded_aws import FleetResources
 
 WORKER_BIN = str(Path(sys.executable).with_name("img2img-worker"))
 FAST = dict(model="tiny", prompt="a test", steps=4, strength=0.5, max_side=128)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from worker.logs import EMF_NAMESPACE
+from common.logs import EMF_NAMESPACE
 from worker.task_protection import (
     ACCESS_DENIED,
     PROTECTION_FAILURE_METRIC,
