@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from producer.embedded import enable_upload_notifications
+from local_fleet.embedded_aws import enable_upload_notifications
 from tests.fleet_helpers import (
     WORKER_BIN,
     WorkerProcess,
@@ -137,7 +137,8 @@ def test_healthcheck_reports_recent_progress_only(tmp_path):
 
 
 def test_running_worker_keeps_its_health_file_fresh(fleet, model_cache, tmp_path):
-    env = worker_env(fleet, model_cache, tmp_path)
+    """Each loop beats often enough for the limit the worker is configured with."""
+    env = worker_env(fleet, model_cache, tmp_path, health_max_age=2)
     worker = WorkerProcess(env, "--exit-when-idle", "4")
     worker.wait_for(lambda e: "starting" in e.get("message", ""), timeout=60)
     time.sleep(2.5)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from producer.aws import s3_client, sqs_client
-from producer.embedded import create_fleet_resources
+from common.aws import s3_client, sqs_client
+from local_fleet.embedded_aws import create_fleet_resources
 from tests.fleet_helpers import (
     WORKER_BIN,
     FaultProxy,

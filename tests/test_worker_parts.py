@@ -16,7 +16,8 @@ from PIL import Image
 
 from contract.errors import InvalidJob, ModelNotFound
 from contract.settings import SettingsError, load_settings
-from worker.engine import BatchKey, Engine, GenerationItem
+from worker.batching import BatchKey, GenerationItem
+from worker.engine import Engine
 from worker.heartbeat import Heartbeat
 from worker.memory_modes import VAE_TILING_MIN_SIDE, set_vae_tiling_for
 from worker.messages import EVENTS_BATCH_ID, decode_body
@@ -85,7 +86,7 @@ def _run_one(engine: Engine, model: str) -> Image.Image:
     key = BatchKey(model=model, width=64, height=64, steps=2, strength=0.5,
                    guidance_scale=7.5, scheduler="dpmsolver++")
     image = Image.new("RGB", (64, 64), (200, 100, 50))
-    (out,) = engine.generate(key, [GenerationItem(image, "x", "", 1)])
+    (out,) = engine.generate(key, [GenerationItem(image, "x", "", 1)]).images
     return out
 
 
