@@ -16,6 +16,7 @@ from PIL import Image
 
 from contract.errors import InvalidJob, ModelNotFound
 from contract.settings import SettingsError, load_settings
+from tests.fleet_helpers import upload_tiny_model
 from worker.batching import BatchKey, GenerationItem
 from worker.engine import Engine
 from worker.heartbeat import Heartbeat
@@ -92,10 +93,7 @@ def _run_one(engine: Engine, model: str) -> Image.Image:
 
 def test_model_from_an_s3_prefix_is_synced_to_the_cache_and_loads(fleet, s3, model_cache,
                                                                    tmp_path):
-    tiny = ensure_tiny_model(model_cache)
-    for path in tiny.rglob("*"):
-        if path.is_file():
-            s3.upload_file(str(path), fleet.bucket, f"models/tiny/{path.relative_to(tiny)}")
+    upload_tiny_model(s3, fleet.bucket, model_cache)
     s3.put_object(Bucket=fleet.bucket, Key="models/tiny/unet/pickled.bin", Body=b"pickle!")
     cache = tmp_path / "cache"
     folder = sync_s3_model(f"s3://{fleet.bucket}/models/tiny/", cache, s3)

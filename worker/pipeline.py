@@ -145,14 +145,26 @@ class Pipeline(Generic[J]):
         self._io.submit(task)
 
     def _prepare(self, job: J) -> None:
+        self._step(job, lambda: self.source.prepare(job), self._prepared)
+
+    def _prepared(self, job: J) -> None:
+        """Bookkeeping once a preparation ended, whatever its result (lock held)."""
+        self._preparing -= 1
+        if self._windows:
+            self._unprepared[self._window_of[id(job)]] -= 1
+
+    def _step(self, job: J, step: Callable[[], Readiness | Outcome],
+              finished: Callable[[J], None]) -> None:
+        """Run one I/O step of a job: every exception becomes the job's failure; what
+        cannot even be recorded is ``lost``; ``finished`` runs last, under the lock."""
         try:
             try:
-                readiness = self.source.prepare(job)
+                result = step()
             except Exception as exc:  # noqa: BLE001 - every failure is an outcome
-                readiness = self.source.failure(job, exc)
-            if isinstance(readiness, Outcome):
-                self.source.ended(job, readiness)
-            elif readiness is Readiness.DEFERRED:
+                result = self.source.failure(job, exc)
+            if isinstance(result, Outcome):
+                self.source.ended(job, result)
+            elif result is Readiness.DEFERRED:
                 with self._cond:
                     self._deferred += 1
             elif self.source.wanted(job):
@@ -161,13 +173,11 @@ class Pipeline(Generic[J]):
             else:
                 self.source.dropped(job)
         except Exception as exc:  # noqa: BLE001
-            log.exception("job %s could not be prepared or recorded", job.job_id)
+            log.exception("job %s could not be handled or recorded", job.job_id)
             self.source.lost(job, exc)
         finally:
             with self._cond:
-                self._preparing -= 1
-                if self._windows:
-                    self._unprepared[self._window_of[id(job)]] -= 1
+                finished(job)
                 self._cond.notify_all()
 
     def discard_ready(self, unwanted: Callable[[J], bool]) -> list[J]:
@@ -309,16 +319,7 @@ class Pipeline(Generic[J]):
                 self.source.lost(job, exc)
 
     def _write(self, job: J, image: Image.Image) -> None:
-        try:
-            try:
-                outcome = self.source.write(job, image)
-            except Exception as exc:  # noqa: BLE001 - every failure is an outcome
-                outcome = self.source.failure(job, exc)
-            self.source.ended(job, outcome)
-        except Exception as exc:  # noqa: BLE001
-            log.exception("job %s could not be written or recorded", job.job_id)
-            self.source.lost(job, exc)
-        finally:
-            with self._cond:
-                self._writing -= 1
-                self._cond.notify_all()
+        self._step(job, lambda: self.source.write(job, image), self._written)
+
+    def _written(self, job: J) -> None:
+        self._writing -= 1
