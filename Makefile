@@ -95,12 +95,12 @@ base-image:
 	  "(apt-get install mmdebstrap); with registry access use BASE_IMAGE=debian:bookworm-slim"; \
 	  exit 1; }; \
 	echo "making $(BASE_IMAGE) with mmdebstrap from $(DEBIAN_MIRROR)"; \
-	tar=$$(mktemp) && trap 'rm -f "$$tar"' EXIT && \
+	dir=$$(mktemp -d) && trap 'rm -rf "$$dir"' EXIT && \
 	mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
-	  bookworm "$$tar" "deb $(DEBIAN_MIRROR) bookworm main" \
+	  bookworm "$$dir/base.tar" "deb $(DEBIAN_MIRROR) bookworm main" \
 	  "deb $(DEBIAN_MIRROR) bookworm-updates main" \
 	  "deb $(DEBIAN_MIRROR)-security bookworm-security main" && \
-	$(DOCKER) import "$$tar" $(BASE_IMAGE)
+	$(DOCKER) import "$$dir/base.tar" $(BASE_IMAGE)
 
 ## The CPU torch wheel in wheelhouse/ (pip takes it from its find-links or TORCH_CPU_INDEX).
 wheelhouse-torch: $(BIN)/python
