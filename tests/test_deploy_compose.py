@@ -320,3 +320,14 @@ def test_list_outputs_waits_for_batches_and_downloads(moto_env: dict[str, str],
     # The batch bookkeeping (_batches/) stays in S3; outputs keep their folders.
     assert copied == ["sub/j1.png", "sub/j1.png.json", "sub/j2.png", "sub/j2.png.json"]
     assert (tmp_path / "sub" / "j1.png").read_bytes() == b"png"
+
+
+def test_local_docs_name_only_real_services_and_options(services: dict[str, Any]) -> None:
+    """docs/deploy.md's local section: every compose command names a service and every
+    IMG2IMG_* knob it mentions is one the compose file reads."""
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    local = doc[doc.index("## 0. Try it on one machine"):doc.index("## 1. Prerequisites")]
+    runs = re.findall(r"docker compose run --rm (?:--no-deps )?(\S+)", local)
+    assert runs and set(runs) <= set(services), runs
+    knobs = set(re.findall(r"IMG2IMG_[A-Z_]+", local))
+    assert knobs and all("${" + k in COMPOSE.read_text() for k in knobs), knobs
