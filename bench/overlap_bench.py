@@ -53,23 +53,20 @@ class FixedLatencyEngine:
     """Stands in for worker.engine.Engine: one batch takes ``latency`` s, any size."""
 
     def __init__(self, latency: float) -> None:
-        from worker.engine import BatchStats
-
         self.latency = latency
         self.calls: list[tuple[float, float, int]] = []
-        self.last_stats = BatchStats()
 
     def check_model(self, reference: str) -> None:
         return None
 
     def generate(self, key, items, on_step=None):
-        from worker.engine import BatchStats
+        from worker.engine import BatchStats, GenerationResult
 
         started = time.perf_counter()
         time.sleep(self.latency)
-        self.last_stats = BatchStats(pipeline_calls=1)
         self.calls.append((started, time.perf_counter(), len(items)))
-        return [item.image for item in items]
+        return GenerationResult(images=[item.image for item in items],
+                                stats=BatchStats(pipeline_calls=1))
 
     def close(self) -> None:
         return None
@@ -128,15 +125,26 @@ def timed_storage_class():
                     self.seconds[name].append(time.perf_counter() - started)
                     self.cpu_seconds[name] += time.thread_time() - cpu
 
-        def read(self, location):
-            return self._timed("get_input", super().read, location)
+        def read_object(self, location):
+            return self._timed("get_input", super().read_object, location)
 
         def read_json(self, location):
             return self._timed("get_result_record", super().read_json, location)
 
         def put_if_absent(self, location, data, content_type, metadata=None):
-            return self._timed("put_output_if_absent", super().put_if_absent, location, data,
-                               content_type, metadata)
+            kind = "put_claim" if location.key.endswith(".json") else "put_output_if_absent"
+            return self._timed(kind, super().put_if_absent, location, data, content_type,
+                               metadata)
+
+        def put_if_match(self, location, data, content_type, etag):
+            return self._timed("put_claim_takeover", super().put_if_match, location, data,
+                               content_type, etag)
+
+        def head_metadata(self, location):
+            return self._timed("head_output", super().head_metadata, location)
+
+        def delete(self, location):
+            return self._timed("delete_claim", super().delete, location)
 
         def put(self, location, data, content_type):
             kind = "put_result_record" if location.key.endswith(".json") else "put_marker"
@@ -228,8 +236,8 @@ def upload_and_make_jobs(s3, bucket: str, jobs: int, size: int, params: dict,
 def s3_capacity(s3, bucket: str, input_key: str, output_format: str, threads: int,
                 seconds: float = 3.0) -> float:
     """Job-equivalents per second the S3 endpoint serves alone: ``threads`` threads
-    repeat one job's S3 requests (done check, input GET, conditional output PUT, result
-    record, marker) with no worker around them. Where this is near the engine's ceiling,
+    repeat one job's S3 requests (conditional claim PUT, input GET, conditional output
+    PUT, result record, marker) with no worker around them. Where this is near the engine's ceiling,
     the endpoint, not the worker, limits the run."""
     from contract.job import OutputFormat
     from worker.images import decode_image, encode_image
@@ -245,8 +253,8 @@ def s3_capacity(s3, bucket: str, input_key: str, output_format: str, threads: in
         n = 0
         while time.perf_counter() < stop:
             i = next(counter)
-            with contextlib.suppress(s3.exceptions.NoSuchKey):
-                s3.get_object(Bucket=bucket, Key=f"probe/{i}.json")
+            s3.put_object(Bucket=bucket, Key=f"probe/{i}.json", Body=b"{}" * 150,
+                          IfNoneMatch="*")
             s3.get_object(Bucket=bucket, Key=input_key)["Body"].read()
             s3.put_object(Bucket=bucket, Key=f"probe/{i}.{output_format}", Body=output,
                           IfNoneMatch="*")
@@ -293,16 +301,16 @@ class Feeder:
 
 def feed_in_subprocess(endpoint: str, queue_url: str, bodies: list[str]) -> None:
     """The feeder's own process: its CPU is not counted as the worker's."""
-    from producer.aws import sqs_client
+    from common.aws import sqs_client
 
     Feeder(sqs_client(endpoint_url=endpoint), queue_url, bodies).run()
 
 
 class ImageCpuMeter:
     """Counts the thread CPU seconds of the worker's image work (decode, resize, encode)
-    by wrapping the functions ``worker.job_io`` calls, for the length of the run."""
+    by wrapping the functions ``worker.fleet_jobs`` calls, for the length of the run."""
 
-    NAMES = {"decode_image": "decode", "prepare_image": "decode", "encode_image": "encode",
+    NAMES = {"decode_and_prepare": "decode", "encode_image": "encode",
              "restore_size": "encode"}
 
     def __init__(self) -> None:
@@ -321,16 +329,16 @@ class ImageCpuMeter:
 
     @contextlib.contextmanager
     def installed(self):
-        from worker import job_io
+        from worker import fleet_jobs
 
-        originals = {name: getattr(job_io, name) for name in self.NAMES}
+        originals = {name: getattr(fleet_jobs, name) for name in self.NAMES}
         try:
             for name, stage in self.NAMES.items():
-                setattr(job_io, name, self._wrap(originals[name], stage))
+                setattr(fleet_jobs, name, self._wrap(originals[name], stage))
             yield self
         finally:
             for name, fn in originals.items():
-                setattr(job_io, name, fn)
+                setattr(fleet_jobs, name, fn)
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -350,8 +358,8 @@ def run_overlap(*, jobs: int = 400, latency: float = 0.2, batch: int = 8, size: 
                 io_threads: int | None = None, prefetch_batches: int = 2,
                 endpoint: str | None = None, receive_wait: int = 1,
                 output_format: str = "png", input_format: str = "png") -> dict[str, Any]:
-    from producer.aws import s3_client, sqs_client
-    from producer.embedded import create_fleet_resources
+    from common.aws import s3_client, sqs_client
+    from local_fleet.embedded_aws import create_fleet_resources
     from worker.service import Worker
     from worker.settings import WorkerSettings
 

@@ -2,6 +2,18 @@
 
 Messages are JSON with a ``schema_version``; ``JobMessage.model_json_schema()`` is the
 published schema (``img2img-producer schema``) so any producer can write jobs.
+
+Compatibility rule. ``schema_version`` is a major version:
+- within one major version, fields are only ever added, optional with a default; a
+  worker ignores fields it does not know (a newer producer's additions), and an older
+  producer's messages, missing the newer optional fields, are still accepted;
+- a change that alters what an existing field means, or adds a field an older worker
+  must not ignore, bumps the major version; a worker refuses a message of a higher
+  major version than its own (``UnsupportedSchemaVersion``) without running it, so it
+  waits in the dead-letter queue until upgraded workers can take it (``redrive``).
+
+Types are strict on the wire: ``"4"`` is not a number of steps and ``true`` is not a
+strength. Other producers get an error naming the field instead of a silent coercion.
 """
 
 from __future__ import annotations
@@ -13,8 +25,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from contract.errors import InvalidJob
-from contract.locations import S3Location, output_key
+from contract.errors import InvalidJob, UnsupportedSchemaVersion
+from contract.locations import S3Location, output_key, output_named_for
 
 SCHEMA_VERSION = 1
 MAX_PROMPT_CHARS = 2000
@@ -77,14 +89,24 @@ class GenerationParams(BaseModel):
 
 
 class JobMessage(GenerationParams):
-    """One image to transform: the SQS message body."""
+    """One image to transform: the SQS message body.
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    Unknown fields are ignored and a newer major schema_version is refused: see the
+    module's compatibility rule.
+    """
+
+    # Unknown fields are ignored, not rejected: see the compatibility rule above.
+    model_config = ConfigDict(frozen=True, extra="ignore", protected_namespaces=())
+
+    schema_version: Annotated[int, Field(ge=1, le=SCHEMA_VERSION)] = SCHEMA_VERSION
     job_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,128}$")]
     batch_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
     input: S3Location
     input_etag: Annotated[str | None, Field(max_length=256)] = None
-    output: S3Location
+    output: Annotated[S3Location, Field(description=(
+        "Where the image goes. Its file name must contain '.<job_id[:12]>.' (output_key "
+        "derives '<prefix><input stem>.<job_id[:12]>.<ext>'); the result record is "
+        "written next to it at '<output key>.json'."))]
 
     @field_validator("output")
     @classmethod
@@ -92,6 +114,16 @@ class JobMessage(GenerationParams):
         if value.key.endswith("/"):
             raise ValueError(f"output must be an object key, not a prefix: {value.uri}")
         return value
+
+    @model_validator(mode="after")
+    def _output_named_after_the_job(self) -> JobMessage:
+        # The output key carries the job id, so no message can name (and overwrite the
+        # record of) another job's output: see ``output_key``.
+        if not output_named_for(self.output.key, self.job_id):
+            raise ValueError(
+                f"output: the file name must contain '.{self.job_id[:12]}.' (the job id's "
+                f"first 12 characters), as output_key() derives it (got {self.output.key!r})")
+        return self
 
     @classmethod
     def create(
@@ -103,20 +135,23 @@ class JobMessage(GenerationParams):
         params: GenerationParams,
         batch_id: str,
     ) -> JobMessage:
-        """Build a job whose id and output key are derived from input and parameters."""
+        """Build a job whose id and output key are derived from input and parameters;
+        InvalidJob names what does not fit (an output key over S3's limit, say)."""
         job_id = derive_job_id(s3_input_identity(input, input_etag), params)
-        out = S3Location(
-            bucket=output_prefix.bucket,
-            key=output_key(output_prefix.key, input.key, job_id, params.output_format.extension),
-        )
-        return cls(
-            job_id=job_id,
-            batch_id=batch_id,
-            input=input,
-            input_etag=input_etag,
-            output=out,
-            **params.model_dump(),
-        )
+        shown = input.uri if len(input.uri) <= 120 else input.uri[:117] + "..."
+        try:
+            out = S3Location(
+                bucket=output_prefix.bucket,
+                key=output_key(output_prefix.key, input.key, job_id,
+                               params.output_format.extension),
+            )
+        except ValidationError as exc:
+            raise InvalidJob(f"{shown}: its output {describe_validation_error(exc)}") from None
+        try:
+            return cls(job_id=job_id, batch_id=batch_id, input=input, input_etag=input_etag,
+                       output=out, **params.model_dump())
+        except ValidationError as exc:
+            raise InvalidJob(f"{shown}: {describe_validation_error(exc)}") from None
 
     @property
     def params(self) -> GenerationParams:
@@ -164,15 +199,34 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def parse_job(body: str | bytes | dict) -> JobMessage:
-    """Parse and validate a message body; raise InvalidJob naming the bad fields."""
+    """Parse and validate a message body, strictly typed; raise InvalidJob naming the bad
+    fields, or UnsupportedSchemaVersion for a newer major version."""
     try:
-        if isinstance(body, dict):
-            return JobMessage.model_validate(body)
-        return JobMessage.model_validate_json(body)
+        text = json.dumps(body) if isinstance(body, dict) else body
+        job = JobMessage.model_validate_json(text, strict=True)
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise InvalidJob(f"message body is not JSON: {exc.errors()[0]['msg']}") from None
+        _refuse_newer_schema(exc)
         raise InvalidJob(describe_validation_error(exc)) from None
+    except (TypeError, ValueError, RecursionError) as exc:  # json.dumps of odd objects
+        raise InvalidJob(f"message body is not a JSON object: {exc}") from None
+    return job
+
+
+def unknown_fields(data: dict) -> list[str]:
+    """Top-level fields of a message that this version of the contract does not know."""
+    return sorted(set(data) - set(JobMessage.model_fields))
+
+
+def _refuse_newer_schema(exc: ValidationError) -> None:
+    for err in exc.errors():
+        value = err.get("input")
+        if (err["loc"] == ("schema_version",) and isinstance(value, int)
+                and not isinstance(value, bool) and value > SCHEMA_VERSION):
+            raise UnsupportedSchemaVersion(
+                f"schema_version {value} is newer than this worker's ({SCHEMA_VERSION}); "
+                "upgrade the workers, then redrive the message") from None
 
 
 def validate_params(**values: object) -> GenerationParams:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import posixpath
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from contract.errors import InvalidJob
 
@@ -20,6 +20,8 @@ IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Bucket naming rules: 3-63 chars, lowercase letters, digits, dots and hyphens.
 _BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$"
+# S3 object keys: at most 1024 bytes of UTF-8.
+MAX_KEY_BYTES = 1024
 
 
 class S3Location(BaseModel):
@@ -28,7 +30,16 @@ class S3Location(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     bucket: Annotated[str, Field(pattern=_BUCKET_PATTERN)]
-    key: Annotated[str, Field(min_length=1, max_length=1024)]
+    key: Annotated[str, Field(min_length=1, max_length=MAX_KEY_BYTES)]
+
+    @field_validator("key")
+    @classmethod
+    def _key_fits_s3(cls, value: str) -> str:
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > MAX_KEY_BYTES:
+            raise ValueError(f"S3 keys are at most {MAX_KEY_BYTES} bytes of UTF-8; this one "
+                             f"is {size}")
+        return value
 
     @property
     def uri(self) -> str:
@@ -86,6 +97,12 @@ def output_key(output_prefix: str, input_key: str, job_id: str, extension: str) 
     prefix = output_prefix if (not output_prefix or output_prefix.endswith("/")) else (
         output_prefix + "/")
     return f"{prefix}{stem}.{job_id[:12]}.{extension}"
+
+
+def output_named_for(key: str, job_id: str) -> bool:
+    """True when ``key``'s file name carries the job id as ``output_key`` puts it there."""
+    name = posixpath.basename(key)
+    return f".{job_id[:12]}." in f".{name}"
 
 
 def result_key(output_key_: str) -> str:

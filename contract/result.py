@@ -2,6 +2,10 @@
 
 Stored as JSON next to the output (``<output key>.json``) by the fleet worker and as
 one line of ``results.jsonl`` by the local folder mode.
+
+While a fleet worker runs a job, the record says ``running`` (the job's claim): it names
+the worker, the SQS message and how long the claim holds, so a duplicate delivery of
+the same job waits for the outcome instead of running the job a second time.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from contract.errors import error_type
 from contract.job import SCHEMA_VERSION
 
-Status = Literal["done", "failed"]
+Status = Literal["running", "done", "failed"]
+FINAL_STATUSES = ("done", "failed")
 
 
 class ErrorInfo(BaseModel):
@@ -45,6 +50,9 @@ class ResultRecord(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     worker: str | None = None
     finished_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    # Only on a running record (a claim): until when it holds, and the message it is for.
+    claimed_until: datetime | None = None
+    message_id: str | None = None
 
     @model_validator(mode="after")
     def _status_matches_fields(self) -> ResultRecord:
@@ -52,7 +60,14 @@ class ResultRecord(BaseModel):
             raise ValueError("a done record needs an output and no error")
         if self.status == "failed" and (self.error is None or self.output is not None):
             raise ValueError("a failed record needs an error and no output")
+        if self.status == "running" and (self.claimed_until is None or self.error
+                                         is not None or self.output is not None):
+            raise ValueError("a running record needs claimed_until and no output or error")
         return self
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
 
     def to_json(self) -> str:
         return self.model_dump_json()

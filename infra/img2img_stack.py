@@ -1,625 +1,74 @@
 """The img2img fleet stack: S3 in/out, SQS + DLQ, GPU ECS workers scaled on queue depth.
 
-Every knob is a CDK context key (see ``FleetConfig.from_context`` and docs/deploy.md);
-nothing is read at import time.
+Each part is built by its own module; this class only puts them together. Every knob is
+a CDK context key (infra/config.py, docs/deploy.md); nothing is read at import time.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
 from typing import Any
 
-from aws_cdk import (
-    Aws,
-    CfnOutput,
-    Duration,
-    RemovalPolicy,
-    Stack,
-)
-from aws_cdk import aws_applicationautoscaling as appscaling
-from aws_cdk import aws_autoscaling as autoscaling
-from aws_cdk import aws_cloudwatch as cloudwatch
-from aws_cdk import aws_cloudwatch_actions as cw_actions
-from aws_cdk import aws_ec2 as ec2
-from aws_cdk import aws_ecr as ecr
-from aws_cdk import aws_ecs as ecs
-from aws_cdk import aws_iam as iam
-from aws_cdk import aws_logs as logs
-from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_s3_notifications as s3n
-from aws_cdk import aws_sns as sns
-from aws_cdk import aws_sns_subscriptions as subs
-from aws_cdk import aws_sqs as sqs
+from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
-# GPU families the ECS GPU AMI (x86_64, NVIDIA) serves and the worker is sized for.
-GPU_FAMILIES = ("g5", "g6", "g6e")
-# ECS caps a container health check's start period at 300 s.
-ECS_MAX_HEALTH_START_PERIOD = 300
-# SQS limits: visibility timeout at most 12 h, retention at most 14 days.
-SQS_MAX_VISIBILITY_SECONDS = 12 * 60 * 60
-DLQ_RETENTION = Duration.days(14)
-# Long polling: the longest receive wait SQS allows.
-RECEIVE_WAIT_SECONDS = 20
-# Where the image keeps downloaded weights (HF_HOME) and the worker's own model cache.
-MODELS_MOUNT = "/models"
-CONTAINER_NAME = "worker"
-# CloudWatch Logs accepts only these retention periods (days).
-LOG_RETENTION = {
-    1: logs.RetentionDays.ONE_DAY, 3: logs.RetentionDays.THREE_DAYS,
-    5: logs.RetentionDays.FIVE_DAYS, 7: logs.RetentionDays.ONE_WEEK,
-    14: logs.RetentionDays.TWO_WEEKS, 30: logs.RetentionDays.ONE_MONTH,
-    60: logs.RetentionDays.TWO_MONTHS, 90: logs.RetentionDays.THREE_MONTHS,
-    180: logs.RetentionDays.SIX_MONTHS, 365: logs.RetentionDays.ONE_YEAR,
-}
-
-
-def _bool(value: Any) -> bool:
-    """Context from ``-c key=value`` arrives as a string; from cdk.json as JSON."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off", ""}:
-        return False
-    raise ValueError(f"expected a boolean, got {value!r}")
-
-
-def _str_list(value: Any) -> tuple[str, ...]:
-    if isinstance(value, list | tuple):
-        return tuple(str(v).strip() for v in value if str(v).strip())
-    return tuple(v.strip() for v in str(value).split(",") if v.strip())
-
-
-_S3_PREFIX_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/(\S+/)?$")
-
-
-def _prefix(value: Any) -> str:
-    text = str(value).strip().lstrip("/")
-    return text if not text or text.endswith("/") else text + "/"
-
-
-@dataclass(frozen=True)
-class FleetConfig:
-    """Deployment settings; field names map to camelCase context keys (``CONTEXT_KEYS``)."""
-
-    spot: bool = False
-    instance_types: tuple[str, ...] = ("g5.xlarge", "g6.xlarge")
-    max_tasks: int = 4
-    backlog_per_task: int = 32
-    max_receive_count: int = 3
-    visibility_timeout: int = 120
-    stop_timeout: int = 120
-    stop_deadline: int = 100
-    input_prefix: str = "inputs/"
-    output_prefix: str = "outputs/"
-    uploads_prefix: str = ""
-    output_expiration_days: int = 0
-    oldest_message_alarm_seconds: int = 3600
-    alarm_email: str = ""
-    image_tag: str = "latest"
-    default_models: str = "sd15"
-    models_uri: str = ""
-    allowed_models: str = ""
-    task_memory_mib: int = 12288
-    task_cpu: int = 3072
-    root_volume_gib: int = 100
-    log_retention_days: int = 30
-
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        for itype in self.instance_types:
-            if itype.split(".")[0] not in GPU_FAMILIES:
-                problems.append(f"instanceTypes: {itype!r} is not in {GPU_FAMILIES}")
-        if not self.instance_types:
-            problems.append("instanceTypes: at least one instance type")
-        if self.max_tasks < 1:
-            problems.append(f"maxTasks: must be >= 1 (got {self.max_tasks})")
-        if self.backlog_per_task < 1:
-            problems.append(f"backlogPerTask: must be >= 1 (got {self.backlog_per_task})")
-        if not 1 <= self.max_receive_count <= 1000:
-            problems.append(f"maxReceiveCount: 1..1000 (got {self.max_receive_count})")
-        # The worker extends visibility every third of the timeout: keep that >= 10 s.
-        if not 30 <= self.visibility_timeout <= SQS_MAX_VISIBILITY_SECONDS:
-            problems.append(f"visibilityTimeout: 30..43200 s (got {self.visibility_timeout})")
-        # The worker must give up the batch before ECS sends SIGKILL.
-        if not 0 < self.stop_deadline < self.stop_timeout:
-            problems.append(
-                f"stopDeadline ({self.stop_deadline}) must be > 0 and below stopTimeout "
-                f"({self.stop_timeout}): ECS kills the container at stopTimeout")
-        for name in ("input_prefix", "output_prefix"):
-            if not getattr(self, name):
-                problems.append(f"{_camel(name)}: must not be empty")
-        prefixes = [p for p in (self.input_prefix, self.output_prefix, self.uploads_prefix) if p]
-        for a in prefixes:
-            for b in prefixes:
-                if a is not b and a.startswith(b):
-                    problems.append(f"prefixes must not nest: {a!r} is inside {b!r}")
-        if self.log_retention_days not in LOG_RETENTION:
-            problems.append(f"logRetentionDays: one of {sorted(LOG_RETENTION)}")
-        if self.models_uri and not _S3_PREFIX_URI.match(self.models_uri):
-            problems.append(f"modelsUri: an s3://bucket/prefix/ URI (got {self.models_uri!r})")
-        if self.output_expiration_days < 0:
-            problems.append("outputExpirationDays: must be >= 0 (0 keeps outputs)")
-        if problems:
-            raise ValueError("invalid context: " + "; ".join(problems))
-
-    @property
-    def worker_allowed_models(self) -> str | None:
-        """IMG2IMG_ALLOWED_MODELS, or None for the worker's default (its built-in aliases).
-
-        With ``modelsUri`` the fleet may load every model under it, plus ``allowedModels``
-        (by default ``defaultModels``).
-        """
-        listed = self.allowed_models or (self.default_models if self.models_uri else "")
-        patterns = [p for p in listed.split(",") if p]
-        if self.models_uri:
-            patterns.append(self.models_uri + "*")
-        return ",".join(patterns) or None
-
-    @property
-    def heartbeat_seconds(self) -> float:
-        """What the worker will use: a third of the visibility timeout."""
-        return self.visibility_timeout / 3
-
-    @classmethod
-    def from_context(cls, get: Callable[[str], Any]) -> FleetConfig:
-        """Read every field from ``get(camelCaseKey)`` (e.g. ``node.try_get_context``)."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = get(_camel(f.name))
-            if raw is None:
-                continue
-            values[f.name] = _CONVERT[f.name](raw)
-        return cls(**values)
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    special = {"mib": "MiB", "gib": "GiB"}
-    return head + "".join(special.get(p, p.capitalize()) for p in rest)
-
-
-_CONVERT: Mapping[str, Callable[[Any], Any]] = {
-    "spot": _bool,
-    "instance_types": _str_list,
-    "input_prefix": _prefix,
-    "output_prefix": _prefix,
-    "uploads_prefix": _prefix,
-    "alarm_email": lambda v: str(v).strip(),
-    "image_tag": lambda v: str(v).strip(),
-    "default_models": lambda v: ",".join(_str_list(v)),
-    "allowed_models": lambda v: ",".join(_str_list(v)),
-    "models_uri": lambda v: _prefix(str(v).strip()) if str(v).strip() else "",
-    **{name: int for name in (
-        "max_tasks", "backlog_per_task", "max_receive_count", "visibility_timeout",
-        "stop_timeout", "stop_deadline", "output_expiration_days",
-        "oldest_message_alarm_seconds", "task_memory_mib", "task_cpu", "root_volume_gib",
-        "log_retention_days")},
-}
-
-CONTEXT_KEYS: tuple[str, ...] = tuple(_camel(f.name) for f in fields(FleetConfig))
+from infra.alarms import fleet_alarms
+from infra.capacity import gpu_capacity
+from infra.config import FleetConfig
+from infra.events import fleet_events
+from infra.queues import job_queues
+from infra.scaling import scale_on_queue_depth
+from infra.storage import fleet_bucket, notify_uploads
+from infra.worker_role import worker_task_role
+from infra.worker_service import worker_repository, worker_service
 
 
 class Img2ImgFleetStack(Stack):
-    """Bucket, job queue + DLQ, GPU ECS capacity, the worker service, scaling and alarms."""
+    """Bucket, job queues + DLQs, events, GPU ECS capacity, the worker service, scaling and
+    alarms."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: FleetConfig,
                  **kwargs: Any) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.config = config
 
-        self.bucket = self._bucket()
-        self.dlq, self.queue = self._queues()
+        self.bucket = fleet_bucket(self, config)
+        self.queues = job_queues(self, config)
         if config.uploads_prefix:
-            # The worker turns ObjectCreated events into jobs (same queue, settings defaults).
-            self.bucket.add_event_notification(
-                s3.EventType.OBJECT_CREATED,
-                s3n.SqsDestination(self.queue),
-                s3.NotificationKeyFilter(prefix=config.uploads_prefix),
-            )
-        self.repository = ecr.Repository(
-            self, "WorkerRepository",
-            image_scan_on_push=True,
-            removal_policy=RemovalPolicy.RETAIN,
-            lifecycle_rules=[ecr.LifecycleRule(
-                description="keep the 20 newest images", max_image_count=20)],
-        )
-        vpc = ec2.Vpc(
-            self, "Vpc",
-            max_azs=3,
-            nat_gateways=0,  # public subnets, no inbound rules: no NAT hourly cost
-            subnet_configuration=[ec2.SubnetConfiguration(
-                name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=22)],
-        )
-        self.cluster, capacity_provider = self._cluster(vpc)
-        self.task_role = self._task_role()
-        self.service = self._service(capacity_provider)
-        self._scaling()
-        self._alarms()
+            notify_uploads(self.bucket, self.queues.main, config.uploads_prefix)
+        self.events = fleet_events(self, config)
+        self.repository = worker_repository(self)
+        self.capacity = gpu_capacity(self, config)
+        self.task_role = worker_task_role(
+            self, config, bucket=self.bucket, queues=self.queues,
+            cluster=self.capacity.cluster, events_topic=self.events.topic)
+        self.worker = worker_service(
+            self, config, capacity=self.capacity, repository=self.repository,
+            task_role=self.task_role, bucket=self.bucket, queues=self.queues,
+            events_topic=self.events.topic)
+        self.scalable_target = scale_on_queue_depth(
+            self, config, queues=self.queues, cluster=self.capacity.cluster,
+            service=self.worker.service)
+        self.alarm_topic = fleet_alarms(self, config, queues=self.queues)
+        self._outputs()
 
-        CfnOutput(self, "BucketName", value=self.bucket.bucket_name)
-        CfnOutput(self, "QueueUrl", value=self.queue.queue_url)
-        CfnOutput(self, "DlqUrl", value=self.dlq.queue_url)
-        CfnOutput(self, "ClusterName", value=self.cluster.cluster_name)
-        CfnOutput(self, "ServiceName", value=self.service.service_name)
-        CfnOutput(self, "RepositoryUri", value=self.repository.repository_uri)
-        CfnOutput(self, "LogGroupName", value=self.log_group.log_group_name)
-
-    # -- storage and queues ------------------------------------------------------------
-
-    def _bucket(self) -> s3.Bucket:
-        cfg = self.config
-        rules = [s3.LifecycleRule(
-            id="abort-incomplete-uploads",
-            abort_incomplete_multipart_upload_after=Duration.days(7))]
-        if cfg.output_expiration_days:
-            rules.append(s3.LifecycleRule(
-                id="expire-outputs", prefix=cfg.output_prefix,
-                expiration=Duration.days(cfg.output_expiration_days)))
-        return s3.Bucket(
-            self, "Bucket",
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            minimum_tls_version=1.2,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            lifecycle_rules=rules,
-            # Images are the customer's data: never deleted with the stack.
-            removal_policy=RemovalPolicy.RETAIN,
-        )
-
-    def _queues(self) -> tuple[sqs.Queue, sqs.Queue]:
-        cfg = self.config
-        # SSE-SQS (not KMS): S3 event notifications can deliver to it without a key policy.
-        dlq = sqs.Queue(
-            self, "DeadLetterQueue",
-            encryption=sqs.QueueEncryption.SQS_MANAGED,
-            enforce_ssl=True,
-            retention_period=DLQ_RETENTION,
-        )
-        queue = sqs.Queue(
-            self, "JobQueue",
-            encryption=sqs.QueueEncryption.SQS_MANAGED,
-            enforce_ssl=True,
-            visibility_timeout=Duration.seconds(cfg.visibility_timeout),
-            receive_message_wait_time=Duration.seconds(RECEIVE_WAIT_SECONDS),
-            retention_period=Duration.days(4),
-            dead_letter_queue=sqs.DeadLetterQueue(
-                queue=dlq, max_receive_count=cfg.max_receive_count),
-        )
-        return dlq, queue
-
-    # -- compute -----------------------------------------------------------------------
-
-    def _cluster(self, vpc: ec2.IVpc) -> tuple[ecs.Cluster, ecs.AsgCapacityProvider]:
-        cfg = self.config
-        # Container Insights publishes RunningTaskCount, which the scaling math divides by.
-        cluster = ecs.Cluster(self, "Cluster", vpc=vpc,
-                              container_insights_v2=ecs.ContainerInsights.ENABLED)
-        security_group = ec2.SecurityGroup(
-            self, "InstanceSecurityGroup", vpc=vpc, allow_all_outbound=True,
-            description="GPU workers: outbound only (S3, SQS, ECR, model hub)")
-        instance_role = iam.Role(
-            self, "InstanceRole", assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
-            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(
-                "AmazonSSMManagedInstanceCore")])
-        user_data = ec2.UserData.for_linux()
-        if cfg.spot:
-            # CDK sets this only for spotPrice groups; a mixed-instances group needs it here.
-            # On the 2-minute interruption notice ECS drains the instance: SIGTERM, then
-            # the worker releases its messages within its stop deadline.
-            user_data.add_commands(
-                "echo ECS_ENABLE_SPOT_INSTANCE_DRAINING=true >> /etc/ecs/ecs.config")
-        launch_template = ec2.LaunchTemplate(
-            self, "GpuLaunchTemplate",
-            machine_image=ecs.EcsOptimizedImage.amazon_linux2023(ecs.AmiHardwareType.GPU),
-            instance_type=ec2.InstanceType(cfg.instance_types[0]),
-            user_data=user_data,
-            role=instance_role,
-            security_group=security_group,
-            require_imdsv2=True,
-            # Hop limit 1: containers (bridge network) cannot reach the instance's role.
-            http_put_response_hop_limit=1,
-            block_devices=[ec2.BlockDevice(
-                device_name="/dev/xvda",
-                volume=ec2.BlockDeviceVolume.ebs(
-                    cfg.root_volume_gib, volume_type=ec2.EbsDeviceVolumeType.GP3,
-                    encrypted=True, delete_on_termination=True))],
-        )
-        on_demand_percent = 0 if cfg.spot else 100
-        asg = autoscaling.AutoScalingGroup(
-            self, "GpuAsg",
-            vpc=vpc,
-            vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC),
-            min_capacity=0,
-            # One GPU task per instance (xlarge sizes have one GPU).
-            max_capacity=cfg.max_tasks,
-            mixed_instances_policy=autoscaling.MixedInstancesPolicy(
-                launch_template=launch_template,
-                launch_template_overrides=[
-                    autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(t))
-                    for t in cfg.instance_types],
-                instances_distribution=autoscaling.InstancesDistribution(
-                    on_demand_base_capacity=0,
-                    on_demand_percentage_above_base_capacity=on_demand_percent,
-                    on_demand_allocation_strategy=(
-                        autoscaling.OnDemandAllocationStrategy.PRIORITIZED),
-                    spot_allocation_strategy=(
-                        autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED),
-                ),
-            ),
-            capacity_rebalance=cfg.spot,
-        )
-        capacity_provider = ecs.AsgCapacityProvider(
-            self, "GpuCapacityProvider",
-            auto_scaling_group=asg,
-            enable_managed_scaling=True,
-            enable_managed_termination_protection=True,
-            enable_managed_draining=True,
-            target_capacity_percent=100,
-            machine_image_type=ecs.MachineImageType.AMAZON_LINUX_2,
-        )
-        cluster.add_asg_capacity_provider(capacity_provider)
-        return cluster, capacity_provider
-
-    def _task_role(self) -> iam.Role:
-        """Read inputs, write outputs, consume its own queue: nothing else."""
-        cfg = self.config
-        role = iam.Role(self, "WorkerTaskRole",
-                        assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
-                        description="img2img worker: read inputs, write outputs, own queue")
-        read_prefixes = [cfg.input_prefix] + ([cfg.uploads_prefix] if cfg.uploads_prefix else [])
-        role.add_to_policy(iam.PolicyStatement(
-            sid="ReadInputs", actions=["s3:GetObject"],
-            resources=[self.bucket.arn_for_objects(f"{p}*") for p in read_prefixes]))
-        role.add_to_policy(iam.PolicyStatement(
-            sid="WriteOutputs", actions=["s3:PutObject"],
-            resources=[self.bucket.arn_for_objects(f"{cfg.output_prefix}*")]))
-        # The worker reads its own result records to acknowledge duplicate deliveries.
-        role.add_to_policy(iam.PolicyStatement(
-            sid="ReadResults", actions=["s3:GetObject"],
-            resources=[self.bucket.arn_for_objects(f"{cfg.output_prefix}*")]))
-        # Without ListBucket a missing key answers 403, not 404: the worker could not
-        # tell "no result yet" or "input deleted" from "access denied".
-        role.add_to_policy(iam.PolicyStatement(
-            sid="ListOwnPrefixes", actions=["s3:ListBucket"],
-            resources=[self.bucket.bucket_arn],
-            conditions={"StringLike": {"s3:prefix": [
-                f"{p}*" for p in [*read_prefixes, cfg.output_prefix]]}}))
-        if cfg.models_uri:
-            bucket, _, prefix = cfg.models_uri.removeprefix("s3://").partition("/")
-            bucket_arn = f"arn:{Aws.PARTITION}:s3:::{bucket}"
-            role.add_to_policy(iam.PolicyStatement(
-                sid="ReadModels", actions=["s3:GetObject"],
-                resources=[f"{bucket_arn}/{prefix}*"]))
-            # The worker lists the prefix to sync a model folder into its cache.
-            role.add_to_policy(iam.PolicyStatement(
-                sid="ListModels", actions=["s3:ListBucket"], resources=[bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [f"{prefix}*"]}}))
-        # Batch variants (DeleteMessageBatch, ...) are authorised by the same actions.
-        role.add_to_policy(iam.PolicyStatement(
-            sid="ConsumeJobQueue",
-            actions=["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"],
-            resources=[self.queue.queue_arn]))
-        return role
-
-    def _service(self, capacity_provider: ecs.AsgCapacityProvider) -> ecs.Ec2Service:
-        cfg = self.config
-        self.log_group = logs.LogGroup(
-            self, "WorkerLogs",
-            retention=LOG_RETENTION[cfg.log_retention_days],
-            removal_policy=RemovalPolicy.DESTROY,
-        )
-        task_definition = ecs.Ec2TaskDefinition(
-            self, "WorkerTask",
-            network_mode=ecs.NetworkMode.BRIDGE,
-            task_role=self.task_role,
-            volumes=[ecs.Volume(
-                name="models",
-                # One Docker volume per instance, shared by its tasks: weights survive
-                # task restarts; a new volume is seeded from the image's /models.
-                docker_volume_configuration=ecs.DockerVolumeConfiguration(
-                    scope=ecs.Scope.SHARED, autoprovision=True, driver="local"))],
-        )
-        allowed_inputs = [self._s3_uri(cfg.input_prefix)]
-        if cfg.uploads_prefix:
-            allowed_inputs.append(self._s3_uri(cfg.uploads_prefix))
-        container = task_definition.add_container(
-            CONTAINER_NAME,
-            image=ecs.ContainerImage.from_ecr_repository(self.repository, cfg.image_tag),
-            essential=True,
-            gpu_count=1,
-            cpu=cfg.task_cpu,
-            memory_reservation_mib=cfg.task_memory_mib,
-            stop_timeout=Duration.seconds(cfg.stop_timeout),
-            linux_parameters=ecs.LinuxParameters(self, "WorkerLinux", init_process_enabled=True),
-            health_check=ecs.HealthCheck(
-                command=["CMD", "img2img-worker", "healthcheck"],
-                interval=Duration.seconds(30),
-                timeout=Duration.seconds(10),
-                retries=3,
-                # Model download + load can take minutes on a fresh instance.
-                start_period=Duration.seconds(ECS_MAX_HEALTH_START_PERIOD),
-            ),
-            logging=ecs.LogDrivers.aws_logs(
-                stream_prefix="worker", log_group=self.log_group,
-                mode=ecs.AwsLogDriverMode.NON_BLOCKING),
-            environment={
-                "AWS_REGION": Aws.REGION,
-                "IMG2IMG_QUEUE_URL": self.queue.queue_url,
-                "IMG2IMG_ALLOWED_INPUTS": ",".join(allowed_inputs),
-                "IMG2IMG_ALLOWED_OUTPUTS": self._s3_uri(cfg.output_prefix),
-                "IMG2IMG_EVENT_OUTPUT_PREFIX": cfg.output_prefix,
-                "IMG2IMG_DEFAULT_MODELS": cfg.default_models,
-                "IMG2IMG_DEVICE": "cuda",
-                "IMG2IMG_VISIBILITY_TIMEOUT": str(cfg.visibility_timeout),
-                "IMG2IMG_STOP_DEADLINE": str(cfg.stop_deadline),
-                "IMG2IMG_RECEIVE_WAIT_SECONDS": str(RECEIVE_WAIT_SECONDS),
-                "HF_HOME": f"{MODELS_MOUNT}/huggingface",
-                "IMG2IMG_MODEL_CACHE": f"{MODELS_MOUNT}/img2img",
-                **({"IMG2IMG_ALLOWED_MODELS": cfg.worker_allowed_models}
-                   if cfg.worker_allowed_models else {}),
-            },
-        )
-        container.add_mount_points(ecs.MountPoint(
-            container_path=MODELS_MOUNT, source_volume="models", read_only=False))
-
-        service = ecs.Ec2Service(
-            self, "WorkerService",
-            cluster=self.cluster,
-            task_definition=task_definition,
-            # Scaling owns the count; it starts at zero and follows the queue.
-            desired_count=0,
-            min_healthy_percent=100,
-            max_healthy_percent=200,
-            circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),
-            capacity_provider_strategies=[ecs.CapacityProviderStrategy(
-                capacity_provider=capacity_provider.capacity_provider_name, weight=1)],
-        )
-        # The service may only be created once the capacity provider is associated with
-        # the cluster; CDK adds that association (under the cluster) only at synth time,
-        # so depend on the whole cluster construct.
-        service.node.add_dependency(self.cluster)
-        return service
-
-    def _s3_uri(self, prefix: str) -> str:
-        return f"s3://{self.bucket.bucket_name}/{prefix}"
-
-    # -- scaling -----------------------------------------------------------------------
-
-    def _queue_metric(self, name: str, queue: sqs.IQueue, stat: str = "Sum") -> cloudwatch.Metric:
-        return cloudwatch.Metric(
-            namespace="AWS/SQS", metric_name=name,
-            dimensions_map={"QueueName": queue.queue_name},
-            statistic=stat, period=Duration.minutes(1))
-
-    def _service_metric(self, name: str) -> cloudwatch.Metric:
-        return cloudwatch.Metric(
-            namespace="ECS/ContainerInsights", metric_name=name,
-            dimensions_map={"ClusterName": self.cluster.cluster_name,
-                            "ServiceName": self.service.service_name},
-            statistic="Average", period=Duration.minutes(1))
-
-    def _scaling(self) -> None:
-        cfg = self.config
-        target = appscaling.ScalableTarget(
-            self, "WorkerScalableTarget",
-            service_namespace=appscaling.ServiceNamespace.ECS,
-            resource_id=f"service/{self.cluster.cluster_name}/{self.service.service_name}",
-            scalable_dimension="ecs:service:DesiredCount",
-            min_capacity=0,
-            max_capacity=cfg.max_tasks,
-        )
-        self.scalable_target = target
-
-        # Target tracking on backlog per task. In-flight messages count as backlog so the
-        # fleet does not scale in (and SIGTERM) workers that are still busy with them.
-        def query(metric_id: str, namespace: str, name: str, dims: dict[str, str],
-                  stat: str) -> appscaling.CfnScalingPolicy.TargetTrackingMetricDataQueryProperty:
-            return appscaling.CfnScalingPolicy.TargetTrackingMetricDataQueryProperty(
-                id=metric_id, return_data=False,
-                metric_stat=appscaling.CfnScalingPolicy.TargetTrackingMetricStatProperty(
-                    stat=stat,
-                    metric=appscaling.CfnScalingPolicy.TargetTrackingMetricProperty(
-                        namespace=namespace, metric_name=name,
-                        dimensions=[
-                            appscaling.CfnScalingPolicy.TargetTrackingMetricDimensionProperty(
-                                name=k, value=v) for k, v in dims.items()])))
-
-        queue_dims = {"QueueName": self.queue.queue_name}
-        service_dims = {"ClusterName": self.cluster.cluster_name,
-                        "ServiceName": self.service.service_name}
-        appscaling.CfnScalingPolicy(
-            self, "BacklogPerTaskPolicy",
-            policy_name=f"{Aws.STACK_NAME}-backlog-per-task",
-            policy_type="TargetTrackingScaling",
-            scaling_target_id=target.scalable_target_id,
-            target_tracking_scaling_policy_configuration=(
-                appscaling.CfnScalingPolicy.TargetTrackingScalingPolicyConfigurationProperty(
-                    target_value=cfg.backlog_per_task,
-                    scale_out_cooldown=60,
-                    scale_in_cooldown=300,
-                    customized_metric_specification=(
-                        appscaling.CfnScalingPolicy.CustomizedMetricSpecificationProperty(
-                            metrics=[
-                                query("visible", "AWS/SQS",
-                                      "ApproximateNumberOfMessagesVisible", queue_dims, "Sum"),
-                                query("inflight", "AWS/SQS",
-                                      "ApproximateNumberOfMessagesNotVisible", queue_dims, "Sum"),
-                                query("running", "ECS/ContainerInsights", "RunningTaskCount",
-                                      service_dims, "Average"),
-                                appscaling.CfnScalingPolicy.TargetTrackingMetricDataQueryProperty(
-                                    id="backlogpertask",
-                                    expression="(visible + inflight) / running",
-                                    label="Messages (visible + in flight) per running task",
-                                    return_data=True),
-                            ])),
-                )),
-        )
-
-        # From zero: with no task, RunningTaskCount is missing and the ratio above has no
-        # value, so target tracking cannot act. This alarm starts the first task.
-        start_from_zero = cloudwatch.Alarm(
-            self, "StartFromZeroAlarm",
-            alarm_description="Jobs are waiting and no worker task runs or is wanted",
-            metric=cloudwatch.MathExpression(
-                expression="IF(visible > 0 AND FILL(running, 0) == 0 AND FILL(desired, 0) == 0,"
-                           " 1, 0)",
-                using_metrics={
-                    "visible": self._queue_metric(
-                        "ApproximateNumberOfMessagesVisible", self.queue, "Maximum"),
-                    "running": self._service_metric("RunningTaskCount"),
-                    "desired": self._service_metric("DesiredTaskCount"),
-                },
-                label="Waiting jobs with no worker",
-                period=Duration.minutes(1),
-            ),
-            threshold=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            evaluation_periods=1,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        )
-        start = appscaling.StepScalingAction(
-            self, "StartFromZeroAction",
-            scaling_target=target,
-            adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
-            cooldown=Duration.minutes(2),
-        )
-        start.add_adjustment(adjustment=1, lower_bound=0)
-        start_from_zero.add_alarm_action(cw_actions.ApplicationScalingAction(start))
-
-    # -- alarms ------------------------------------------------------------------------
-
-    def _alarms(self) -> None:
-        cfg = self.config
-        self.alarm_topic = sns.Topic(self, "AlarmTopic", display_name="img2img fleet alarms")
-        if cfg.alarm_email:
-            self.alarm_topic.add_subscription(subs.EmailSubscription(cfg.alarm_email))
-        notify = cw_actions.SnsAction(self.alarm_topic)
-
-        dlq_alarm = cloudwatch.Alarm(
-            self, "DlqNotEmptyAlarm",
-            alarm_description="Jobs reached the dead-letter queue: inspect, fix, then "
-                              "`img2img-producer redrive`",
-            metric=self._queue_metric("ApproximateNumberOfMessagesVisible", self.dlq, "Maximum"),
-            threshold=0,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-            evaluation_periods=1,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        )
-        age_alarm = cloudwatch.Alarm(
-            self, "OldestMessageAgeAlarm",
-            alarm_description=f"A job has waited more than {cfg.oldest_message_alarm_seconds} s",
-            metric=self._queue_metric("ApproximateAgeOfOldestMessage", self.queue, "Maximum"),
-            threshold=cfg.oldest_message_alarm_seconds,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-            evaluation_periods=5,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        )
-        for alarm in (dlq_alarm, age_alarm):
-            alarm.add_alarm_action(notify)
-        CfnOutput(self, "AlarmTopicArn", value=self.alarm_topic.topic_arn)
+    def _outputs(self) -> None:
+        outputs = {
+            "BucketName": self.bucket.bucket_name,
+            "QueueUrl": self.queues.main.queue_url,
+            "DlqUrl": self.queues.main_dlq.queue_url,
+            "ClusterName": self.capacity.cluster.cluster_name,
+            "ServiceName": self.worker.service.service_name,
+            # Teardown needs it: instances must be unprotected before the group can empty.
+            "AutoScalingGroupName": self.capacity.auto_scaling_group.auto_scaling_group_name,
+            "RepositoryUri": self.repository.repository_uri,
+            "LogGroupName": self.worker.log_group.log_group_name,
+            "AlarmTopicArn": self.alarm_topic.topic_arn,
+            "EventsTopicArn": self.events.topic.topic_arn,
+        }
+        if self.queues.priority is not None and self.queues.priority_dlq is not None:
+            outputs["PriorityQueueUrl"] = self.queues.priority.queue_url
+            outputs["PriorityDlqUrl"] = self.queues.priority_dlq.queue_url
+        if self.events.queue is not None:
+            outputs["EventsQueueUrl"] = self.events.queue.queue_url
+        for name, value in outputs.items():
+            CfnOutput(self, name, value=value)

@@ -6,26 +6,19 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from contract import cli_options as opt
-from contract.errors import Img2ImgError, InvalidJob
+from common import cli_options as opt
+from common.cli import clear_errors, progress_bars, run_app
+from contract.errors import InvalidJob
 from contract.locations import S3_SCHEME, S3Location, parse_s3_uri
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Enqueue img2img jobs on SQS and follow them.")
 log = logging.getLogger("producer")
-
-# AWS error codes that mean the user named something that is not there (exit 2).
-BAD_INPUT_CODES = frozenset({
-    "NoSuchBucket", "AccessDenied", "AWS.SimpleQueueService.NonExistentQueue",
-    "QueueDoesNotExist", "InvalidAddress", "InvalidBucketName",
-})
 
 QueueOpt = Annotated[str | None, typer.Option(
     help="The job queue's URL. Default: IMG2IMG_QUEUE_URL.")]
@@ -39,49 +32,12 @@ def _group(log_level: Annotated[str, typer.Option(help="Python log level.")] = "
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code)
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    """Our errors and AWS's, as one line naming the problem (exit 2 for bad input)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        yield
-    except Img2ImgError as exc:
-        raise _fail(str(exc)) from None
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        message = f"{exc.operation_name}: {code}: {error.get('Message') or exc}"
-        raise _fail(message, 2 if code in BAD_INPUT_CODES else 1) from None
-    except BotoCoreError as exc:
-        raise _fail(f"AWS: {exc}", 1) from None
-
-
 def _settings(**overrides: Any) -> Any:
     from contract.settings import load_settings
     from producer.settings import ProducerSettings
 
     return load_settings(ProducerSettings,
                          **{k: v for k, v in overrides.items() if v is not None})
-
-
-@contextmanager
-def _progress_bars() -> Iterator[Any]:
-    """A factory of progress bars on stderr: (description, total) -> advance(n)."""
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True)) as progress:
-        def factory(description: str, total: int) -> Any:
-            task = progress.add_task(description, total=total)
-            return lambda n: progress.advance(task, n)
-
-        yield factory
 
 
 @app.command()
@@ -124,11 +80,11 @@ def enqueue(
     list_page_size: Annotated[int, typer.Option(hidden=True, min=1, max=1000)] = 1000,
 ) -> None:
     """Turn images into jobs on the queue: 10 per SendMessageBatch, in parallel."""
-    from producer import aws
+    from common import aws
     from producer.enqueue import EnqueueOptions, Enqueuer, no_progress
     from producer.planning import Defaults
 
-    with _clear_errors():
+    with clear_errors():
         settings = _settings(queue_url=queue_url, bucket=bucket, concurrency=concurrency)
         defaults = Defaults(
             models=list(model or settings.default_models),
@@ -149,7 +105,7 @@ def enqueue(
         if dry_run:
             summary = Enqueuer(s3, sqs, options, defaults, no_progress).run()
         else:
-            with _progress_bars() as bars:
+            with progress_bars() as bars:
                 summary = Enqueuer(s3, sqs, options, defaults, bars).run()
     if dry_run:
         for job in summary.jobs:
@@ -157,6 +113,10 @@ def enqueue(
         typer.echo(f"dry run, nothing sent: {summary.line()}", err=True)
         return
     typer.echo(summary.line())
+    for reason in summary.skipped_reasons[:20]:
+        typer.echo(f"  skipped: {reason}", err=True)
+    if len(summary.skipped_reasons) > 20:
+        typer.echo(f"  ... and {len(summary.skipped_reasons) - 20} more skipped", err=True)
     for failure in summary.failed[:20]:
         typer.echo(f"  not enqueued: job {failure.id}: {failure.code}: {failure.message}",
                    err=True)
@@ -200,11 +160,11 @@ def status(
     ] = None,
 ) -> None:
     """Queue depth (visible, in flight, delayed, DLQ) and a batch's done/failed/rate/ETA."""
-    from producer import aws
+    from common import aws
     from producer.queues import queue_depth
     from producer.status import batch_progress, failed_records
 
-    with _clear_errors():
+    with clear_errors():
         settings = _settings(queue_url=queue_url)
         if (watch or failures) and not batch_id:
             raise InvalidJob("--watch and --failures need --batch-id")
@@ -291,25 +251,47 @@ def _watch(s3: Any, location: S3Location, batch_id: str, interval: float,
 def redrive(
     queue_url: QueueOpt = None,
     max_messages: Annotated[int | None, typer.Option(
-        "--max", min=1, help="Move at most this many (default: all).")] = None,
+        "--max", min=1, help="Move at most this many (default: the DLQ's depth now).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(
+        help="Stop after this many seconds.", min=1)] = 300.0,
+    move_task: Annotated[bool, typer.Option(
+        "--move-task", help="Use SQS's StartMessageMoveTask: server-side and fast, but it "
+        "moves everything, bodies that are not jobs included.")] = False,
 ) -> None:
-    """Move messages from the dead-letter queue back to the job queue, losing none."""
-    from producer import aws
+    """Move jobs from the dead-letter queue back to the job queue, each at most once.
+
+    Bodies that are not jobs stay in the DLQ and are listed. Bounded by --max and
+    --timeout, so it ends even while workers send failing messages back.
+    """
+    from common import aws
     from producer.redrive import redrive as move
 
-    with _clear_errors():
+    with clear_errors():
         settings = _settings(queue_url=queue_url)
         if not settings.queue_url:
             raise InvalidJob("no queue URL: pass --queue-url or set IMG2IMG_QUEUE_URL")
         report = move(aws.sqs_client(), settings.queue_url, max_messages=max_messages,
+                      timeout=timeout, use_move_task=move_task,
                       probe=aws.sqs_client(max_attempts=1))
     if report.method == "move-task":
         typer.echo(f"started SQS move task {report.task_handle}: about {report.moved} "
                    f"messages from {report.dlq_url} to {settings.queue_url}")
         return
-    typer.echo(f"moved {report.moved} messages from {report.dlq_url} to {settings.queue_url}"
-               + (f"; {report.failed} failed to send and stay in the DLQ"
-                  if report.failed else ""))
+    stopped = {"empty": "the DLQ is empty", "limit": "--max reached",
+               "all": "every message that was in the DLQ at the start was handled",
+               "time": f"time limit ({timeout:.0f} s) reached"}.get(report.stopped, "")
+    typer.echo(f"moved {report.moved} messages from {report.dlq_url} to "
+               f"{settings.queue_url}; {stopped}")
+    if report.failed:
+        typer.echo(f"{report.failed} failed to send and stay in the DLQ", err=True)
+    if report.bounced:
+        typer.echo(f"{report.bounced} moved by this run came back to the DLQ already and "
+                   "stay there (failing again: look at the workers' logs)", err=True)
+    if report.not_jobs:
+        typer.echo(f"{report.not_jobs} bodies that are not jobs stay in the DLQ:", err=True)
+        for reason in report.reasons:
+            typer.echo(f"  {reason}", err=True)
     if report.failed:
         raise typer.Exit(1)
 
@@ -323,11 +305,7 @@ def schema() -> None:
 
 
 def main() -> None:
-    try:
-        app()
-    except InvalidJob as exc:  # configuration errors found late still read well
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        sys.exit(2)
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.folders import scan_images
 from contract.errors import InvalidJob
 from contract.job import JobMessage
 from contract.locations import S3_SCHEME, S3Location, parse_s3_uri
@@ -24,7 +25,7 @@ from producer.listing import (
 from producer.manifest import BatchManifest, write_manifest
 from producer.planning import Defaults, PlannedInput, derive_batch_id, plan_jobs
 from producer.sending import BatchSender, Outgoing, SendFailure
-from producer.upload import local_etags, scan_folder, upload_folder
+from producer.upload import key_of, local_etags, upload_folder, uploadable
 
 # A progress factory: (description, total) -> advance(n). The CLI draws a bar with it.
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -66,6 +67,7 @@ class EnqueueSummary:
     output: S3Location
     found: int = 0
     skipped: int = 0
+    skipped_reasons: list[str] = field(default_factory=list)  # inputs that made no job
     enqueued: int = 0
     failed: list[SendFailure] = field(default_factory=list)
     uploaded: int | None = None
@@ -181,7 +183,8 @@ class Enqueuer:
             assert options.jobs_file is not None
             raise JobsFileError(options.jobs_file, sorted(problems, key=_line_number))
         summary.found = len(inputs)
-        summary.skipped += plan.duplicates
+        summary.skipped += plan.duplicates + len(plan.skipped)
+        summary.skipped_reasons.extend(plan.skipped)
         summary.jobs = plan.jobs
         if options.dry_run or not plan.jobs:
             return summary
@@ -193,7 +196,11 @@ class Enqueuer:
         """Upload a local folder, or list the S3 prefix (not needed for a jobs file)."""
         prefix = source.prefix
         if source.folder is not None:
-            files, ignored = scan_folder(source.folder)
+            files, others = scan_images(source.folder)
+            ignored = len(others)
+            files, too_long = uploadable(files, prefix.key)
+            summary.skipped += len(too_long)
+            summary.skipped_reasons.extend(too_long)
             if self.options.dry_run:
                 etags = local_etags(files, prefix.key)
             else:
@@ -205,8 +212,8 @@ class Enqueuer:
                 summary.uploaded, summary.unchanged = uploaded.uploaded, uploaded.unchanged
             summary.skipped += ignored if listing else 0
             return [SourceObject(location=S3Location(bucket=prefix.bucket,
-                                                     key=f.key(prefix.key)),
-                                 etag=etags[f.key(prefix.key)], relative=f.relative)
+                                                     key=key_of(f, prefix.key)),
+                                 etag=etags[key_of(f, prefix.key)], relative=f.relative)
                     for f in files]
         if not listing:
             return []

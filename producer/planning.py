@@ -1,21 +1,20 @@
 """Turning inputs and parameters into job messages (pure: no AWS calls).
 
-Model and prompt are picked per image with ``random.Random(f"{seed}:{relative key}")``,
-as the worker's local folder mode does, so the pick depends only on the seed and the
-image's path under the source: adding images does not change what the others get.
+Model and prompt are picked per image by ``contract.picks``, as the worker's local folder
+mode does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from contract.errors import InvalidJob
 from contract.job import JobMessage, validate_params
 from contract.locations import S3Location
+from contract.picks import pick_model_and_prompt
 from producer.listing import SourceObject
 
 BATCH_ID_PREFIX = "b-"
@@ -59,26 +58,31 @@ class Plan:
     jobs: list[JobMessage]
     duplicates: int = 0  # inputs whose job (same object, same parameters) was already planned
     problems: list[str] = field(default_factory=list)  # "line N: field: why"
+    skipped: list[str] = field(default_factory=list)  # "s3://...: why" (listed inputs)
 
 
 def plan_jobs(inputs: list[PlannedInput], defaults: Defaults, *, output: S3Location,
               batch_id: str) -> Plan:
-    """One job per input; rows with bad parameters become problems, not jobs."""
+    """One job per input. A jobs-file row that cannot be a job is a problem (the run
+    stops before sending); a listed object that cannot be one is skipped with its reason
+    and the others go on."""
     plan = Plan(jobs=[])
     seen: set[str] = set()
     for item in inputs:
-        rng = random.Random(f"{defaults.choice_seed}:{item.source.relative}")
-        values = {**defaults.common, "model": rng.choice(defaults.models),
-                  "prompt": rng.choice(defaults.prompts), **item.overrides}
+        model, prompt = pick_model_and_prompt(defaults.models, defaults.prompts,
+                                              seed=defaults.choice_seed,
+                                              name=item.source.relative)
+        values = {**defaults.common, "model": model, "prompt": prompt, **item.overrides}
         try:
             params = validate_params(**values)
+            job = JobMessage.create(input=item.source.location, input_etag=item.source.etag,
+                                    output_prefix=output, params=params, batch_id=batch_id)
         except InvalidJob as exc:
             if item.line is None:
-                raise
-            plan.problems.append(f"line {item.line}: {exc}")
+                plan.skipped.append(_shorten(str(exc), 400))
+            else:
+                plan.problems.append(f"line {item.line}: {exc}")
             continue
-        job = JobMessage.create(input=item.source.location, input_etag=item.source.etag,
-                                output_prefix=output, params=params, batch_id=batch_id)
         if job.job_id in seen:
             plan.duplicates += 1
             continue
@@ -97,3 +101,7 @@ def derive_batch_id(*, source: str, output: S3Location, defaults: Defaults,
     }, sort_keys=True, separators=(",", ":"), default=str)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:BATCH_ID_HEX_CHARS]
     return BATCH_ID_PREFIX + digest
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -25,8 +25,8 @@ class QueueDepth:
 
 
 def queue_counts(sqs: Any, queue_url: str) -> QueueCounts:
-    attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=COUNT_ATTRIBUTES)[
-        "Attributes"]
+    attrs = sqs.get_queue_attributes(QueueUrl=queue_url,
+                                     AttributeNames=COUNT_ATTRIBUTES).get("Attributes", {})
     return QueueCounts(visible=int(attrs.get("ApproximateNumberOfMessages", 0)),
                        in_flight=int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
                        delayed=int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)))
@@ -39,8 +39,8 @@ def queue_arn(sqs: Any, queue_url: str) -> str:
 
 def dlq_arn_of(sqs: Any, queue_url: str) -> str | None:
     """The dead-letter queue's ARN from the queue's RedrivePolicy, None without one."""
-    attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])[
-        "Attributes"]
+    attrs = sqs.get_queue_attributes(QueueUrl=queue_url,
+                                     AttributeNames=["RedrivePolicy"]).get("Attributes", {})
     policy = attrs.get("RedrivePolicy")
     return json.loads(policy).get("deadLetterTargetArn") if policy else None
 

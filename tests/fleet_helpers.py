@@ -6,6 +6,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from typing import Any
 from PIL import Image
 
 from contract import GenerationParams, JobMessage, S3Location, parse_s3_uri, validate_params
-from producer.embedded import FleetResources
+from local_fleet.embedded_aws import FleetResources
 
 WORKER_BIN = str(Path(sys.executable).with_name("img2img-worker"))
 FAST = dict(model="tiny", prompt="a test", steps=4, strength=0.5, max_side=128)
@@ -141,10 +142,15 @@ class FaultProxy:
 
     def __init__(self, upstream: str,
                  fault: Callable[[str, str, int], tuple[int, str] | None] = lambda *a: None,
-                 delay: Callable[[str, str], float] = lambda method, path: 0.0) -> None:
+                 delay: Callable[[str, str], float] = lambda method, path: 0.0,
+                 cut: Callable[[str, str, int], bool] = lambda *a: False,
+                 sqs_fault: Callable[[str, int], tuple[int, str] | None] = lambda *a: None,
+                 ) -> None:
         self.upstream = upstream.rstrip("/")
         self.fault = fault
         self.delay = delay
+        self.cut = cut  # send half the body, then close: a body cut mid-stream
+        self.sqs_fault = sqs_fault  # by SQS action (X-Amz-Target), e.g. "DeleteMessageBatch"
         self.seen: dict[tuple[str, str], int] = {}
         self.injected: list[tuple[str, str, int]] = []
         proxy = self
@@ -163,7 +169,13 @@ class FaultProxy:
                     count = proxy.seen.get((self.command, path_only), 0)
                     proxy.seen[(self.command, path_only)] = count + 1
                 time.sleep(proxy.delay(self.command, path_only))
+                action = self.headers.get("X-Amz-Target", "").rpartition(".")[2]
                 injected = proxy.fault(self.command, path_only, count)
+                if action:
+                    with threading.Lock():
+                        sqs_count = proxy.seen.get(("SQS", action), 0)
+                        proxy.seen[("SQS", action)] = sqs_count + 1
+                    injected = proxy.sqs_fault(action, sqs_count) or injected
                 if injected is not None:
                     status, code = injected
                     proxy.injected.append((self.command, path_only, status))
@@ -194,8 +206,16 @@ class FaultProxy:
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+                if self.command == "HEAD":
+                    return
+                if len(data) > 1 and proxy.cut(self.command, path_only, count):
+                    proxy.injected.append((self.command, path_only, -1))
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.wfile.write(data)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 

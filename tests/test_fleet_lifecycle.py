@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from producer.embedded import enable_upload_notifications
+from local_fleet.embedded_aws import enable_upload_notifications
 from tests.fleet_helpers import (
     WORKER_BIN,
     WorkerProcess,
@@ -105,24 +105,40 @@ def test_task_is_protected_while_busy_and_unprotected_when_idle(fleet, s3, sqs, 
     assert queue_counts(sqs, fleet.queue_url) == (0, 0)
 
 
+def _health_state(path, written: float, loops: dict[str, float], dead: dict | None = None):
+    path.write_text(json.dumps({"time": written, "loops": loops, "dead": dead or {}}))
+
+
 def test_healthcheck_reports_recent_progress_only(tmp_path):
     health = tmp_path / "w.health"
     env = dict(os.environ, IMG2IMG_HEALTH_FILE=str(health), IMG2IMG_HEALTH_MAX_AGE="30")
-    missing = subprocess.run([WORKER_BIN, "healthcheck"], env=env, capture_output=True,
-                             text=True)
+
+    def check() -> subprocess.CompletedProcess:
+        return subprocess.run([WORKER_BIN, "healthcheck"], env=env, capture_output=True,
+                              text=True)
+
+    missing = check()
     assert missing.returncode == 1 and "no progress" in missing.stdout
-    health.write_text(f"{time.time():.3f}\n")
-    fresh = subprocess.run([WORKER_BIN, "healthcheck"], env=env, capture_output=True,
-                           text=True)
+    now = time.time()
+    _health_state(health, now, {"receiver": now, "engine": now - 5})
+    fresh = check()
     assert fresh.returncode == 0 and "healthy" in fresh.stdout
-    health.write_text(f"{time.time() - 120:.3f}\n")
-    stale = subprocess.run([WORKER_BIN, "healthcheck"], env=env, capture_output=True,
-                           text=True)
+    _health_state(health, now - 120, {"receiver": now - 120})
+    stale = check()
     assert stale.returncode == 1 and "no progress for" in stale.stdout
+    # One loop stalled while the others still write the file: unhealthy, and named.
+    _health_state(health, now, {"receiver": now - 90, "engine": now})
+    stalled = check()
+    assert stalled.returncode == 1 and "the receiver loop made no progress" in stalled.stdout
+    # A loop that died is unhealthy at once, with its reason.
+    _health_state(health, now, {"engine": now}, {"receiver": "RecursionError: too deep"})
+    dead = check()
+    assert dead.returncode == 1 and "receiver loop died: RecursionError" in dead.stdout
 
 
 def test_running_worker_keeps_its_health_file_fresh(fleet, model_cache, tmp_path):
-    env = worker_env(fleet, model_cache, tmp_path)
+    """Each loop beats often enough for the limit the worker is configured with."""
+    env = worker_env(fleet, model_cache, tmp_path, health_max_age=2)
     worker = WorkerProcess(env, "--exit-when-idle", "4")
     worker.wait_for(lambda e: "starting" in e.get("message", ""), timeout=60)
     time.sleep(2.5)

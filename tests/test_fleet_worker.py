@@ -63,7 +63,7 @@ def test_good_and_bad_inputs_each_get_exactly_one_outcome(fleet, s3, sqs, model_
     # A job whose fields are invalid but which names its output: a failed record.
     invalid = json.loads(good_jobs[0].to_json())
     invalid.update(job_id="invalidjob0001", strength=7)
-    invalid["output"]["key"] = "out/invalid.png"
+    invalid["output"]["key"] = "out/invalid.invalidjob00.png"
     sqs.send_message(QueueUrl=fleet.queue_url, MessageBody=json.dumps(invalid))
     # Not a job at all: released at once, redriven to the DLQ, never processed.
     sqs.send_message(QueueUrl=fleet.queue_url, MessageBody="this is not a job")
@@ -96,7 +96,7 @@ def test_good_and_bad_inputs_each_get_exactly_one_outcome(fleet, s3, sqs, model_
     corrupt = record_of(s3, bad_jobs["InvalidImage:empty"])
     assert "empty" in corrupt["error"]["message"]
     invalid_record = json.loads(s3.get_object(Bucket=fleet.bucket,
-                                              Key="out/invalid.png.json")["Body"].read())
+                                              Key="out/invalid.invalidjob00.png.json")["Body"].read())
     assert invalid_record["status"] == "failed" and "strength" in invalid_record["error"][
         "message"]
     # Only done jobs have outputs.

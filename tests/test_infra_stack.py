@@ -1,7 +1,8 @@
 """The CDK stack, synthesized offline: properties asserted, template cfn-lint clean.
 
-Two synths per module (each takes seconds): the defaults from infra/cdk.json (on-demand,
-no upload notification) and a variant (Spot, uploads prefix, output expiry, maxTasks 8).
+Templates come from tests/infra_synth.py (each context synthesized once per session): the
+defaults from infra/cdk.json (on-demand, no upload notification) and a variant (Spot,
+uploads prefix, output expiry, maxTasks 8).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,111 +17,36 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-CDK_JSON = ROOT / "infra" / "cdk.json"
+from tests.infra_synth import (
+    CDK_JSON,
+    Synth,
+    cdk_json_context,
+    refs,
+    synth,
+)
+from tests.infra_synth import flat as _flat
+from tests.infra_synth import refs as _refs
+
 VARIANT = {"spot": "true", "uploadsPrefix": "uploads", "outputExpirationDays": "30",
            "maxTasks": "8", "alarmEmail": "ops@example.com",
            "modelsUri": "s3://my-model-store/weights"}
 
 pytest.importorskip("aws_cdk", reason="the infra extra (aws-cdk-lib) is not installed")
-if str(ROOT) not in sys.path:  # `infra` is a top-level package of the repository
-    sys.path.insert(0, str(ROOT))
-
-
-def _env_for_jsii() -> None:
-    # Node 20 prints a banner on every jsii start; it is noise in test output.
-    os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
-    os.environ.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "1")
-
-
-def _cdk_json_context() -> dict[str, Any]:
-    return json.loads(CDK_JSON.read_text())["context"]
-
-
-class Synth:
-    """One synthesized stack: its assertions Template and raw template dict."""
-
-    def __init__(self, overrides: dict[str, Any]) -> None:
-        _env_for_jsii()
-        import aws_cdk as cdk
-        from aws_cdk.assertions import Template
-
-        from infra.app import build_app
-
-        app = build_app(cdk.App(context={**_cdk_json_context(), **overrides}))
-        (stack,) = [c for c in app.node.children if isinstance(c, cdk.Stack)]
-        self.stack = stack
-        self.template = Template.from_stack(stack)
-        self.json: dict[str, Any] = self.template.to_json()
-
-    def resources(self, type_: str) -> dict[str, dict[str, Any]]:
-        return {k: v for k, v in self.json["Resources"].items() if v["Type"] == type_}
-
-    def one(self, type_: str) -> tuple[str, dict[str, Any]]:
-        found = self.resources(type_)
-        assert len(found) == 1, f"expected one {type_}, got {list(found)}"
-        ((logical_id, resource),) = found.items()
-        return logical_id, resource["Properties"]
-
-    def logical_id(self, type_: str, predicate: Any) -> str:
-        ids = [k for k, v in self.resources(type_).items() if predicate(v["Properties"])]
-        assert len(ids) == 1, (type_, ids)
-        return ids[0]
-
-    def container(self) -> dict[str, Any]:
-        _, props = self.one("AWS::ECS::TaskDefinition")
-        (container,) = props["ContainerDefinitions"]
-        return container
-
-    def env(self) -> dict[str, Any]:
-        return {e["Name"]: e["Value"] for e in self.container()["Environment"]}
 
 
 @pytest.fixture(scope="module")
 def default() -> Synth:
-    return Synth({})
+    return synth()
 
 
 @pytest.fixture(scope="module")
 def variant() -> Synth:
-    return Synth(VARIANT)
+    return synth(VARIANT)
 
 
 def _queue_ids(s: Synth) -> tuple[str, str]:
-    """(main queue, DLQ) logical ids: the main queue is the one with a redrive policy."""
-    queues = s.resources("AWS::SQS::Queue")
-    main = [k for k, v in queues.items() if "RedrivePolicy" in v["Properties"]]
-    dlq = [k for k in queues if k not in main]
-    assert len(main) == 1 and len(dlq) == 1
-    return main[0], dlq[0]
-
-
-def _refs(value: Any) -> set[str]:
-    """Every logical id a CloudFormation value refers to (Ref / Fn::GetAtt)."""
-    found: set[str] = set()
-    if isinstance(value, dict):
-        if "Ref" in value:
-            found.add(value["Ref"])
-        if "Fn::GetAtt" in value:
-            found.add(value["Fn::GetAtt"][0])
-        for v in value.values():
-            found |= _refs(v)
-    elif isinstance(value, list):
-        for v in value:
-            found |= _refs(v)
-    return found
-
-
-def _flat(value: Any) -> str:
-    """A CloudFormation value as text, Fn::Join parts concatenated (for prefix checks)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and "Fn::Join" in value:
-        sep, parts = value["Fn::Join"]
-        return sep.join(_flat(p) for p in parts)
-    if isinstance(value, dict) and ("Ref" in value or "Fn::GetAtt" in value):
-        return "{" + next(iter(_refs(value))) + "}"
-    return json.dumps(value, sort_keys=True)
+    """(main queue, DLQ) logical ids."""
+    return s.queue_ids()
 
 
 # -- S3 ----------------------------------------------------------------------------------
@@ -176,7 +101,7 @@ def test_queue_and_dlq(default: Synth) -> None:
     main, dlq = queues[main_id]["Properties"], queues[dlq_id]["Properties"]
     assert main["SqsManagedSseEnabled"] is True and dlq["SqsManagedSseEnabled"] is True
     assert main["ReceiveMessageWaitTimeSeconds"] == 20
-    assert main["RedrivePolicy"]["maxReceiveCount"] == 3
+    assert main["RedrivePolicy"]["maxReceiveCount"] == 5
     assert _refs(main["RedrivePolicy"]["deadLetterTargetArn"]) == {dlq_id}
     assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
     for policy in default.resources("AWS::SQS::QueuePolicy").values():
@@ -240,65 +165,6 @@ def test_capacity_provider_managed_scaling_and_draining(default: Synth) -> None:
     assert association in default.json["Resources"][service_id]["DependsOn"]
 
 
-def test_task_definition(default: Synth) -> None:
-    container = default.container()
-    assert {"Type": "GPU", "Value": "1"} in container["ResourceRequirements"]
-    assert container["StopTimeout"] == 120
-    env = default.env()
-    assert float(env["IMG2IMG_STOP_DEADLINE"]) < container["StopTimeout"]
-    assert container["HealthCheck"]["Command"] == ["CMD", "img2img-worker", "healthcheck"]
-    assert container["LogConfiguration"]["LogDriver"] == "awslogs"
-    for name in ("IMG2IMG_QUEUE_URL", "IMG2IMG_ALLOWED_INPUTS", "IMG2IMG_ALLOWED_OUTPUTS",
-                 "IMG2IMG_MODEL_CACHE", "HF_HOME", "AWS_REGION"):
-        assert name in env, name
-    bucket_id, _ = default.one("AWS::S3::Bucket")
-    assert _flat(env["IMG2IMG_ALLOWED_OUTPUTS"]) == f"s3://{{{bucket_id}}}/outputs/"
-    assert _flat(env["IMG2IMG_ALLOWED_INPUTS"]) == f"s3://{{{bucket_id}}}/inputs/"
-    (mount,) = container["MountPoints"]
-    assert env["HF_HOME"].startswith(mount["ContainerPath"])
-    assert env["IMG2IMG_MODEL_CACHE"].startswith(mount["ContainerPath"])
-
-
-# -- scaling -----------------------------------------------------------------------------
-
-def test_target_tracking_on_backlog_per_task(default: Synth) -> None:
-    target_id, target = default.one("AWS::ApplicationAutoScaling::ScalableTarget")
-    assert target["MinCapacity"] == 0 and target["MaxCapacity"] == 4
-    assert target["ScalableDimension"] == "ecs:service:DesiredCount"
-    tracking = [p["Properties"] for p in
-                default.resources("AWS::ApplicationAutoScaling::ScalingPolicy").values()
-                if p["Properties"]["PolicyType"] == "TargetTrackingScaling"]
-    (policy,) = tracking
-    assert _refs(policy["ScalingTargetId"]) == {target_id}
-    metrics = policy["TargetTrackingScalingPolicyConfiguration"][
-        "CustomizedMetricSpecification"]["Metrics"]
-    by_name = {m["MetricStat"]["Metric"]["MetricName"]: m["Id"] for m in metrics
-               if "MetricStat" in m}
-    assert "ApproximateNumberOfMessagesVisible" in by_name and "RunningTaskCount" in by_name
-    (expression,) = [m for m in metrics if m.get("ReturnData")]
-    assert by_name["ApproximateNumberOfMessagesVisible"] in expression["Expression"]
-    assert expression["Expression"].rstrip().endswith("/ " + by_name["RunningTaskCount"])
-
-
-def test_step_policy_starts_from_zero(default: Synth) -> None:
-    steps = {k: v["Properties"] for k, v in
-             default.resources("AWS::ApplicationAutoScaling::ScalingPolicy").items()
-             if v["Properties"]["PolicyType"] == "StepScaling"}
-    ((step_id, step),) = steps.items()
-    config = step["StepScalingPolicyConfiguration"]
-    assert config["AdjustmentType"] == "ChangeInCapacity"
-    assert [a["ScalingAdjustment"] for a in config["StepAdjustments"]] == [1]
-    alarms = [a["Properties"] for a in default.resources("AWS::CloudWatch::Alarm").values()
-              if step_id in _refs(a["Properties"].get("AlarmActions", []))]
-    (alarm,) = alarms
-    metrics = {m["Id"]: m for m in alarm["Metrics"]}
-    names = {m["MetricStat"]["Metric"]["MetricName"]: i for i, m in metrics.items()
-             if "MetricStat" in m}
-    (expression,) = [m["Expression"] for m in metrics.values() if m.get("ReturnData")]
-    visible, running = names["ApproximateNumberOfMessagesVisible"], names["RunningTaskCount"]
-    assert f"{visible} > 0" in expression and f"FILL({running}, 0) == 0" in expression
-
-
 # -- IAM ---------------------------------------------------------------------------------
 
 def test_task_role_is_least_privilege(default: Synth) -> None:
@@ -319,13 +185,20 @@ def test_task_role_is_least_privilege(default: Synth) -> None:
             granted.setdefault(action, set()).update(_flat(r) for r in resources)
     bucket_id, _ = default.one("AWS::S3::Bucket")
     main_queue, _ = _queue_ids(default)
+    cluster_id, _ = default.one("AWS::ECS::Cluster")
+    own_tasks = ("arn:{AWS::Partition}:ecs:{AWS::Region}:{AWS::AccountId}:task/"
+                 f"{{{cluster_id}}}/*")
     assert granted == {
         "s3:GetObject": {f"{{{bucket_id}}}/inputs/*", f"{{{bucket_id}}}/outputs/*"},
         "s3:PutObject": {f"{{{bucket_id}}}/outputs/*"},
+        "s3:DeleteObject": {f"{{{bucket_id}}}/outputs/*.json"},  # claims, not outputs
         "s3:ListBucket": {f"{{{bucket_id}}}"},
         "sqs:ReceiveMessage": {f"{{{main_queue}}}"},
         "sqs:DeleteMessage": {f"{{{main_queue}}}"},
         "sqs:ChangeMessageVisibility": {f"{{{main_queue}}}"},
+        "ecs:UpdateTaskProtection": {own_tasks},
+        "ecs:GetTaskProtection": {own_tasks},
+        "sns:Publish": {f"{{{default.events_topic_id()}}}"},
     }
 
 
@@ -376,25 +249,12 @@ def test_models_uri_grants_read_of_that_prefix_only_and_allows_its_models(
     assert "IMG2IMG_ALLOWED_MODELS" not in default.env()
 
 
-def test_models_uri_and_allowed_models_config() -> None:
-    from infra.img2img_stack import FleetConfig
-
-    with pytest.raises(ValueError, match="modelsUri"):
-        FleetConfig.from_context({"modelsUri": "my-model-store/weights"}.get)
-    cfg = FleetConfig.from_context({"modelsUri": "s3://store/w", "allowedModels": "sd15, sdxl",
-                                    "defaultModels": "sd15"}.get)
-    assert cfg.models_uri == "s3://store/w/"
-    assert cfg.worker_allowed_models == "sd15,sdxl,s3://store/w/*"
-    assert FleetConfig(allowed_models="sd-turbo").worker_allowed_models == "sd-turbo"
-    assert FleetConfig().worker_allowed_models is None
-
-
 # -- alarms and outputs ------------------------------------------------------------------
 
 def test_alarms(default: Synth, variant: Synth) -> None:
     main_id, dlq_id = _queue_ids(default)
     alarms = [a["Properties"] for a in default.resources("AWS::CloudWatch::Alarm").values()]
-    topic_id, _ = default.one("AWS::SNS::Topic")
+    topic_id = default.alarm_topic_id()
     dlq_alarm = [a for a in alarms if a.get("MetricName") == "ApproximateNumberOfMessagesVisible"
                  and _refs(a["Dimensions"]) == {dlq_id}]
     (dlq_alarm_props,) = dlq_alarm
@@ -406,6 +266,7 @@ def test_alarms(default: Synth, variant: Synth) -> None:
     assert age["Threshold"] == 3600 and _refs(age["AlarmActions"]) == {topic_id}
     _, subscription = variant.one("AWS::SNS::Subscription")
     assert subscription["Protocol"] == "email" and subscription["Endpoint"] == "ops@example.com"
+    assert refs(subscription["TopicArn"]) == {variant.alarm_topic_id()}
     assert default.resources("AWS::SNS::Subscription") == {}
 
 
@@ -415,89 +276,21 @@ def test_outputs(default: Synth) -> None:
     bucket_id, _ = default.one("AWS::S3::Bucket")
     cluster_id, _ = default.one("AWS::ECS::Cluster")
     service_id, _ = default.one("AWS::ECS::Service")
+    asg_id, _ = default.one("AWS::AutoScaling::AutoScalingGroup")
     expected = {"BucketName": bucket_id, "QueueUrl": main_id, "DlqUrl": dlq_id,
-                "ClusterName": cluster_id, "ServiceName": service_id}
+                "ClusterName": cluster_id, "ServiceName": service_id,
+                "AutoScalingGroupName": asg_id}
     for name, logical_id in expected.items():
         assert _refs(outputs[name]["Value"]) == {logical_id}, name
 
 
-# -- cfn-lint ----------------------------------------------------------------------------
-
-def _cfn_lint() -> str:
-    candidate = Path(sys.executable).with_name("cfn-lint")
-    found = str(candidate) if candidate.exists() else shutil.which("cfn-lint")
-    if not found:
-        pytest.fail("cfn-lint not found: install the dev extra")
-    return found
-
-
-@pytest.mark.parametrize("which", ["default", "variant"])
-def test_cfn_lint_clean(which: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    synth: Synth = request.getfixturevalue(which)
-    path = tmp_path / f"{which}.template.json"
-    path.write_text(json.dumps(synth.json, indent=1))
-    result = subprocess.run([_cfn_lint(), "--format", "parseable", str(path)],
-                            capture_output=True, text=True, timeout=300)
-    findings = [line for line in result.stdout.splitlines() if line.strip()]
-    # Known redundant DependsOn (W3005), and only these: CDK's bucket-notification handler
-    # (library code), and the service's dependency on the cluster construct, which is how
-    # it also waits for the capacity-provider association CDK adds at synth time.
-    # Anything else, warning or error, fails the test.
-    known = [
-        re.compile(r":W3005:'(BucketNotifications|JobQueue)\w*' dependency already "
-                   r"enforced by a '\w+' at 'Resources/BucketNotifications"),
-        re.compile(r":W3005:'Cluster[0-9A-F]{8}' dependency already enforced by a 'Ref' at "
-                   r"'Resources/WorkerService[0-9A-F]{8}/Properties/Cluster'"),
-    ]
-    unexpected = [f for f in findings if not any(k.search(f) for k in known)]
-    assert unexpected == [], "\n".join(unexpected)
-    assert result.returncode in (0, 4), result.stderr  # 4: warnings only
-    assert not result.returncode & 2
-
-
-def test_cfn_lint_catches_a_bad_template(tmp_path: Path) -> None:
-    """Control: cfn-lint really reports errors (else the test above proves nothing)."""
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"Resources": {"Q": {"Type": "AWS::SQS::Queue", "Properties": {
-        "VisibilityTimeout": "not-a-number", "NoSuchProperty": 1}}}}))
-    result = subprocess.run([_cfn_lint(), str(bad)], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode & 2, result.stdout
-
-
-# -- configuration -----------------------------------------------------------------------
-
-def test_context_keys_documented_and_in_cdk_json() -> None:
-    from infra.img2img_stack import CONTEXT_KEYS
-
-    in_json = set(_cdk_json_context())
-    assert set(CONTEXT_KEYS) | {"stackName"} == in_json
-    docs = (ROOT / "docs" / "deploy.md").read_text()
-    missing = [k for k in (*CONTEXT_KEYS, "stackName") if f"`{k}`" not in docs]
-    assert missing == []
-
-
-def test_config_rejects_inconsistent_settings() -> None:
-    from infra.img2img_stack import FleetConfig
-
-    with pytest.raises(ValueError, match="stopDeadline"):
-        FleetConfig(stop_deadline=120, stop_timeout=120)
-    with pytest.raises(ValueError, match="instanceTypes"):
-        FleetConfig(instance_types=("p4d.24xlarge",))
-    with pytest.raises(ValueError, match="nest"):
-        FleetConfig(input_prefix="data/", output_prefix="data/out/")
-    parsed = FleetConfig.from_context(
-        {"spot": "false", "instanceTypes": "g6.2xlarge, g5.2xlarge", "inputPrefix": "in",
-         "maxTasks": "2"}.get)
-    assert parsed.spot is False and parsed.instance_types == ("g6.2xlarge", "g5.2xlarge")
-    assert parsed.input_prefix == "in/" and parsed.max_tasks == 2
-
+# -- the CDK entry point ---------------------------------------------------------------
 
 @pytest.mark.slow
 def test_app_entry_point_synthesizes_with_cdk_json(tmp_path: Path) -> None:
     """What `cdk synth` runs: infra/app.py, with cdk.json's context passed by the CLI."""
     env = {**os.environ, "CDK_OUTDIR": str(tmp_path),
-           "CDK_CONTEXT_JSON": json.dumps(_cdk_json_context()),
+           "CDK_CONTEXT_JSON": json.dumps(cdk_json_context()),
            "JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION": "1"}
     app_cmd = json.loads(CDK_JSON.read_text())["app"].split()
     assert app_cmd[-1] == "app.py"

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 from typer.testing import CliRunner
 
-from producer.aws import sqs_client
+from common.aws import sqs_client
+from contract import JobMessage, S3Location, validate_params
 from producer.cli import app
 from producer.redrive import redrive
 
 runner = CliRunner()
 
 
-def fill_dlq(sqs, dlq_url: str, n: int) -> set[str]:
-    bodies = {f'{{"job": {i}}}' for i in range(n)}
+def job_body(i: int) -> str:
+    return JobMessage.create(
+        input=S3Location(bucket="in-bucket", key=f"in/{i}.png"), input_etag=None,
+        output_prefix=S3Location(bucket="in-bucket", key="out/"),
+        params=validate_params(model="tiny", prompt="p"), batch_id="b").to_json()
+
+
+def fill_dlq(sqs, dlq_url: str, n: int, make=job_body) -> set[str]:
+    bodies = {make(i) for i in range(n)}
     items = sorted(bodies)
     for start in range(0, n, 10):
         sqs.send_message_batch(QueueUrl=dlq_url, Entries=[
@@ -45,6 +54,7 @@ def test_redrive_moves_every_message_back_exactly_once(fleet, sqs):
 
     assert result.exit_code == 0, result.output
     assert f"moved 23 messages from {fleet.dlq_url}" in result.stdout
+    assert "every message that was in the DLQ at the start was handled" in result.stdout
     moved = bodies_on(sqs, fleet.queue_url)
     assert sorted(moved) == sorted(bodies)
     assert counts(sqs, fleet.dlq_url) == (0, 0)
@@ -85,7 +95,7 @@ def test_messages_whose_send_failed_stay_in_the_dlq(fleet, sqs):
 
     assert (report.moved, report.failed, report.method) == (4, 2, "receive-send-delete")
     assert sorted(bodies_on(sqs, fleet.queue_url)) == sorted(bodies - set(dropped))
-    assert counts(sqs, fleet.dlq_url) == (0, 2)  # not deleted: back after the visibility
+    assert counts(sqs, fleet.dlq_url) == (2, 0)  # not deleted, and visible again at once
 
 
 def test_the_sqs_move_task_is_used_where_the_service_has_it(fleet, sqs):
@@ -94,9 +104,57 @@ def test_the_sqs_move_task_is_used_where_the_service_has_it(fleet, sqs):
     probe = SimpleNamespace(start_message_move_task=lambda **kw: started.append(kw) or {
         "TaskHandle": "handle-1"})
 
-    report = redrive(sqs, fleet.queue_url, probe=probe)
+    report = redrive(sqs, fleet.queue_url, probe=probe, use_move_task=True)
 
     assert (report.method, report.task_handle, report.moved) == ("move-task", "handle-1", 3)
     assert started[0]["SourceArn"].endswith("-dlq")
     assert started[0]["DestinationArn"].endswith(fleet.queue_url.rsplit("/", 1)[1])
     assert counts(sqs, fleet.dlq_url) == (3, 0)  # SQS moves them, not us
+
+
+def test_bodies_that_are_not_jobs_stay_in_the_dlq_with_a_report(fleet, sqs):
+    jobs = fill_dlq(sqs, fleet.dlq_url, 4)
+    junk = ["this is not a job", "[1, 2]", '{"hello": "world"}', "[" * 5000 + "]" * 5000]
+    for body in junk:
+        sqs.send_message(QueueUrl=fleet.dlq_url, MessageBody=body)
+
+    result = runner.invoke(app, ["redrive"])
+
+    assert result.exit_code == 0, result.output
+    assert "moved 4 messages" in result.stdout
+    assert "4 bodies that are not jobs stay in the DLQ" in result.stderr
+    assert "not JSON" in result.stderr and "nested too deeply" in result.stderr
+    assert sorted(bodies_on(sqs, fleet.queue_url)) == sorted(jobs)
+    assert sorted(bodies_on(sqs, fleet.dlq_url)) == sorted(junk)  # visible again at once
+
+
+def test_a_message_that_bounces_back_is_moved_once_and_the_run_ends(fleet, sqs):
+    """A worker that fails a job at once sends it back to the DLQ while redrive runs:
+    redrive must neither move it again nor run forever."""
+    fill_dlq(sqs, fleet.dlq_url, 3)
+    moved_ids: list[str] = []
+
+    def bounce(parsed, context, **_):  # a failing worker: received until redriven
+        moved_ids.extend(ok["MessageId"] for ok in parsed.get("Successful", []))
+        for _ in range(fleet.max_receive_count + 1):
+            other.receive_message(QueueUrl=fleet.queue_url, MaxNumberOfMessages=10,
+                                  VisibilityTimeout=0)
+
+    other = sqs_client(endpoint_url=fleet.endpoint_url)
+
+    sqs.meta.events.register("after-call.sqs.SendMessageBatch", bounce)
+    started = time.monotonic()
+    report = redrive(sqs, fleet.queue_url, max_messages=50, timeout=60)
+    assert report.moved == 3 and report.bounced == 3 and report.stopped == "empty"
+    assert time.monotonic() - started < 30
+    dlq = sqs.receive_message(QueueUrl=fleet.dlq_url, MaxNumberOfMessages=10,
+                              WaitTimeSeconds=1).get("Messages", [])
+    assert sorted(m["MessageId"] for m in dlq) == sorted(moved_ids)  # moved once, back
+
+
+def test_redrive_stops_at_its_time_limit(fleet, sqs):
+    fill_dlq(sqs, fleet.dlq_url, 15)
+    ticks = iter([0.0, 0.0, 100.0])  # start, first check, then past the deadline
+    report = redrive(sqs, fleet.queue_url, timeout=10, clock=lambda: next(ticks))
+    assert report.stopped == "time" and 0 < report.moved <= 10  # one receive's worth
+    assert counts(sqs, fleet.dlq_url) == (15 - report.moved, 0)

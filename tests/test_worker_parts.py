@@ -16,7 +16,8 @@ from PIL import Image
 
 from contract.errors import InvalidJob, ModelNotFound
 from contract.settings import SettingsError, load_settings
-from worker.engine import BatchKey, Engine, GenerationItem
+from worker.batching import BatchKey, GenerationItem
+from worker.engine import Engine
 from worker.heartbeat import Heartbeat
 from worker.memory_modes import VAE_TILING_MIN_SIDE, set_vae_tiling_for
 from worker.messages import EVENTS_BATCH_ID, decode_body
@@ -85,7 +86,7 @@ def _run_one(engine: Engine, model: str) -> Image.Image:
     key = BatchKey(model=model, width=64, height=64, steps=2, strength=0.5,
                    guidance_scale=7.5, scheduler="dpmsolver++")
     image = Image.new("RGB", (64, 64), (200, 100, 50))
-    (out,) = engine.generate(key, [GenerationItem(image, "x", "", 1)])
+    (out,) = engine.generate(key, [GenerationItem(image, "x", "", 1)]).images
     return out
 
 
@@ -204,8 +205,17 @@ def test_bodies_that_are_not_jobs(tmp_path, body, field, reason):
 def test_invalid_job_with_an_output_is_recordable(tmp_path):
     body = json.dumps({"job_id": "abcdefgh1234", "batch_id": "b", "model": "tiny",
                        "prompt": "x", "steps": 0, "input": {"bucket": "bkt", "key": "a.png"},
-                       "output": {"bucket": "bkt", "key": "out/a.png"}})
+                       "output": {"bucket": "bkt", "key": "out/a.abcdefgh1234.png"}})
     decoded = decode_body(body, _settings(tmp_path))
     (bad,) = decoded.bad_jobs
     assert isinstance(bad.error, InvalidJob) and "steps" in str(bad.error)
-    assert bad.output.key == "out/a.png" and bad.input_uri == "s3://bkt/a.png"
+    assert bad.output.key == "out/a.abcdefgh1234.png" and bad.input_uri == "s3://bkt/a.png"
+
+
+def test_invalid_job_naming_an_output_it_could_not_derive_is_poison(tmp_path):
+    """It could otherwise overwrite another job's record with its failure."""
+    body = json.dumps({"job_id": "abcdefgh1234", "batch_id": "b", "model": "tiny",
+                       "prompt": "x", "steps": 0, "input": {"bucket": "bkt", "key": "a.png"},
+                       "output": {"bucket": "bkt", "key": "out/a.0123456789ab.png"}})
+    decoded = decode_body(body, _settings(tmp_path))
+    assert decoded.bad_jobs == [] and "not a job" in decoded.poison

@@ -23,7 +23,11 @@ class Heartbeat:
     """
 
     def __init__(self, queue: SqsQueue, visibility_timeout: int, interval: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_alive: Callable[[], None] = lambda: None,
+                 wake_every: float = 5.0) -> None:
+        """``on_alive`` runs at least every ``wake_every`` seconds (the loop's liveness
+        beat), even when the extension interval is long."""
         self._queue = queue
         self._visibility_timeout = visibility_timeout
         self._interval = interval
@@ -31,6 +35,8 @@ class Heartbeat:
         self._held: dict[str, float] = {}  # receipt -> first received (monotonic)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._on_alive = on_alive
+        self._wake_every = wake_every
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self.extensions = 0
 
@@ -56,7 +62,13 @@ class Heartbeat:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        next_beat = time.monotonic() + self._interval
+        while not self._stop.wait(min(self._wake_every,
+                                      max(0.0, next_beat - time.monotonic()))):
+            self._on_alive()
+            if time.monotonic() < next_beat:
+                continue
+            next_beat = time.monotonic() + self._interval
             try:
                 self.beat()
             except Exception:  # noqa: BLE001 - keep beating; the next round may work

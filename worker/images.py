@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -15,6 +17,10 @@ from contract.locations import IMAGE_EXTENSIONS  # noqa: F401  (re-exported)
 from worker import png_writer
 
 _BACKGROUND = (255, 255, 255)
+# The only formats Pillow may try: what IMAGE_EXTENSIONS names (the JPEG plugin also
+# opens MPO, the multi-picture JPEG of cameras). Every other plugin stays off, so a
+# hostile file cannot reach Ghostscript (EPS) or a rarely used, rarely audited decoder.
+DECODE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 _ENCODE_OPTIONS: dict[OutputFormat, dict] = {
     OutputFormat.PNG: {"compress_level": 1},  # modes the fast writer does not take
     OutputFormat.JPG: {"quality": 92},
@@ -34,32 +40,95 @@ class PreparedImage:
         return self.image.size
 
 
-def decode_image(data: bytes, *, max_pixels: int, name: str = "input") -> Image.Image:
+class PixelBudget:
+    """Bounds the pixels being decoded at once across I/O threads.
+
+    A decoded image costs about 3 bytes per pixel, and converting and resizing it makes
+    a few copies: sixteen threads each decoding a 36-megapixel photo would need
+    gigabytes. Each decode reserves its pixel count first and waits while the budget
+    is spent; one image larger than the whole budget still runs, alone.
+    """
+
+    def __init__(self, max_pixels: int) -> None:
+        self.max_pixels = max_pixels
+        self._in_use = 0
+        self._cond = threading.Condition()
+        self.peak = 0
+
+    @contextlib.contextmanager
+    def reserve(self, pixels: int) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._in_use == 0
+                                or self._in_use + pixels <= self.max_pixels)
+            self._in_use += pixels
+            self.peak = max(self.peak, self._in_use)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._in_use -= pixels
+                self._cond.notify_all()
+
+
+_NO_BUDGET = PixelBudget(2**62)
+
+
+def decode_image(data: bytes, *, max_pixels: int, name: str = "input",
+                 budget: PixelBudget | None = None) -> Image.Image:
     """Bytes to an upright RGB image; InvalidImage / ImageTooLarge name the problem."""
+    with _decoding(data, max_pixels, name, budget or _NO_BUDGET) as image:
+        return image
+
+
+def decode_and_prepare(data: bytes, *, max_pixels: int, max_side: int, size_bucket: int,
+                       name: str = "input", budget: PixelBudget | None = None
+                       ) -> PreparedImage:
+    """Decode and resize for the model while holding the pixel budget: the full-size
+    pixels are released before the next decode may use them."""
+    with _decoding(data, max_pixels, name, budget or _NO_BUDGET) as image:
+        return prepare_image(image, max_side, size_bucket)
+
+
+@contextlib.contextmanager
+def _decoding(data: bytes, max_pixels: int, name: str,
+              budget: PixelBudget) -> Iterator[Image.Image]:
     if not data:
         raise InvalidImage(f"{name}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=DECODE_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageTooLarge(
                     f"{name}: {width}x{height} = {width * height} pixels exceeds the limit "
                     f"of {max_pixels} (decompression bomb protection)")
-            image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"{name}: {exc}") from None
     except UnidentifiedImageError:
-        raise InvalidImage(f"{name}: not a recognised image format") from None
+        raise InvalidImage(f"{name}: not a recognised image format (accepted: "
+                           f"{', '.join(DECODE_FORMATS)})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImage(f"{name}: unreadable image ({exc})") from None
+    with budget.reserve(width * height):
+        yield _load_upright_rgb(image, name)
+
+
+def _load_upright_rgb(image: Image.Image, name: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"{name}: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+        raise InvalidImage(f"{name}: unreadable image ({type(exc).__name__}: {exc})") from None
     # A broken EXIF block should not reject otherwise good pixels.
     with contextlib.suppress(Exception):
         image = ImageOps.exif_transpose(image)
     try:
         return to_rgb(image)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError, MemoryError) as exc:
         raise InvalidImage(f"{name}: cannot convert {image.mode} image to RGB ({exc})") from None
 
 

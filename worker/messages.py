@@ -1,35 +1,39 @@
 """Turning an SQS message body into jobs.
 
-A body is one of:
+A body is one of (``contract.bodies``):
 - a job message (the contract);
 - an S3 ObjectCreated notification, turned into jobs with the worker's default
   parameters (upload to a prefix, get results, no producer run);
 - S3's ``s3:TestEvent``, which is acknowledged and ignored;
-- something with an output location but invalid fields: a failed result record;
+- a job with invalid fields whose output key is its own: a failed result record;
 - anything else: poison, released at once so SQS redrive moves it to the DLQ.
+
+``decode_body`` is total: whatever the body, it returns a ``Decoded`` and never raises.
 """
 
 from __future__ import annotations
 
-import json
-import random
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 
 from pydantic import ValidationError
 
-from contract.errors import InvalidJob
-from contract.job import JobMessage, parse_job
-from contract.locations import S3Location
-from worker.images import IMAGE_EXTENSIONS
+from contract.bodies import BodyKind, read_body
+from contract.errors import InvalidJob, UnsupportedSchemaVersion
+from contract.job import JobMessage, parse_job, unknown_fields
+from contract.locations import S3Location, is_image_key, output_named_for
+from contract.picks import pick_model_and_prompt
 from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
 
 EVENTS_BATCH_ID = "s3-events"
 
 
 @dataclass(frozen=True)
 class BadJob:
-    """A message that names where its result goes but is not a valid job."""
+    """A message that names its own result location but is not a valid job."""
 
     job_id: str
     batch_id: str | None
@@ -42,73 +46,125 @@ class BadJob:
 class Decoded:
     jobs: list[JobMessage]
     bad_jobs: list[BadJob]
-    poison: str | None = None  # why the body is not a job at all
+    poison: str | None = None  # why the body is not a job at all (released to the DLQ)
     ignored: str | None = None  # why a harmless body is acknowledged without work
+    from_event: bool = False  # jobs made from an S3 notification
+    notes: list[str] = field(default_factory=list)  # worth a log line, not a failure
 
 
 def decode_body(body: str, settings: WorkerSettings) -> Decoded:
+    """Decode a body into jobs; never raises (an unexpected error makes it poison)."""
     try:
-        data = json.loads(body)
-    except ValueError as exc:
-        return Decoded([], [], poison=f"body is not JSON: {exc}")
-    if not isinstance(data, dict):
-        return Decoded([], [], poison=f"body is JSON {type(data).__name__}, not an object")
-    if data.get("Event") == "s3:TestEvent":
+        return _decode(body, settings)
+    except Exception as exc:  # noqa: BLE001 - a message must never stop the receiver
+        return Decoded([], [], poison=f"undecodable body ({type(exc).__name__}: {exc})")
+
+
+def _decode(body: str, settings: WorkerSettings) -> Decoded:
+    read = read_body(body)
+    if read.kind is BodyKind.NOT_A_JOB:
+        return Decoded([], [], poison=read.reason)
+    if read.kind is BodyKind.S3_TEST_EVENT:
         return Decoded([], [], ignored="S3 test event")
-    if "Records" in data:
-        return _decode_s3_event(data["Records"], settings)
+    assert read.data is not None
+    if read.kind is BodyKind.S3_EVENT:
+        return _decode_s3_event(read.data["Records"], settings)
+    data = read.data
     try:
-        return Decoded([parse_job(data)], [])
+        job = parse_job(data)
+    except UnsupportedSchemaVersion as exc:
+        return Decoded([], [], poison=str(exc))
     except InvalidJob as exc:
         bad = _recordable(data, exc)
         if bad is None:
             return Decoded([], [], poison=f"not a job: {exc}")
         return Decoded([], [bad])
+    extra = unknown_fields(data)
+    notes = [f"ignored unknown fields {extra[:10]} (a newer producer's?)"] if extra else []
+    return Decoded([job], [], notes=notes)
 
 
 def _recordable(data: dict, error: InvalidJob) -> BadJob | None:
-    """A BadJob when the body has a usable job_id and output location, else None."""
+    """A BadJob when the body has a job_id and an output key derived from it, else None.
+
+    The derivation check means an invalid message can only write the failed record of
+    its own job id: it cannot name (and overwrite) another job's record.
+    """
     try:
         output = S3Location.model_validate(data.get("output"))
     except ValidationError:
         return None
     job_id = data.get("job_id")
-    if not isinstance(job_id, str) or not job_id or output.key.endswith("/"):
+    if (not isinstance(job_id, str) or not 8 <= len(job_id) <= 128
+            or not job_id.replace("-", "").replace("_", "").isalnum() or not job_id.isascii()
+            or output.key.endswith("/") or not output_named_for(output.key, job_id)):
         return None
     inp = data.get("input") if isinstance(data.get("input"), dict) else {}
-    batch_id = data.get("batch_id") if isinstance(data.get("batch_id"), str) else None
-    return BadJob(job_id=job_id[:128], batch_id=batch_id, output=output,
-                  input_uri=f"s3://{inp.get('bucket', '?')}/{inp.get('key', '?')}",
+    batch_id = data.get("batch_id")
+    if not (isinstance(batch_id, str) and 0 < len(batch_id) <= 128
+            and all(c.isalnum() or c in "._-" for c in batch_id) and batch_id.isascii()):
+        batch_id = None
+    return BadJob(job_id=job_id, batch_id=batch_id, output=output,
+                  input_uri=f"s3://{inp.get('bucket', '?')}/{inp.get('key', '?')}"[:2048],
                   error=error)
 
 
-def _decode_s3_event(records: object, settings: WorkerSettings) -> Decoded:
-    if not isinstance(records, list):
-        return Decoded([], [], poison="S3 event 'Records' is not a list")
+def _decode_s3_event(records: list, settings: WorkerSettings) -> Decoded:
+    """One job per ObjectCreated record of an image; a bad record skips itself."""
     jobs: list[JobMessage] = []
     skipped: list[str] = []
-    for record in records:
+    for index, record in enumerate(records):
         try:
-            if not str(record["eventName"]).startswith("ObjectCreated"):
-                skipped.append(str(record["eventName"]))
-                continue
-            bucket = record["s3"]["bucket"]["name"]
-            key = unquote_plus(record["s3"]["object"]["key"])
-            etag = record["s3"]["object"].get("eTag")
-        except (KeyError, TypeError) as exc:
-            return Decoded([], [], poison=f"malformed S3 event record: missing {exc}")
-        prefix = settings.event_output_prefix
-        if (prefix and key.startswith(prefix)) or not key.lower().endswith(
-                tuple(IMAGE_EXTENSIONS)) or "/_batches/" in key:
-            skipped.append(key)  # our own outputs, records, or not an image
+            job = _event_job(record, settings)
+        except (KeyError, TypeError, AttributeError, ValueError, InvalidJob) as exc:
+            skipped.append(f"record {index}: malformed record ({_short(exc)})")
             continue
-        rng = random.Random(f"event:{key}")
-        params = settings.event_params(model=rng.choice(settings.default_models),
-                                       prompt=rng.choice(settings.default_prompts))
-        jobs.append(JobMessage.create(
-            input=S3Location(bucket=bucket, key=key), input_etag=etag,
-            output_prefix=S3Location.model_construct(bucket=bucket, key=prefix),
-            params=params, batch_id=EVENTS_BATCH_ID))
+        if isinstance(job, str):
+            skipped.append(f"record {index}: {job}")
+        else:
+            jobs.append(job)
     if not jobs:
-        return Decoded([], [], ignored=f"S3 event with no image to process: {skipped}")
-    return Decoded(jobs, [])
+        reason = f"S3 event with no image to process: {'; '.join(skipped)[:500]}"
+        if any("malformed" in s or "invalid" in s for s in skipped):
+            return Decoded([], [], poison=reason)
+        return Decoded([], [], ignored=reason)
+    notes = [f"skipped S3 event records: {'; '.join(skipped)[:500]}"] if skipped else []
+    return Decoded(jobs, [], from_event=True, notes=notes)
+
+
+def _event_job(record: object, settings: WorkerSettings) -> JobMessage | str:
+    """The job for one event record, or why the record makes none."""
+    if not isinstance(record, dict):
+        return f"malformed record ({type(record).__name__}, not an object)"
+    name = record.get("eventName")
+    if not isinstance(name, str) or not name.startswith("ObjectCreated"):
+        return f"not an ObjectCreated event ({str(name)[:60]})"
+    s3 = record["s3"]
+    bucket, key_raw = s3["bucket"]["name"], s3["object"]["key"]
+    if not isinstance(bucket, str) or not isinstance(key_raw, str):
+        return "malformed record (bucket name or key is not a string)"
+    key = unquote_plus(key_raw)
+    etag = s3["object"].get("eTag")
+    prefix = settings.event_output_prefix
+    if (prefix and key.startswith(prefix)) or "/_batches/" in key:
+        return f"{key[:200]}: under the output prefix {prefix!r} (our own output)"
+    if not is_image_key(key):
+        return f"{key[:200]}: not an image file name"
+    try:
+        location = S3Location(bucket=bucket, key=key)
+        model, prompt = pick_model_and_prompt(settings.default_models,
+                                              settings.default_prompts, seed="event", name=key)
+        params = settings.event_params(model=model, prompt=prompt)
+        return JobMessage.create(
+            input=location, input_etag=etag if isinstance(etag, str) else None,
+            output_prefix=S3Location.model_construct(bucket=bucket, key=prefix),
+            params=params, batch_id=EVENTS_BATCH_ID)
+    except ValidationError as exc:
+        return f"invalid bucket or key ({_short(exc)})"
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing {exc}"
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]

@@ -42,8 +42,21 @@ def names_of(reference: str) -> set[str]:
     return names
 
 
+def has_parent_segments(reference: str) -> bool:
+    """True when a path-like reference climbs out with '..' (or '.') segments.
+
+    fnmatch's ``*`` matches '/', so ``/models/../etc`` would match ``/models/*``: such
+    references are refused before any pattern is tried.
+    """
+    path = reference.removeprefix("s3://")
+    return any(part in ("..", ".") for part in path.replace("\\", "/").split("/"))
+
+
 def check_allowed(reference: str, allowed: list[str]) -> None:
     """Raise ModelNotAllowed unless a pattern (fnmatch, e.g. ``s3://models/*``) matches."""
+    if has_parent_segments(reference):
+        raise ModelNotAllowed(f"model {reference!r}: '..' and '.' path segments are not "
+                              "allowed in a model reference")
     if any(fnmatch.fnmatchcase(name, pattern) for name in names_of(reference)
            for pattern in allowed):
         return

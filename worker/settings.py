@@ -44,6 +44,9 @@ class WorkerSettings(CommonSettings):
     # and a warm model before the first job); empty: load lazily on the first job.
     warmup_shapes: CommaList = []
     max_input_pixels: int = Field(40_000_000, ge=64 * 64)
+    # Pixels being decoded at once across I/O threads (about 3 bytes each, times the
+    # copies a conversion makes): bounds memory when many large photos arrive together.
+    decode_pixel_budget: int = Field(100_000_000, ge=64 * 64)
     size_bucket: int = Field(64, ge=8, le=512, multiple_of=8)
 
     # Fleet

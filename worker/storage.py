@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from botocore.exceptions import (
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    ReadTimeoutError,
-)
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from common.aws_errors import (
+    error_code,
+    is_access_denied,
+    is_not_found,
+    is_precondition_failed,
+    is_transient,
+)
 from contract.errors import InputNotFound, LocationNotAllowed, StorageUnavailable
 from contract.locations import S3Location
 
@@ -23,33 +24,22 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_TRANSIENT_CODES = frozenset({
-    "Throttling", "ThrottlingException", "SlowDown", "RequestTimeout",
-    "RequestTimeoutException", "InternalError", "ServiceUnavailable",
-    "RequestLimitExceeded", "ConditionalRequestConflict", "500", "502", "503", "504",
-})
-_NETWORK_ERRORS = (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError,
-                   ConnectTimeoutError)
 
-
-def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, _NETWORK_ERRORS):
-        return True
-    if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return code in _TRANSIENT_CODES or status >= 500
-    return False
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
+@dataclass(frozen=True)
+class StoredObject:
+    body: bytes
+    metadata: dict[str, str] = field(default_factory=dict)
+    etag: str = ""
 
 
 class S3Storage:
     """Every call is retried up to ``attempts`` times with jittered backoff when the
     error is transient; what still fails becomes StorageUnavailable (transient), so the
-    message is released and retried later or redriven to the DLQ."""
+    message is released and retried later or redriven to the DLQ.
+
+    Reading a body happens inside the retried call, so a body cut mid-stream is
+    retried like any other network error.
+    """
 
     def __init__(self, s3: Any, *, attempts: int = 4, max_backoff: float = 4.0) -> None:
         self.s3 = s3
@@ -72,32 +62,79 @@ class S3Storage:
                 raise StorageUnavailable(f"{what}: {exc}") from exc
             raise
 
-    def read(self, location: S3Location) -> bytes:
-        def get() -> bytes:
+    def read_object(self, location: S3Location) -> StoredObject:
+        """The object's bytes, metadata and ETag; InputNotFound / LocationNotAllowed."""
+        def get() -> StoredObject:
             try:
-                return self.s3.get_object(Bucket=location.bucket, Key=location.key)[
-                    "Body"].read()
-            except ClientError as exc:
-                code = _code(exc)
-                if code in ("NoSuchKey", "404", "NoSuchBucket"):
+                response = self.s3.get_object(Bucket=location.bucket, Key=location.key)
+                return StoredObject(body=response["Body"].read(),
+                                    metadata=dict(response.get("Metadata") or {}),
+                                    etag=str(response.get("ETag", "")))
+            except Exception as exc:
+                if is_not_found(exc):
                     raise InputNotFound(f"{location.uri}: no such object") from None
-                if code in ("AccessDenied", "403"):
+                if is_access_denied(exc):
                     raise LocationNotAllowed(f"{location.uri}: access denied") from None
                 raise
         return self._call(f"GET {location.uri}", get)
 
+    def read(self, location: S3Location) -> bytes:
+        return self.read_object(location).body
+
+    def read_json(self, location: S3Location) -> tuple[dict | None, str | None]:
+        """The object parsed as JSON and its ETag, or (None, None) when it does not
+        exist. A body that is not a JSON object reads as an empty dict."""
+        def get() -> tuple[dict | None, str | None]:
+            try:
+                response = self.s3.get_object(Bucket=location.bucket, Key=location.key)
+                body = response["Body"].read()
+            except Exception as exc:
+                if is_not_found(exc):
+                    return None, None
+                raise
+            try:
+                data = json.loads(body)
+            except ValueError:
+                data = {}
+            return (data if isinstance(data, dict) else {}), str(response.get("ETag", ""))
+        return self._call(f"GET {location.uri}", get)
+
+    def head_metadata(self, location: S3Location) -> dict[str, str] | None:
+        """The object's user metadata, or None when it does not exist."""
+        def head() -> dict[str, str] | None:
+            try:
+                return dict(self.s3.head_object(Bucket=location.bucket,
+                                                Key=location.key).get("Metadata") or {})
+            except Exception as exc:
+                if is_not_found(exc):
+                    return None
+                raise
+        return self._call(f"HEAD {location.uri}", head)
+
     def put_if_absent(self, location: S3Location, data: bytes, content_type: str,
                       metadata: dict[str, str] | None = None) -> bool:
         """Conditional PUT (If-None-Match: *); False when the object already exists."""
+        return self._conditional_put(location, data, content_type, metadata,
+                                     {"IfNoneMatch": "*"})
+
+    def put_if_match(self, location: S3Location, data: bytes, content_type: str,
+                     etag: str) -> bool:
+        """PUT only over the version with ``etag``; False when it changed meanwhile."""
+        return self._conditional_put(location, data, content_type, None, {"IfMatch": etag})
+
+    def _conditional_put(self, location: S3Location, data: bytes, content_type: str,
+                         metadata: dict[str, str] | None, condition: dict[str, str]) -> bool:
         def put() -> bool:
             try:
                 self.s3.put_object(Bucket=location.bucket, Key=location.key, Body=data,
-                                   ContentType=content_type, IfNoneMatch="*",
-                                   Metadata=metadata or {})
+                                   ContentType=content_type, Metadata=metadata or {},
+                                   **condition)
                 return True
-            except ClientError as exc:
-                if _code(exc) in ("PreconditionFailed", "412"):
+            except Exception as exc:
+                if is_precondition_failed(exc):
                     return False
+                if "IfMatch" in condition and error_code(exc) == "NoSuchKey":
+                    return False  # the version to replace was deleted meanwhile
                 raise
         return self._call(f"PUT {location.uri}", put)
 
@@ -105,14 +142,6 @@ class S3Storage:
         self._call(f"PUT {location.uri}", lambda: self.s3.put_object(
             Bucket=location.bucket, Key=location.key, Body=data, ContentType=content_type))
 
-    def read_json(self, location: S3Location) -> dict | None:
-        """The object parsed as JSON, or None when it does not exist."""
-        def get() -> dict | None:
-            try:
-                body = self.s3.get_object(Bucket=location.bucket, Key=location.key)["Body"]
-            except ClientError as exc:
-                if _code(exc) in ("NoSuchKey", "404"):
-                    return None
-                raise
-            return json.loads(body.read())
-        return self._call(f"GET {location.uri}", get)
+    def delete(self, location: S3Location) -> None:
+        self._call(f"DELETE {location.uri}", lambda: self.s3.delete_object(
+            Bucket=location.bucket, Key=location.key))

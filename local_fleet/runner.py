@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from producer.aws import s3_client, sqs_client
-from producer.embedded import create_fleet_resources, start_moto_server
+from common.aws import s3_client, sqs_client
+from local_fleet.embedded_aws import create_fleet_resources, start_moto_server
 
 BATCH_ID = "local-fleet"
 UPLOAD_PREFIX = "inputs/"
@@ -127,6 +127,7 @@ def _collect(s3, bucket: str, output_dir: Path) -> tuple[int, int]:
             if obj["Key"].endswith(".json") and "/_batches/" not in obj["Key"]:
                 records.append(json.loads(
                     s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()))
+    records = [r for r in records if r.get("status") in ("done", "failed")]
     with (output_dir / "results.jsonl").open("w") as results:
         for record in sorted(records, key=lambda r: r["input"]):
             if record["status"] == "done":
