@@ -97,7 +97,9 @@ print("\n".join(p["build-system"]["requires"] + p["project"]["dependencies"] \
 # The project itself: no network, no dependency changes (pip check proves they are met).
 # README.md* : the readme is optional for the build (a glob that may match nothing).
 COPY README.md* ./
+# One COPY per package in pyproject.toml's packages.find (a test checks they match).
 COPY contract/ contract/
+COPY common/ common/
 COPY worker/ worker/
 COPY producer/ producer/
 RUN pip install --no-deps --no-build-isolation --no-index . \

@@ -271,10 +271,23 @@ def _ignored(path: str, patterns: list[str]) -> bool:
     return ignored
 
 
+def test_every_package_is_copied_into_the_build(instructions: list[tuple[str, str]]) -> None:
+    """The image installs what packages.find names; a package missing from the COPYs or the
+    .dockerignore allow-list makes an image that fails at import time."""
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {pattern.rstrip("*") for pattern in find["packages"]["find"]["include"]}
+    copied = {args.split()[0].rstrip("/") for keyword, args in instructions
+              if keyword == "COPY" and not args.startswith("--from")}
+    assert packages <= copied, packages - copied
+    patterns = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")]
+    assert [p for p in packages if _ignored(f"{p}/__init__.py", patterns)] == []
+
+
 def test_dockerignore_sends_only_the_package() -> None:
     patterns = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines()
                 if ln.strip() and not ln.startswith("#")]
-    kept = ["pyproject.toml", "README.md", "contract/job.py", "worker/settings.py",
+    kept = ["pyproject.toml", "README.md", "contract/job.py", "common/aws.py", "worker/settings.py",
             "producer/cli.py", "wheelhouse/README.md", "wheelhouse/torch-2.13.0+cpu.whl"]
     dropped = [".git/HEAD", ".venv/bin/python", "data/input_images/cat.png", "tests/x.py",
                "infra/cdk.out/x.json", "worker/__pycache__/a.pyc", ".env", "docs/deploy.md"]
