@@ -1,13 +1,15 @@
-"""docker-compose.yml: the local fleet's structure, wiring and one-shot setup script.
+"""docker-compose.yml: the local fleet's structure, wiring and helper scripts.
 
-The compose file is parsed as YAML (no Docker engine here); `docker compose config` also
-runs when a compose CLI is installed. The setup script runs against an in-process moto.
+The compose file is parsed as YAML; `docker compose config` also runs when a compose CLI
+is installed. The setup and results scripts run against an in-process moto. The fleet
+itself runs on a Docker engine in `make test-image` (tests/image/).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +23,7 @@ yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
+MAKEFILE = ROOT / "Makefile"
 INIT_SCRIPT = ROOT / "compose" / "init_aws.py"
 LIST_SCRIPT = ROOT / "compose" / "list_outputs.py"
 
@@ -46,22 +49,28 @@ def _arg(command: list[str], flag: str) -> str:
 
 
 def test_services_present(services: dict[str, Any]) -> None:
-    assert set(services) == {"aws", "init", "worker", "worker-gpu", "producer"}
+    assert set(services) == {"aws", "init", "worker", "worker-gpu", "producer", "results"}
 
 
-def test_emulator_is_pinned_and_healthchecked(services: dict[str, Any]) -> None:
+def test_emulator_is_built_here_and_healthchecked(services: dict[str, Any]) -> None:
+    """No registry image: the emulator is the Dockerfile's `emulator` target, whose
+    HEALTHCHECK `init` waits for."""
     aws = services["aws"]
-    name, _, tag = aws["image"].partition(":")
-    assert name in {"motoserver/moto", "localstack/localstack"}
-    assert tag and tag != "latest" and tag[0].isdigit(), aws["image"]
-    assert aws["healthcheck"]["test"][0] == "CMD"
+    assert aws["build"]["target"] == "emulator"
+    assert aws["image"] == "img2img-fleet-emulator:local"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    emulator = dockerfile[dockerfile.index(" AS emulator"):dockerfile.index(" AS runtime")]
+    assert "\nHEALTHCHECK " in emulator and "EXPOSE 5000" in emulator
+    assert aws["ports"] == ["127.0.0.1:${IMG2IMG_EMULATOR_PORT:-5000}:5000"]
 
 
 def test_dependency_order(services: dict[str, Any]) -> None:
     assert _depends(services["init"]) == {"aws": "service_healthy"}
     for name in ("worker", "worker-gpu", "producer"):
         assert _depends(services[name]) == {"init": "service_completed_successfully"}, name
-    assert services["init"]["restart"] == "no" and services["producer"]["restart"] == "no"
+    assert _depends(services["results"]) == {"producer": "service_completed_successfully"}
+    for name in ("init", "producer", "results"):
+        assert services[name]["restart"] == "no", name
 
 
 def test_init_creates_what_the_worker_uses(services: dict[str, Any]) -> None:
@@ -115,12 +124,65 @@ def test_producer_enqueues_the_sample_images(services: dict[str, Any]) -> None:
 
 
 def test_all_images_come_from_this_dockerfile(services: dict[str, Any]) -> None:
-    built = {name: s for name, s in services.items() if "build" in s}
-    assert set(built) == {"init", "worker", "worker-gpu", "producer"}
-    assert {s["image"] for s in built.values()} == {"img2img-fleet-worker:local"}
-    for service in built.values():
+    assert all("build" in s for s in services.values()), "every image is built here"
+    images = {name: s["image"] for name, s in services.items()}
+    assert images == {"aws": "img2img-fleet-emulator:local",
+                      "worker-gpu": "img2img-fleet-worker:local-cuda",
+                      **{n: "img2img-fleet-worker:local"
+                         for n in ("init", "worker", "producer", "results")}}
+    for service in services.values():
         assert (ROOT / service["build"]["context"] / "Dockerfile").is_file()
+    # The GPU worker is the Dockerfile's default (CUDA) build; the others its CPU build.
+    assert "args" not in services["worker-gpu"]["build"]
+    assert services["worker"]["build"]["args"]["XFORMERS_VERSION"] == ""
     assert "models" in (yaml.safe_load(COMPOSE.read_text()).get("volumes") or {})
+
+
+def _make_variable(name: str) -> str:
+    match = re.search(rf"^{name} \?= (.*)$", MAKEFILE.read_text(), re.MULTILINE)
+    assert match, name
+    return match.group(1).strip()
+
+
+def test_compose_cpu_build_is_the_make_image_build(services: dict[str, Any]) -> None:
+    """`make image` and `docker compose up --build` must build the same image (one cache,
+    one tested image): the compose CPU build arguments are the Makefile's."""
+    args = services["worker"]["build"]["args"]
+    assert args["PYTHON"] == _make_variable("IMAGE_PYTHON")
+    assert args["TORCH_VERSION"] == _make_variable("TORCH_CPU_VERSION")
+    index = _make_variable("TORCH_CPU_INDEX")
+    assert args["TORCH_INDEX_URL"] == "${IMG2IMG_TORCH_INDEX_URL-" + index + "}"
+    assert args["BUILD_IMAGE"] == args["CUDA_IMAGE"] == \
+        "${IMG2IMG_BASE_IMAGE:-debian:bookworm-slim}"
+    make_args = re.search(r"^CPU_BUILD_ARGS = (.*?)\n\S", MAKEFILE.read_text(),
+                          re.MULTILINE | re.DOTALL)
+    assert make_args
+    for name in args:
+        assert f"--build-arg {name}=" in make_args.group(1), name
+    assert services["aws"]["build"]["args"] == args, "the emulator shares the python stage"
+    assert _make_variable("IMAGE") == services["worker"]["image"]
+    assert _make_variable("EMULATOR_IMAGE") == services["aws"]["image"]
+
+
+def test_workers_run_read_only_like_on_ecs(services: dict[str, Any]) -> None:
+    for name in ("worker", "worker-gpu"):
+        worker = services[name]
+        assert worker["read_only"] is True, name
+        assert worker["tmpfs"] == ["/tmp"], name
+        assert worker["healthcheck"]["interval"], name  # the image's check, polled sooner
+        assert "test" not in worker["healthcheck"], "the check itself comes from the image"
+
+
+def test_results_copies_the_outputs_to_the_host(services: dict[str, Any]) -> None:
+    results = services["results"]
+    assert results["entrypoint"] == ["python", "/compose/list_outputs.py"]
+    assert results["command"] == ["--wait", "--download", "/outputs"]
+    assert "${IMG2IMG_OUTPUT_DIR:-./data/output_images}:/outputs" in results["volumes"]
+    assert results["environment"]["FLEET_DOWNLOAD_LABEL"] == \
+        "${IMG2IMG_OUTPUT_DIR:-./data/output_images}"
+    producer_command = services["producer"]["command"]
+    assert results["environment"]["FLEET_OUTPUT_PREFIX"] == \
+        _arg(producer_command, "--output").split("/", 3)[3]
 
 
 def _compose_cli() -> list[str] | None:
@@ -142,8 +204,8 @@ def test_compose_config_validates(profile_args: list[str]) -> None:
     assert result.returncode == 0, result.stderr
     listed = set(result.stdout.split())
     # Compose v2 lists only the active profile's services; docker-compose 1.x lists all.
-    assert {"aws", "init", "worker", "producer"} <= listed
-    assert listed <= {"aws", "init", "worker", "producer", "worker-gpu"}
+    assert {"aws", "init", "worker", "producer", "results"} <= listed
+    assert listed <= {"aws", "init", "worker", "producer", "results", "worker-gpu"}
     if profile_args:
         assert "worker-gpu" in listed
 
@@ -165,8 +227,8 @@ def moto_env() -> Iterator[dict[str, str]]:
     server.stop()
 
 
-def _run(script: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+def _run(script: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -213,3 +275,59 @@ def test_list_outputs_reports_result_records(moto_env: dict[str, str]) -> None:
     assert listed.returncode == 0, listed.stderr
     assert "done     s3://img2img-test/outputs/cat.abc.png.json" in listed.stdout
     assert "1 result records, 1 images" in listed.stdout
+
+
+def _batch(s3: Any, batch_id: str, total: int, markers: dict[str, str]) -> None:
+    """A batch as the producer and the workers leave it: manifest, outputs, records, markers."""
+    prefix = f"outputs/_batches/{batch_id}/"
+    s3.put_object(Bucket="img2img-test", Key=prefix + "manifest.json",
+                  Body=json.dumps({"batch_id": batch_id, "total": total}).encode())
+    for job, status in markers.items():
+        s3.put_object(Bucket="img2img-test", Key=f"{prefix}{job}.{status}", Body=b"")
+        s3.put_object(Bucket="img2img-test", Key=f"outputs/sub/{job}.png", Body=b"png")
+        s3.put_object(Bucket="img2img-test", Key=f"outputs/sub/{job}.png.json",
+                      Body=json.dumps({"status": status}).encode())
+
+
+def test_list_outputs_waits_for_batches_and_downloads(moto_env: dict[str, str],
+                                                      tmp_path: Path) -> None:
+    import boto3
+
+    assert _run(INIT_SCRIPT, moto_env).returncode == 0
+    s3 = boto3.client("s3", endpoint_url=moto_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id="local", aws_secret_access_key="local")
+    s3.create_bucket(Bucket="img2img-test")
+    for obj in s3.list_objects_v2(Bucket="img2img-test").get("Contents", []):
+        s3.delete_object(Bucket="img2img-test", Key=obj["Key"])
+    _batch(s3, "b-1", 2, {"j1": "done"})
+    env = {**moto_env, "FLEET_DOWNLOAD_LABEL": "./data/output_images"}
+    # One job of two is still open: the wait runs out and nothing is copied.
+    unfinished = _run(LIST_SCRIPT, {**env, "FLEET_WAIT_SECONDS": "0"}, "--wait", "--download",
+                      str(tmp_path))
+    assert unfinished.returncode == 1
+    assert "batch b-1: 1/2 finished (1 done, 0 failed)" in unfinished.stdout
+    assert "gave up waiting" in unfinished.stdout and not list(tmp_path.iterdir())
+
+    _batch(s3, "b-1", 2, {"j1": "done", "j2": "failed"})
+    finished = _run(LIST_SCRIPT, {**env, "FLEET_WAIT_SECONDS": "30"}, "--wait", "--download",
+                    str(tmp_path))
+    assert finished.returncode == 0, finished.stderr
+    lines = finished.stdout.splitlines()
+    assert "batch b-1: 2/2 finished (1 done, 1 failed)" in lines
+    assert "2 result records, 2 images under s3://img2img-test/outputs/" in lines
+    assert "1 done, 1 failed: outputs and result records are in ./data/output_images" in lines
+    copied = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    # The batch bookkeeping (_batches/) stays in S3; outputs keep their folders.
+    assert copied == ["sub/j1.png", "sub/j1.png.json", "sub/j2.png", "sub/j2.png.json"]
+    assert (tmp_path / "sub" / "j1.png").read_bytes() == b"png"
+
+
+def test_local_docs_name_only_real_services_and_options(services: dict[str, Any]) -> None:
+    """docs/deploy.md's local section: every compose command names a service and every
+    IMG2IMG_* knob it mentions is one the compose file reads."""
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    local = doc[doc.index("## 0. Try it on one machine"):doc.index("## 1. Prerequisites")]
+    runs = re.findall(r"docker compose run --rm (?:--no-deps )?(\S+)", local)
+    assert runs and set(runs) <= set(services), runs
+    knobs = set(re.findall(r"IMG2IMG_[A-Z_]+", local))
+    assert knobs and all("${" + k in COMPOSE.read_text() for k in knobs), knobs
