@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from typing import Any
 
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 EMF_NAMESPACE = "Img2ImgFleet"
+_EMIT_LOCK = threading.Lock()
 
 
 class JsonFormatter(logging.Formatter):
@@ -85,4 +87,7 @@ def emit_metrics(metrics: dict[str, float], dimensions: dict[str, str] | None = 
         **dimensions,
         **metrics,
     }
-    print(json.dumps(doc), file=stream or sys.stdout, flush=True)
+    out = stream or sys.stdout
+    with _EMIT_LOCK:  # one whole line per document, whichever thread writes
+        out.write(json.dumps(doc) + "\n")
+        out.flush()

@@ -94,6 +94,23 @@ class GenerationFailed(PermanentError):
     """The pipeline failed for this job even after the out-of-memory fallbacks."""
 
 
+class Timeout(PermanentError):
+    """The generation ran longer than the job's timeout_seconds and was stopped."""
+
+
+class Cancelled(PermanentError):
+    """The job's batch (or the job) was cancelled before it started."""
+
+
+class Expired(PermanentError):
+    """The job was received after its expires_at."""
+
+
+class CallbackNotAllowed(PermanentError):
+    """The job's callback_url is not admitted by IMG2IMG_ALLOWED_CALLBACKS (or points at a
+    link-local or metadata address, which is never allowed)."""
+
+
 class StorageUnavailable(TransientError):
     """S3 or SQS throttled, timed out, or answered with a server error."""
 

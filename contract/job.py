@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from enum import Enum
 from typing import Annotated, Literal
 
@@ -31,6 +32,7 @@ from contract.locations import S3Location, output_key, output_named_for
 SCHEMA_VERSION = 1
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**63 - 1
+MAX_TIMEOUT_SECONDS = 24 * 60 * 60
 JOB_ID_HEX_CHARS = 32
 
 
@@ -107,6 +109,30 @@ class JobMessage(GenerationParams):
         "Where the image goes. Its file name must contain '.<job_id[:12]>.' (output_key "
         "derives '<prefix><input stem>.<job_id[:12]>.<ext>'); the result record is "
         "written next to it at '<output key>.json'."))]
+    # Life cycle (optional; added within schema_version 1, so older messages stay valid).
+    expires_at: Annotated[datetime | None, Field(description=(
+        "UTC time after which the job is not run: received later, it ends as expired."))
+    ] = None
+    timeout_seconds: Annotated[int | None, Field(ge=1, le=MAX_TIMEOUT_SECONDS, description=(
+        "A generation running longer is stopped between denoising steps and recorded as "
+        "failed with error type Timeout."))] = None
+    callback_url: Annotated[str | None, Field(max_length=2048, description=(
+        "Where the job's end event is POSTed, if the fleet's IMG2IMG_ALLOWED_CALLBACKS "
+        "admits it."))] = None
+
+    @field_validator("expires_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("expires_at needs a time zone (UTC, e.g. 2026-01-01T00:00:00Z)")
+        return value
+
+    @field_validator("callback_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError(f"callback_url must be an http(s) URL (got {value!r})")
+        return value
 
     @field_validator("output")
     @classmethod
@@ -134,6 +160,9 @@ class JobMessage(GenerationParams):
         output_prefix: S3Location,
         params: GenerationParams,
         batch_id: str,
+        expires_at: datetime | None = None,
+        timeout_seconds: int | None = None,
+        callback_url: str | None = None,
     ) -> JobMessage:
         """Build a job whose id and output key are derived from input and parameters;
         InvalidJob names what does not fit (an output key over S3's limit, say)."""
@@ -149,7 +178,8 @@ class JobMessage(GenerationParams):
             raise InvalidJob(f"{shown}: its output {describe_validation_error(exc)}") from None
         try:
             return cls(job_id=job_id, batch_id=batch_id, input=input, input_etag=input_etag,
-                       output=out, **params.model_dump())
+                       output=out, expires_at=expires_at, timeout_seconds=timeout_seconds,
+                       callback_url=callback_url, **params.model_dump())
         except ValidationError as exc:
             raise InvalidJob(f"{shown}: {describe_validation_error(exc)}") from None
 

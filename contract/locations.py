@@ -6,6 +6,7 @@ writes to the same key and the conditional PUT can tell it is already done.
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 from typing import Annotated
 
@@ -133,3 +134,27 @@ def batch_marker_key(output_key_: str, batch_id: str, job_id: str, status: str) 
 
 def batch_manifest_key(output_dir_: str, batch_id: str) -> str:
     return batch_prefix(output_dir_, batch_id) + MANIFEST_NAME
+
+
+# A batch's running totals live in COUNTER_SHARDS small objects, a job counting in the
+# one its id hashes to, so the workers ending jobs of one batch rarely contend for the
+# same conditional write; the manifest says how many jobs each shard expects.
+COUNTER_SHARDS = 16
+CANCEL_NAME = "cancel.json"
+COMPLETE_NAME = "complete.json"
+
+
+def counter_shard(job_id: str) -> int:
+    return int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16) % COUNTER_SHARDS
+
+
+def batch_counter_key(output_dir_: str, batch_id: str, shard: int) -> str:
+    return f"{batch_prefix(output_dir_, batch_id)}counts/{shard:02d}.json"
+
+
+def batch_cancel_key(output_dir_: str, batch_id: str) -> str:
+    return batch_prefix(output_dir_, batch_id) + CANCEL_NAME
+
+
+def batch_complete_key(output_dir_: str, batch_id: str) -> str:
+    return batch_prefix(output_dir_, batch_id) + COMPLETE_NAME

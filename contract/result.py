@@ -18,8 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from contract.errors import error_type
 from contract.job import SCHEMA_VERSION
 
-Status = Literal["running", "done", "failed"]
-FINAL_STATUSES = ("done", "failed")
+Status = Literal["running", "done", "failed", "cancelled", "expired"]
+FINAL_STATUSES = ("done", "failed", "cancelled", "expired")
+# Ended without running and without an output: cancelled by a person, or received after
+# its expires_at. Their ``error`` says why.
+NOT_RUN_STATUSES = ("cancelled", "expired")
 
 
 class ErrorInfo(BaseModel):
@@ -50,7 +53,12 @@ class ResultRecord(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     worker: str | None = None
     finished_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
-    # Only on a running record (a claim): until when it holds, and the message it is for.
+    # What the job cost: its share of its batch's engine seconds, and that at the
+    # fleet's IMG2IMG_GPU_PRICE_PER_HOUR (when set).
+    gpu_seconds: float | None = None
+    cost_usd: float | None = None
+    # On a running record (a claim): until when it holds. On running and final records:
+    # the SQS message it was for (the same message coming back is the same delivery).
     claimed_until: datetime | None = None
     message_id: str | None = None
 
@@ -63,6 +71,8 @@ class ResultRecord(BaseModel):
         if self.status == "running" and (self.claimed_until is None or self.error
                                          is not None or self.output is not None):
             raise ValueError("a running record needs claimed_until and no output or error")
+        if self.status in NOT_RUN_STATUSES and (self.output is not None or self.error is None):
+            raise ValueError(f"a {self.status} record needs a reason (error) and no output")
         return self
 
     @property

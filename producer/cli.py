@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,6 +31,20 @@ def _group(log_level: Annotated[str, typer.Option(help="Python log level.")] = "
     """Enqueue img2img jobs on SQS and follow them."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class Priority(str, Enum):
+    NORMAL = "normal"
+    HIGH = "high"
+
+
+def _queue_for(priority: Priority, settings: Any) -> str | None:
+    if priority is Priority.NORMAL:
+        return settings.queue_url
+    if not settings.priority_queue_url:
+        raise InvalidJob("--priority high needs IMG2IMG_PRIORITY_QUEUE_URL (the high-"
+                         "priority queue)")
+    return settings.priority_queue_url
 
 
 def _settings(**overrides: Any) -> Any:
@@ -77,12 +92,24 @@ def enqueue(
         "--dry-run", help="Print the jobs as JSON lines; upload and send nothing.")] = False,
     concurrency: Annotated[int | None, typer.Option(
         help="Parallel S3/SQS calls. Default: IMG2IMG_CONCURRENCY (8).")] = None,
+    priority: Annotated[Priority, typer.Option(
+        help="high: the jobs go to IMG2IMG_PRIORITY_QUEUE_URL, which workers ask first.")
+    ] = Priority.NORMAL,
+    ttl: Annotated[float | None, typer.Option(
+        "--ttl", min=1, help="Seconds the jobs stay worth running: one received later ends "
+        "as expired without running.")] = None,
+    timeout: Annotated[int | None, typer.Option(
+        "--timeout", min=1, help="Seconds a generation may run; a longer one is stopped "
+        "and recorded as failed (Timeout), not retried.")] = None,
+    callback_url: Annotated[str | None, typer.Option(
+        help="POST each job's end event here (the workers' IMG2IMG_ALLOWED_CALLBACKS must "
+        "admit it).")] = None,
     list_page_size: Annotated[int, typer.Option(hidden=True, min=1, max=1000)] = 1000,
 ) -> None:
     """Turn images into jobs on the queue: 10 per SendMessageBatch, in parallel."""
     from common import aws
     from producer.enqueue import EnqueueOptions, Enqueuer, no_progress
-    from producer.planning import Defaults
+    from producer.planning import Defaults, JobControls
 
     with clear_errors():
         settings = _settings(queue_url=queue_url, bucket=bucket, concurrency=concurrency)
@@ -92,12 +119,14 @@ def enqueue(
             common=dict(negative_prompt=negative_prompt, strength=strength, steps=steps,
                         guidance_scale=guidance_scale, seed=seed, max_side=max_side,
                         output_format=output_format.value, keep_size=keep_size,
-                        scheduler=scheduler))
+                        scheduler=scheduler),
+            controls=JobControls.of(ttl_seconds=ttl, timeout_seconds=timeout,
+                                    callback_url=callback_url))
         options = EnqueueOptions(
             source=source, jobs_file=jobs, bucket=settings.bucket,
             upload_prefix=upload_prefix or settings.upload_prefix, output=output,
             default_output_prefix=settings.output_prefix, batch_id=batch_id,
-            queue_url=settings.queue_url, dry_run=dry_run,
+            queue_url=_queue_for(priority, settings), dry_run=dry_run,
             concurrency=settings.concurrency, page_size=list_page_size)
         pool = settings.concurrency + 4
         s3 = aws.s3_client(max_pool_connections=pool)
@@ -180,10 +209,10 @@ def status(
                                      if progress and progress.manifest else None)
         if not url and not batch_id:
             raise InvalidJob("no queue URL: pass --queue-url or set IMG2IMG_QUEUE_URL")
-        if url:
-            depth = queue_depth(aws.sqs_client(), url)
+        for shown in [u for u in (settings.priority_queue_url, url) if u]:
+            depth = queue_depth(aws.sqs_client(), shown)
             q = depth.queue
-            typer.echo(f"queue {url}: visible {q.visible}, in flight {q.in_flight}, "
+            typer.echo(f"queue {shown}: visible {q.visible}, in flight {q.in_flight}, "
                        f"delayed {q.delayed}")
             if depth.dlq is not None:
                 typer.echo(f"dlq {depth.dlq_url}: {depth.dlq.visible} messages "
@@ -212,9 +241,15 @@ def _batch_line(progress: Any) -> str:
     total = "unknown (no manifest)" if progress.total is None else str(progress.total)
     rate = progress.rate(now)
     state = "finished" if progress.complete else f"eta {format_seconds(progress.eta_seconds(now))}"
-    return (f"batch {progress.batch_id}: done {progress.done}, failed {progress.failed}, "
-            f"total {total}, rate {'unknown' if rate is None else f'{rate:.2f} jobs/s'}, "
-            f"{state}")
+    not_run = "".join(f", {name} {getattr(progress, name)}"
+                      for name in ("cancelled", "expired") if getattr(progress, name))
+    costs = progress.costs
+    cost = "" if costs is None or not costs.gpu_seconds else (
+        f", gpu {costs.gpu_seconds:.1f} s" + (f" (${costs.cost_usd:.4f})"
+                                               if costs.cost_usd else ""))
+    return (f"batch {progress.batch_id}: done {progress.done}, failed {progress.failed}"
+            f"{not_run}, total {total}, rate "
+            f"{'unknown' if rate is None else f'{rate:.2f} jobs/s'}{cost}, {state}")
 
 
 def _watch(s3: Any, location: S3Location, batch_id: str, interval: float,
@@ -271,18 +306,28 @@ def redrive(
         settings = _settings(queue_url=queue_url)
         if not settings.queue_url:
             raise InvalidJob("no queue URL: pass --queue-url or set IMG2IMG_QUEUE_URL")
-        report = move(aws.sqs_client(), settings.queue_url, max_messages=max_messages,
-                      timeout=timeout, use_move_task=move_task,
-                      probe=aws.sqs_client(max_attempts=1))
+        urls = [u for u in (settings.priority_queue_url, settings.queue_url) if u]
+        reports = [(url, move(aws.sqs_client(), url, max_messages=max_messages,
+                              timeout=timeout, use_move_task=move_task,
+                              probe=aws.sqs_client(max_attempts=1))) for url in urls]
+    failed = False
+    for url, report in reports:
+        _print_redrive(url, report, timeout)
+        failed = failed or report.failed > 0
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_redrive(queue_url: str, report: Any, timeout: float) -> None:
     if report.method == "move-task":
         typer.echo(f"started SQS move task {report.task_handle}: about {report.moved} "
-                   f"messages from {report.dlq_url} to {settings.queue_url}")
+                   f"messages from {report.dlq_url} to {queue_url}")
         return
     stopped = {"empty": "the DLQ is empty", "limit": "--max reached",
                "all": "every message that was in the DLQ at the start was handled",
                "time": f"time limit ({timeout:.0f} s) reached"}.get(report.stopped, "")
-    typer.echo(f"moved {report.moved} messages from {report.dlq_url} to "
-               f"{settings.queue_url}; {stopped}")
+    typer.echo(f"moved {report.moved} messages from {report.dlq_url} to {queue_url}; "
+               f"{stopped}")
     if report.failed:
         typer.echo(f"{report.failed} failed to send and stay in the DLQ", err=True)
     if report.bounced:
@@ -292,8 +337,35 @@ def redrive(
         typer.echo(f"{report.not_jobs} bodies that are not jobs stay in the DLQ:", err=True)
         for reason in report.reasons:
             typer.echo(f"  {reason}", err=True)
-    if report.failed:
-        raise typer.Exit(1)
+
+
+@app.command()
+def cancel(
+    batch_id: Annotated[str, typer.Option(help="The batch to cancel.")],
+    output: Annotated[str | None, typer.Option(
+        help="The batch's output prefix, s3://bucket/prefix/. Default: IMG2IMG_BUCKET + "
+        "IMG2IMG_OUTPUT_PREFIX.")] = None,
+    job_id: Annotated[list[str] | None, typer.Option(
+        "--job-id", help="Cancel only this job of the batch (repeatable).")] = None,
+    reason: Annotated[str, typer.Option(help="Recorded in each cancelled job's record.")
+                      ] = "cancelled",
+) -> None:
+    """Cancel a batch (or some of its jobs): jobs not yet started end as cancelled."""
+    from common import aws
+    from producer.cancel import cancel as write_cancel
+
+    with clear_errors():
+        settings = _settings()
+        location = _output_location(output, settings)
+        result = write_cancel(aws.s3_client(), location, batch_id, job_ids=job_id,
+                              reason=reason)
+    if result.order is None:
+        typer.echo(f"batch {batch_id} has already ended ({result.finished} of "
+                   f"{result.total} jobs): nothing to cancel")
+        return
+    what = "every job" if result.order.all_jobs else f"{len(result.order.job_ids)} job(s)"
+    typer.echo(f"batch {batch_id}: {what} not yet started will end as cancelled "
+               f"({result.finished} of {result.total} ended already)")
 
 
 @app.command()

@@ -252,7 +252,9 @@ class Enqueuer:
         assert options.queue_url is not None
         manifest = BatchManifest(batch_id=summary.batch_id, total=len(jobs),
                                  queue_url=options.queue_url, source=summary.source,
-                                 output=summary.output.uri)
+                                 output=summary.output.uri,
+                                 shard_totals=BatchManifest.shard_totals_of(
+                                     j.job_id for j in jobs))
         # Written first, so ``status`` knows the total while the jobs are still going out.
         summary.manifest = write_manifest(self.s3, summary.output, manifest)
         sender = BatchSender(self.sqs, options.queue_url, concurrency=options.concurrency)
@@ -260,9 +262,12 @@ class Enqueuer:
                                  on_done=self.progress("enqueue", len(jobs)))
         summary.enqueued = report.sent
         summary.failed = report.failed
-        if report.failed:  # the total counts only jobs that can finish
+        if report.failed:  # the totals count only jobs that can finish
+            unsent = {f.id for f in report.failed}
             write_manifest(self.s3, summary.output, manifest.model_copy(update={
-                "total": report.sent, "not_enqueued": len(report.failed)}))
+                "total": report.sent, "not_enqueued": len(report.failed),
+                "shard_totals": BatchManifest.shard_totals_of(
+                    j.job_id for j in jobs if j.job_id not in unsent)}))
 
 
 def _line_number(problem: str) -> int:

@@ -30,12 +30,14 @@ class Listing:
     ignored: int  # objects that are not images or lie under the outputs
 
 
-def iter_objects(s3: Any, bucket: str, prefix: str,
-                 page_size: int = MAX_KEYS_PER_LIST) -> Iterator[dict]:
-    """Every object under ``prefix``, page by page."""
+def iter_objects(s3: Any, bucket: str, prefix: str, page_size: int = MAX_KEYS_PER_LIST,
+                 delimiter: str | None = None) -> Iterator[dict]:
+    """Every object under ``prefix``, page by page (with ``delimiter="/"``: not those in
+    sub-folders)."""
     paginator = s3.get_paginator("list_objects_v2")
+    extra = {"Delimiter": delimiter} if delimiter else {}
     pages = paginator.paginate(Bucket=bucket, Prefix=prefix,
-                               PaginationConfig={"PageSize": page_size})
+                               PaginationConfig={"PageSize": page_size}, **extra)
     for page in pages:
         yield from page.get("Contents", [])
 

@@ -1,28 +1,15 @@
-"""The batch manifest: what ``status`` needs to know about a batch (its total above all)."""
+"""Writing and reading the batch manifest (contract.batches.BatchManifest)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, ConfigDict, Field
 
+from contract.batches import BatchManifest
 from contract.locations import S3Location, batch_manifest_key
 
-
-class BatchManifest(BaseModel):
-    """Written by ``enqueue`` at ``<output dir>/_batches/<batch_id>/manifest.json``."""
-
-    model_config = ConfigDict(frozen=True)
-
-    batch_id: str
-    total: int  # jobs on the queue for this batch
-    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
-    queue_url: str
-    source: str
-    output: str  # the output prefix, s3://bucket/prefix/
-    not_enqueued: int = 0  # jobs whose send failed (not counted in total)
+__all__ = ["BatchManifest", "manifest_location", "read_manifest", "write_manifest"]
 
 
 def manifest_location(output: S3Location, batch_id: str) -> S3Location:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from contract.errors import InvalidJob
@@ -22,12 +23,30 @@ BATCH_ID_HEX_CHARS = 16
 
 
 @dataclass(frozen=True)
+class JobControls:
+    """A job's life cycle, the same for every job of an enqueue (not part of its id)."""
+
+    expires_at: datetime | None = None
+    timeout_seconds: int | None = None
+    callback_url: str | None = None
+
+    @classmethod
+    def of(cls, *, ttl_seconds: float | None, timeout_seconds: int | None,
+           callback_url: str | None) -> JobControls:
+        expires = (datetime.now(timezone.utc) + timedelta(seconds=ttl_seconds)
+                   if ttl_seconds is not None else None)
+        return cls(expires_at=expires, timeout_seconds=timeout_seconds,
+                   callback_url=callback_url)
+
+
+@dataclass(frozen=True)
 class Defaults:
     """The command line's parameters: model and prompt lists, and the common values."""
 
     models: list[str]
     prompts: list[str]
     common: dict[str, Any]  # every other GenerationParams field
+    controls: JobControls = JobControls()
 
     @property
     def choice_seed(self) -> int | None:
@@ -76,7 +95,8 @@ def plan_jobs(inputs: list[PlannedInput], defaults: Defaults, *, output: S3Locat
         try:
             params = validate_params(**values)
             job = JobMessage.create(input=item.source.location, input_etag=item.source.etag,
-                                    output_prefix=output, params=params, batch_id=batch_id)
+                                    output_prefix=output, params=params, batch_id=batch_id,
+                                    **asdict(defaults.controls))
         except InvalidJob as exc:
             if item.line is None:
                 plan.skipped.append(_shorten(str(exc), 400))

@@ -10,12 +10,14 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from contract.locations import RESULT_SUFFIX, S3Location, batch_prefix
+from contract.batches import BatchCounts
+from contract.locations import RESULT_SUFFIX, S3Location, batch_counter_key, batch_prefix
 from contract.result import ResultRecord
 from producer.listing import MAX_KEYS_PER_LIST, iter_objects
 from producer.manifest import BatchManifest, read_manifest
 
-DONE, FAILED = "done", "failed"
+DONE, FAILED, CANCELLED, EXPIRED = "done", "failed", "cancelled", "expired"
+FINAL = (DONE, FAILED, CANCELLED, EXPIRED)
 
 
 @dataclass
@@ -24,8 +26,11 @@ class BatchProgress:
     manifest: BatchManifest | None
     done: int = 0
     failed: int = 0
+    cancelled: int = 0
+    expired: int = 0
     first_marker_at: datetime | None = None
     failed_job_ids: list[str] = field(default_factory=list)
+    costs: BatchCounts | None = None  # the workers' running totals (gpu seconds, $)
 
     @property
     def total(self) -> int | None:
@@ -33,7 +38,7 @@ class BatchProgress:
 
     @property
     def finished(self) -> int:
-        return self.done + self.failed
+        return self.done + self.failed + self.cancelled + self.expired
 
     @property
     def complete(self) -> bool:
@@ -63,19 +68,40 @@ def batch_progress(s3: Any, output: S3Location, batch_id: str, *,
                    page_size: int = MAX_KEYS_PER_LIST) -> BatchProgress:
     """Count the batch's markers, one LIST per ``page_size`` of them."""
     progress = BatchProgress(batch_id=batch_id, manifest=read_manifest(s3, output, batch_id))
-    for obj in iter_objects(s3, output.bucket, batch_prefix(output.key, batch_id), page_size):
+    for obj in iter_objects(s3, output.bucket, batch_prefix(output.key, batch_id), page_size,
+                            delimiter="/"):
         job_id, _, status = posixpath.basename(obj["Key"]).rpartition(".")
-        if status not in (DONE, FAILED):
-            continue  # the manifest
-        if status == DONE:
-            progress.done += 1
-        else:
-            progress.failed += 1
+        if status not in FINAL:
+            continue  # the manifest, the cancel order
+        setattr(progress, status, getattr(progress, status) + 1)
+        if status == FAILED:
             progress.failed_job_ids.append(job_id)
         modified = obj["LastModified"]
         if progress.first_marker_at is None or modified < progress.first_marker_at:
             progress.first_marker_at = modified
+    progress.costs = batch_costs(s3, output, batch_id, progress.manifest)
     return progress
+
+
+def batch_costs(s3: Any, output: S3Location, batch_id: str,
+                manifest: BatchManifest | None) -> BatchCounts | None:
+    """The workers' totals (one GET per counter shard that expects jobs), or None for a
+    batch whose manifest predates the counters."""
+    if manifest is None or manifest.shard_totals is None:
+        return None
+    total = BatchCounts()
+    for shard, expected in enumerate(manifest.shard_totals):
+        if not expected:
+            continue
+        try:
+            body = s3.get_object(Bucket=output.bucket, Key=batch_counter_key(
+                output.key, batch_id, shard))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                continue  # no job of that shard ended yet
+            raise
+        total = total + BatchCounts.model_validate_json(body)
+    return total
 
 
 def failed_records(s3: Any, output: S3Location, job_ids: list[str]) -> list[ResultRecord]:

@@ -28,12 +28,14 @@ class BatchKey:
     strength: float
     guidance_scale: float
     scheduler: str
+    timeout_seconds: int | None = None  # jobs with a timeout run only with the same one
 
     @classmethod
-    def of(cls, params: GenerationParams, size: tuple[int, int]) -> BatchKey:
+    def of(cls, params: GenerationParams, size: tuple[int, int],
+           timeout_seconds: int | None = None) -> BatchKey:
         return cls(model=params.model, width=size[0], height=size[1], steps=params.steps,
                    strength=params.strength, guidance_scale=params.guidance_scale,
-                   scheduler=params.scheduler)
+                   scheduler=params.scheduler, timeout_seconds=timeout_seconds)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from PIL import Image
 from contract.errors import LocationNotAllowed, OutputConflict
 from contract.job import JobMessage
 from contract.locations import S3Location, batch_marker_key, is_within, result_key
-from contract.result import ResultRecord
+from contract.result import FINAL_STATUSES, ResultRecord
 from worker.consumer import Delivery
 from worker.images import PixelBudget, decode_and_prepare, encode_image, restore_size
 from worker.jobs import Job
@@ -43,6 +43,7 @@ class OwnOutput(Exception):
 class Claim(str, Enum):
     CLAIMED = "claimed"  # this delivery runs the job
     FINISHED = "finished"  # another delivery ended it (done; or failed while we waited)
+    FINISHED_HERE = "finished-here"  # an earlier delivery of this very message ended it
     WAIT = "wait"  # another delivery is running it now: wait for its outcome
 
 
@@ -59,7 +60,8 @@ class FleetJob(Job):
     def of(cls, wire: JobMessage, delivery: Delivery, *, from_event: bool) -> FleetJob:
         return cls(job_id=wire.job_id, params=wire.params, source=wire.input.uri,
                    batch_id=wire.batch_id, received_at=delivery.message.received_at,
-                   wire=wire, delivery=delivery, from_event=from_event)
+                   timeout_seconds=wire.timeout_seconds, wire=wire, delivery=delivery,
+                   from_event=from_event)
 
     @property
     def job(self) -> JobMessage:
@@ -101,9 +103,11 @@ def claim(storage: S3Storage, job: FleetJob, *, worker_id: str,
     """Write this delivery's running record unless the job is done or running elsewhere.
 
     A running record is taken over when it is for this very message (its worker lost
-    it: crashed, or its heartbeat failed), when its lease ran out, or when it is a
-    failed record (the job was enqueued again); the takeover is conditional on the
-    record not having changed since it was read.
+    it: crashed, or its heartbeat failed), or when its lease ran out; a failed,
+    cancelled or expired record when another message wrote it (the job was enqueued
+    again). The takeover is conditional on the record not having changed since it was
+    read. A final record this very message wrote is FINISHED_HERE: its earlier delivery
+    ended the job and then lost the message (acknowledge it, and count it).
     """
     location = job.result_location()
     for _ in range(_CLAIM_ATTEMPTS):
@@ -115,8 +119,9 @@ def claim(storage: S3Storage, job: FleetJob, *, worker_id: str,
         if data is None:
             continue  # deleted meanwhile (a release): try the clean claim again
         status = data.get("status")
-        if status == "done":
-            return Claim.FINISHED
+        if status == "done" or (status in FINAL_STATUSES
+                                and _finished(data, job) is Claim.FINISHED_HERE):
+            return _finished(data, job)  # a failed record of another message: run again
         if status == "running" and not _claim_lapsed(data, job.message_id):
             return Claim.WAIT
         if etag and storage.put_if_match(location, body, JSON, etag):
@@ -131,12 +136,17 @@ def recheck(storage: S3Storage, job: FleetJob, *, worker_id: str,
     or failed: either way the job is not run twice), else a new ``claim`` when it let
     go (released, or its lease ran out), else WAIT."""
     data, _ = storage.read_json(job.result_location())
-    if data is not None and data.get("status") in ("done", "failed"):
-        return Claim.FINISHED
+    if data is not None and data.get("status") in FINAL_STATUSES:
+        return _finished(data, job)
     if data is not None and data.get("status") == "running" and not _claim_lapsed(
             data, job.message_id):
         return Claim.WAIT
     return claim(storage, job, worker_id=worker_id, lease_seconds=lease_seconds)
+
+
+def _finished(data: dict, job: FleetJob) -> Claim:
+    same = bool(job.message_id) and data.get("message_id") == job.message_id
+    return Claim.FINISHED_HERE if same else Claim.FINISHED
 
 
 def release_claim(storage: S3Storage, job: FleetJob) -> None:
@@ -187,7 +197,7 @@ def read_and_prepare(storage: S3Storage, job: FleetJob, settings: WorkerSettings
 # -- outcomes ----------------------------------------------------------------------------
 
 def write_output(storage: S3Storage, job: FleetJob, output: Image.Image,
-                 worker_id: str) -> ResultRecord:
+                 worker_id: str, gpu_price_per_hour: float | None = None) -> ResultRecord:
     """Conditional PUT of the output, then the done record and the batch marker.
 
     When the output key is taken, the object must be this job's (an earlier delivery
@@ -209,16 +219,19 @@ def write_output(storage: S3Storage, job: FleetJob, output: Image.Image,
                 "does not overwrite it")
     job.timings["encode"] = encoded - started
     job.timings["upload"] = time.perf_counter() - encoded
-    record = job.done_record(wire.output.uri, worker_id)
+    record = job.done_record(wire.output.uri, worker_id,
+                             gpu_price_per_hour=gpu_price_per_hour).model_copy(
+        update={"message_id": job.message_id or None})
     storage.put(job.result_location(), record.to_json().encode(), JSON)
     job.claimed = False
     write_marker(storage, wire.output, job.batch_id, job.job_id, "done")
     return record
 
 
-def write_failure(storage: S3Storage, record: ResultRecord, output: S3Location, *,
-                  claimed: bool) -> bool:
-    """The failed record at ``<output key>.json`` and the batch marker.
+def write_final(storage: S3Storage, record: ResultRecord, output: S3Location, *,
+                claimed: bool) -> bool:
+    """A record without an output (failed, cancelled, expired) at ``<output key>.json``,
+    and its batch marker.
 
     Unclaimed (a message that failed validation, a job refused before its claim), the
     record is written only where there is none yet: returns False when one was there
@@ -229,8 +242,7 @@ def write_failure(storage: S3Storage, record: ResultRecord, output: S3Location, 
         storage.put(record_location(output), body, JSON)
     elif not storage.put_if_absent(record_location(output), body, JSON):
         return False
-    if record.batch_id:
-        write_marker(storage, output, record.batch_id, record.job_id, "failed")
+    write_marker(storage, output, record.batch_id, record.job_id, record.status)
     return True
 
 

@@ -26,6 +26,7 @@ from worker.engine import BatchStats, Engine
 from worker.fleet_jobs import Claim, FleetJob, OwnOutput
 from worker.images import PixelBudget
 from worker.jobs import Outcome, Readiness, Status
+from worker.lifecycle import JobLifecycle
 from worker.messages import BadJob, decode_body
 from worker.pipeline import Pipeline
 from worker.settings import WorkerSettings
@@ -43,16 +44,19 @@ CLAIM_LEASE_TIMEOUTS = 2
 class Summary:
     done: int = 0
     failed: int = 0
+    cancelled: int = 0
+    expired: int = 0
     released: int = 0
     duplicates: int = 0
     poison: int = 0
     skipped: int = 0
 
     def line(self, worker_id: str, seconds: float) -> str:
-        skipped = f", skipped {self.skipped}" if self.skipped else ""
+        rare = "".join(f", {name} {getattr(self, name)}"
+                       for name in ("cancelled", "expired", "skipped") if getattr(self, name))
         return (f"worker {worker_id}: done {self.done}, failed {self.failed}, released "
                 f"{self.released}, already done {self.duplicates}, not jobs {self.poison}"
-                f"{skipped} in {seconds:.1f} s")
+                f"{rare} in {seconds:.1f} s")
 
 
 @dataclass
@@ -65,11 +69,13 @@ class _Open:
 
 class FleetSource:
     def __init__(self, settings: WorkerSettings, engine: Engine, storage: S3Storage,
-                 consumer: QueueConsumer, *, worker_id: str, pixels: PixelBudget) -> None:
+                 consumer: QueueConsumer, lifecycle: JobLifecycle, *, worker_id: str,
+                 pixels: PixelBudget) -> None:
         self.settings = settings
         self.engine = engine
         self.storage = storage
         self.consumer = consumer
+        self.lifecycle = lifecycle
         self.worker_id = worker_id
         self.pixels = pixels
         self.summary = Summary()
@@ -153,12 +159,17 @@ class FleetSource:
                                    "IMG2IMG_ALLOWED_OUTPUTS: no record can be written")
             fleet_jobs.check_locations(wire, self.settings)
             self.engine.check_model(wire.model)
+            refusal = self.lifecycle.refusal(job)
+            if refusal is not None:
+                raise refusal
             claim = fleet_jobs.claim(self.storage, job, worker_id=self.worker_id,
                                      lease_seconds=self.lease_seconds)
             if claim is Claim.FINISHED:
                 fleet_jobs.write_marker(self.storage, wire.output, job.batch_id, job.job_id,
                                         "done")
                 return Outcome(Status.DUPLICATE, reason="already done")
+            if claim is Claim.FINISHED_HERE:
+                return self._ended_by_this_message(job)
             if claim is Claim.WAIT:
                 log.info("job %s is running under another delivery; waiting for its "
                          "outcome", job.job_id, extra=log_extra(job))
@@ -168,8 +179,20 @@ class FleetSource:
         fleet_jobs.read_and_prepare(self.storage, job, self.settings, self.pixels)
         return Readiness.READY
 
+    def _ended_by_this_message(self, job: FleetJob) -> Outcome:
+        """An earlier delivery of this very message ended the job, then lost the message
+        (a crash before the delete): acknowledge, and count it, since that delivery may
+        not have (a count too many is caught when the batch's markers are counted)."""
+        data, _ = self.storage.read_json(job.result_location())
+        record = ResultRecord.model_validate(data)
+        fleet_jobs.write_marker(self.storage, job.job.output, job.batch_id, job.job_id,
+                                record.status)
+        return Outcome(Status.DUPLICATE, record=record,
+                       reason="ended by an earlier delivery of this message")
+
     def write(self, job: FleetJob, image: Image.Image) -> Outcome:
-        record = fleet_jobs.write_output(self.storage, job, image, self.worker_id)
+        record = fleet_jobs.write_output(self.storage, job, image, self.worker_id,
+                                         self.settings.gpu_price_per_hour)
         return Outcome(Status.DONE, record=record)
 
     def failure(self, job: FleetJob, error: BaseException) -> Outcome:
@@ -181,19 +204,21 @@ class FleetSource:
             return Outcome.retry(str(error), getattr(error, "retry_after", None))
         if not isinstance(error, Img2ImgError):
             log.error("job %s failed unexpectedly: %r", job.job_id, error, extra=log_extra(job))
-        record = job.failed_record(error, self.worker_id)
+        record = job.failed_record(error, self.worker_id,
+                                   gpu_price_per_hour=self.settings.gpu_price_per_hour
+                                   ).model_copy(update={"message_id": job.message_id or None})
         try:
-            written = fleet_jobs.write_failure(self.storage, record, job.job.output,
-                                               claimed=job.claimed)
+            written = fleet_jobs.write_final(self.storage, record, job.job.output,
+                                             claimed=job.claimed)
         except Exception as exc:  # noqa: BLE001 - cannot record: retry later
             log.warning("job %s: could not write its failed record: %r", job.job_id, exc,
                         extra=log_extra(job))
             return Outcome.retry(f"failed ({error}) but not recorded: {exc}")
         job.claimed = False
         if not written:
-            return Outcome(Status.DUPLICATE, reason=f"failed ({error}), but a record of "
-                           "this job exists and is kept")
-        return Outcome(Status.FAILED, record=record)
+            return Outcome(Status.DUPLICATE, reason=f"{record.status} ({error}), but a "
+                           "record of this job exists and is kept")
+        return Outcome(Status(record.status), record=record)
 
     def wanted(self, job: FleetJob) -> bool:
         with self._lock:
@@ -202,6 +227,9 @@ class FleetSource:
     def dropped(self, job: FleetJob) -> None:
         """Prepared after its message was released: only its claim is left to drop."""
         self._release_claim(job)
+
+    def refused(self, job: FleetJob) -> Exception | None:
+        return self.lifecycle.refusal_now(job)
 
     def batch_started(self, jobs: list[FleetJob]) -> None:
         for job in jobs:
@@ -218,17 +246,20 @@ class FleetSource:
         """Count, log and measure the outcome, then settle the delivery if it was the
         last of its jobs."""
         extra = log_extra(job)
-        if outcome.status is Status.DONE or outcome.status is Status.FAILED:
+        record = outcome.record
+        if outcome.status in (Status.DONE, Status.FAILED, Status.CANCELLED, Status.EXPIRED):
             self._count(outcome.status.value)
-            record = outcome.record
             if record is not None:
                 log.info("job %s %s", record.job_id, record.status, extra={
                     **extra, "status": record.status, "seconds": record.seconds,
                     "error": record.error.model_dump() if record.error else None})
+                self.lifecycle.ended(job, record, announce_job=True)
             metrics.emit_job(job, outcome.status.value)
         elif outcome.status is Status.DUPLICATE:
             self._count("duplicates")
             log.info("job %s %s; acknowledging", job.job_id, outcome.reason, extra=extra)
+            if record is not None:  # this message's earlier delivery ended it
+                self.lifecycle.ended(job, record, announce_job=False)
         elif outcome.status is Status.SKIPPED:
             self._count("skipped")
             log.info("job %s skipped: %s", job.job_id, outcome.reason, extra=extra)
@@ -282,8 +313,7 @@ class FleetSource:
                               input=bad.input_uri, error=ErrorInfo.from_exception(bad.error),
                               worker=self.worker_id)
         try:
-            written = fleet_jobs.write_failure(self.storage, record, bad.output,
-                                               claimed=False)
+            written = fleet_jobs.write_final(self.storage, record, bad.output, claimed=False)
         except Exception as exc:  # noqa: BLE001
             log.warning("could not record invalid job %s: %r", bad.job_id, exc)
             self._job_ended(delivery, Outcome.retry(repr(exc)))
@@ -302,7 +332,8 @@ class FleetSource:
 
     def recheck_waiting(self) -> None:
         """Look again at jobs that wait on another delivery: acknowledge them when it
-        ended, run them when it let go."""
+        ended, run them when it let go. Also the life cycle's periodic work."""
+        self.pipeline.run_io(self.lifecycle.tick)
         with self._lock:
             waiting, self._waiting = self._waiting, []
         for job in waiting:
@@ -321,7 +352,7 @@ class FleetSource:
             return
         if claim is Claim.CLAIMED:
             self.pipeline.resubmit(job)  # claimed now: prepare only reads the input
-        elif claim is Claim.FINISHED:
+        elif claim in (Claim.FINISHED, Claim.FINISHED_HERE):
             self.pipeline.forget_deferred()
             self.ended(job, Outcome(Status.DUPLICATE, reason="ended under another delivery"))
         else:

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
+from contract.errors import Cancelled, Expired
 from contract.job import GenerationParams
 from contract.result import ErrorInfo, ResultRecord
 from worker.batching import BatchKey, GenerationItem
@@ -20,6 +21,7 @@ class Job:
     source: str  # the input, as records and logs name it (s3:// URI or a path)
     batch_id: str | None = None
     received_at: float = field(default_factory=time.monotonic)
+    timeout_seconds: int | None = None
     prepared: PreparedImage | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -30,7 +32,7 @@ class Job:
     @property
     def batch_key(self) -> BatchKey:
         assert self.prepared is not None, "only prepared jobs are batched"
-        return BatchKey.of(self.params, self.prepared.size)
+        return BatchKey.of(self.params, self.prepared.size, self.timeout_seconds)
 
     def generation_item(self) -> GenerationItem:
         assert self.prepared is not None
@@ -40,24 +42,46 @@ class Job:
     def seconds(self) -> float:
         return round(time.monotonic() - self.received_at, 4)
 
-    def done_record(self, output: str, worker: str) -> ResultRecord:
+    @property
+    def gpu_seconds(self) -> float | None:
+        """Its share of its batch's engine time (None before it ran)."""
+        inference = self.timings.get("inference")
+        return round(inference, 4) if inference is not None else None
+
+    def done_record(self, output: str, worker: str, *,
+                    gpu_price_per_hour: float | None = None) -> ResultRecord:
         return ResultRecord(
             job_id=self.job_id, batch_id=self.batch_id, status="done", input=self.source,
             output=output, model=self.params.model, prompt=self.params.prompt,
             seed=self.seed, seconds=self.seconds(),
-            timings={k: round(v, 4) for k, v in self.timings.items()}, worker=worker)
+            timings={k: round(v, 4) for k, v in self.timings.items()}, worker=worker,
+            **self._cost(gpu_price_per_hour))
 
-    def failed_record(self, error: BaseException, worker: str) -> ResultRecord:
+    def failed_record(self, error: BaseException, worker: str, *,
+                      gpu_price_per_hour: float | None = None) -> ResultRecord:
+        """The record of a job that ended without an output: ``cancelled`` or
+        ``expired`` when that is why, else ``failed``."""
+        status = ("cancelled" if isinstance(error, Cancelled)
+                  else "expired" if isinstance(error, Expired) else "failed")
         return ResultRecord(
-            job_id=self.job_id or "-", batch_id=self.batch_id, status="failed",
+            job_id=self.job_id or "-", batch_id=self.batch_id, status=status,
             input=self.source, output=None, error=ErrorInfo.from_exception(error),
             model=self.params.model, prompt=self.params.prompt,
-            seed=self.seed if self.job_id else None, seconds=self.seconds(), worker=worker)
+            seed=self.seed if self.job_id else None, seconds=self.seconds(), worker=worker,
+            **self._cost(gpu_price_per_hour))
+
+    def _cost(self, gpu_price_per_hour: float | None) -> dict[str, float | None]:
+        gpu = self.gpu_seconds
+        cost = (round(gpu * gpu_price_per_hour / 3600, 8)
+                if gpu is not None and gpu_price_per_hour is not None else None)
+        return {"gpu_seconds": gpu, "cost_usd": cost}
 
 
 class Status(str, Enum):
     DONE = "done"  # output written, done record
     FAILED = "failed"  # permanent error, failed record
+    CANCELLED = "cancelled"  # its batch (or it) was cancelled before it started
+    EXPIRED = "expired"  # received after its expires_at
     DUPLICATE = "duplicate"  # another delivery of the same job ended it
     SKIPPED = "skipped"  # not a job to run (an S3 notification for our own output)
     RETRY = "retry"  # transient: hand the job back for a later attempt

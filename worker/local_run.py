@@ -166,6 +166,9 @@ class FolderSource:
     def dropped(self, job: FileJob) -> None:
         return None
 
+    def refused(self, job: FileJob) -> Exception | None:
+        return None
+
     def batch_started(self, jobs: list[FileJob]) -> None:
         return None
 

@@ -32,9 +32,14 @@ def emit_batch(key: BatchKey, size: int, seconds: float, stats: BatchStats | Non
     emit_metrics(values, {"Model": key.model}, units)
 
 
+JOB_METRIC = {"done": "ImagesDone", "failed": "ImagesFailed", "cancelled": "ImagesCancelled",
+              "expired": "ImagesExpired"}
+
+
 def emit_job(job: Job, status: str) -> None:
-    """ImagesDone or ImagesFailed, and the seconds of each stage the job went through."""
-    values = {"ImagesDone" if status == "done" else "ImagesFailed": 1.0}
+    """ImagesDone (Failed, Cancelled, Expired), and the seconds of each stage the job went
+    through."""
+    values = {JOB_METRIC[status]: 1.0}
     values.update({f"{name.capitalize()}Seconds": value
                    for name, value in job.timings.items() if name != "batch_size"})
     emit_metrics(values, {"Model": job.params.model},

@@ -21,7 +21,7 @@ from typing import Generic, Protocol, TypeVar
 
 from PIL import Image
 
-from contract.errors import Interrupted
+from contract.errors import Interrupted, Timeout
 from worker.batching import BatchKey, group_batches
 from worker.engine import BatchStats, Engine
 from worker.jobs import Job, Outcome, Readiness
@@ -56,6 +56,9 @@ class JobSource(Protocol[J]):
     def dropped(self, job: J) -> None:
         """A prepared job that is no longer wanted was let go."""
 
+    def refused(self, job: J) -> Exception | None:
+        """Why a prepared job must not run after all (cancelled meanwhile); no I/O."""
+
     def batch_started(self, jobs: list[J]) -> None:
         """These jobs reached the engine."""
 
@@ -84,7 +87,7 @@ class Pipeline(Generic[J]):
         self._ready: list[J] = []
         self._preparing = 0
         self._windows = same_batches_every_run
-        self._window_of: dict[int, int] = {}  # id(job) -> window, when windowed
+        self._sequence_of: dict[int, int] = {}  # id(job) -> submission order, when windowed
         self._submitted = 0
         self._unprepared: dict[int, int] = {}  # window -> jobs still being prepared
         self._current_window = 0
@@ -92,6 +95,7 @@ class Pipeline(Generic[J]):
         self._writing = 0
         self._deadline: float | None = None  # stopping: batches must end before this
         self._aborting = False
+        self._closed = False
         self._seconds_per_image: dict[BatchKey, float] = {}
 
     # -- feeding ------------------------------------------------------------------------
@@ -118,8 +122,8 @@ class Pipeline(Generic[J]):
             self._preparing += 1
             if self._windows:
                 window = self._submitted // self.prefetch_jobs
+                self._sequence_of[id(job)] = self._submitted
                 self._submitted += 1
-                self._window_of[id(job)] = window
                 self._unprepared[window] = self._unprepared.get(window, 0) + 1
         self._io.submit(self._prepare, job)
 
@@ -136,13 +140,17 @@ class Pipeline(Generic[J]):
             self._cond.notify_all()
 
     def run_io(self, fn: Callable[[], None]) -> None:
-        """Other I/O work a source needs (recording an invalid message); guarded."""
+        """Other I/O work a source needs (recording an invalid message); guarded. After
+        ``shutdown`` it is dropped: nothing is held any more that it could settle."""
         def task() -> None:
             try:
                 fn()
             except Exception:  # noqa: BLE001 - logged; the source decides what is lost
                 log.exception("I/O task %s failed", getattr(fn, "__name__", fn))
-        self._io.submit(task)
+        with self._cond:
+            if self._closed:
+                return
+            self._io.submit(task)
 
     def _prepare(self, job: J) -> None:
         self._step(job, lambda: self.source.prepare(job), self._prepared)
@@ -151,7 +159,7 @@ class Pipeline(Generic[J]):
         """Bookkeeping once a preparation ended, whatever its result (lock held)."""
         self._preparing -= 1
         if self._windows:
-            self._unprepared[self._window_of[id(job)]] -= 1
+            self._unprepared[self._window(job)] -= 1
 
     def _step(self, job: J, step: Callable[[], Readiness | Outcome],
               finished: Callable[[J], None]) -> None:
@@ -225,6 +233,8 @@ class Pipeline(Generic[J]):
                                                                or self._writing))
 
     def shutdown(self) -> None:
+        with self._cond:
+            self._closed = True
         self._io.shutdown(wait=True, cancel_futures=True)
 
     # -- the engine ---------------------------------------------------------------------
@@ -255,8 +265,18 @@ class Pipeline(Generic[J]):
                                       self.max_batch_size)[0]
             taken = {id(j) for j in jobs}
             self._ready = [j for j in self._ready if id(j) not in taken]
+        refusals = {id(j): why for j in jobs if (why := self.source.refused(j)) is not None}
+        for job in jobs:
+            if id(job) in refusals:
+                self._end_all([job], refusals[id(job)])
+        jobs = [j for j in jobs if id(j) not in refusals]
+        if not jobs:
+            return self._next_batch(until)
         self.source.batch_started(jobs)
         return key, jobs
+
+    def _window(self, job: J) -> int:
+        return self._sequence_of[id(job)] // self.prefetch_jobs
 
     def _candidates(self) -> list[J]:
         """The ready jobs a batch may take now (lock held)."""
@@ -266,7 +286,8 @@ class Pipeline(Generic[J]):
             window = self._current_window
             if self._unprepared.get(window, 0):
                 return []  # this window is not complete yet
-            ready = [j for j in self._ready if self._window_of[id(j)] == window]
+            ready = sorted((j for j in self._ready if self._window(j) == window),
+                           key=lambda j: self._sequence_of[id(j)])  # submission order
             if ready or window >= (self._submitted - 1) // self.prefetch_jobs:
                 return ready
             self._current_window += 1  # this window is done: on to the next
@@ -278,13 +299,25 @@ class Pipeline(Generic[J]):
             self._end_all(jobs, Interrupted("the worker is stopping; released for another"))
             return
         started = time.perf_counter()
+        timeout_at = started + key.timeout_seconds if key.timeout_seconds else None
+
+        def on_step() -> bool:
+            return self._on_step() or (timeout_at is not None
+                                       and time.perf_counter() > timeout_at)
+
         try:
             result = self.engine.generate(key, [j.generation_item() for j in jobs],
-                                          on_step=self._on_step)
+                                          on_step=on_step)
         except Exception as exc:  # noqa: BLE001 - the batch fails, the worker goes on
             seconds = time.perf_counter() - started
-            if not isinstance(exc, Interrupted):
+            if isinstance(exc, Interrupted) and timeout_at is not None \
+                    and time.perf_counter() > timeout_at and not self._stopping():
+                exc = Timeout(f"the generation ran over its {key.timeout_seconds} s timeout "
+                              f"({seconds:.1f} s) and was stopped")
+            elif not isinstance(exc, Interrupted):
                 log.exception("batch of %d failed: %r", len(jobs), exc)
+            for job in jobs:
+                job.timings["inference"] = seconds / len(jobs)
             self.source.batch_ran(key, jobs, seconds, getattr(exc, "batch_stats", None))
             self._end_all(jobs, exc)
             return
@@ -307,19 +340,25 @@ class Pipeline(Generic[J]):
 
     def _on_step(self) -> bool:
         self._beat()
+        return self._stopping()
+
+    def _stopping(self) -> bool:
         return self._aborting or (self._deadline is not None
                                   and time.monotonic() > self._deadline)
 
     def _end_all(self, jobs: list[J], error: BaseException) -> None:
+        """End jobs with ``error`` in the I/O threads (their records are S3 writes)."""
+        with self._cond:
+            self._writing += len(jobs)
         for job in jobs:
-            try:
-                self.source.ended(job, self.source.failure(job, error))
-            except Exception as exc:  # noqa: BLE001
-                log.exception("job %s could not be recorded", job.job_id)
-                self.source.lost(job, exc)
+            self._io.submit(self._step, job, lambda: _raise(error), self._written)
 
     def _write(self, job: J, image: Image.Image) -> None:
         self._step(job, lambda: self.source.write(job, image), self._written)
 
     def _written(self, job: J) -> None:
         self._writing -= 1
+
+
+def _raise(error: BaseException) -> Outcome:
+    raise error

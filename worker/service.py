@@ -22,13 +22,18 @@ import threading
 import time
 from collections.abc import Callable
 from enum import Enum
+from typing import Any
 
 from common.aws_errors import is_configuration_error
+from worker.batch_progress import BatchProgress
+from worker.cancels import CancelWatch
 from worker.consumer import Delivery, QueueConsumer
 from worker.engine import Engine
+from worker.events import Notifier
 from worker.fleet_source import FleetSource, Summary
 from worker.health import HealthFile, beat_interval
 from worker.images import PixelBudget
+from worker.lifecycle import JobLifecycle
 from worker.pipeline import Pipeline
 from worker.settings import WorkerSettings
 from worker.sqs_queue import MAX_RECEIVE_MESSAGES, SqsQueue
@@ -60,7 +65,9 @@ class Worker:
     def __init__(self, settings: WorkerSettings, engine: Engine,
                  queues: SqsQueue | list[SqsQueue], storage: S3Storage, *,
                  protection: TaskProtection | None = None,
-                 worker_id: str | None = None) -> None:
+                 worker_id: str | None = None,
+                 sns_client: Callable[[], Any] | None = None) -> None:
+        """``queues`` in poll order (a high-priority queue first)."""
         self.settings = settings
         self.engine = engine
         self.protection = protection or TaskProtection(None)
@@ -73,7 +80,15 @@ class Worker:
             wait_seconds=settings.receive_wait_seconds,
             heartbeat_interval=settings.heartbeat_interval, on_alive=self.health.beat,
             beat_every=every)
-        self.source = FleetSource(settings, engine, storage, self.consumer,
+        self.notifier = Notifier(
+            topic_arn=settings.events_topic_arn, sns_client=sns_client,
+            webhook_url=settings.webhook_url, webhook_secret=settings.webhook_secret,
+            allowed_callbacks=settings.allowed_callbacks)
+        lifecycle = JobLifecycle(
+            self.notifier, BatchProgress(storage, self.worker_id),
+            CancelWatch(storage, settings.cancel_check_seconds),
+            worker_id=self.worker_id, allowed_callbacks=settings.allowed_callbacks)
+        self.source = FleetSource(settings, engine, storage, self.consumer, lifecycle,
                                   worker_id=self.worker_id,
                                   pixels=PixelBudget(settings.decode_pixel_budget))
         self.pipeline: Pipeline = Pipeline(
@@ -144,6 +159,7 @@ class Worker:
             self.fatal = self.fatal or error
             log.error(error)
         self.pipeline.shutdown()
+        self.notifier.close()
         self.protection.update(busy=False)
         self._set_state(WorkerState.STOPPED)
         log.info(self.summary_line())
@@ -304,8 +320,7 @@ class Worker:
         return True
 
     def _wait_loop(self) -> None:
-        while self.state in (WorkerState.STARTING, WorkerState.RUNNING,
-                             WorkerState.DRAINING):
+        while self.state in (WorkerState.STARTING, WorkerState.RUNNING):
             time.sleep(min(WAIT_RECHECK_SECONDS, self._beat_every))
             self.health.beat("waiter")
             self.source.recheck_waiting()
@@ -332,13 +347,15 @@ def build_worker(settings: WorkerSettings) -> Worker:
     """Wire the real clients, engine and queues from settings."""
     from functools import cache
 
-    from common.aws import s3_client, sqs_client
+    from common.aws import client, s3_client, sqs_client
 
     pool = settings.io_threads + 4
-    # S3 calls are retried by S3Storage, SQS calls by botocore (common/aws.py).
+    # S3 calls are retried by S3Storage, SQS and SNS calls by botocore (common/aws.py).
     s3 = s3_client(max_pool_connections=pool, max_attempts=1)
     sqs = sqs_client(max_pool_connections=pool, mode="standard")
     models_s3 = cache(lambda: s3_client(mode="standard"))  # model syncs: botocore retries
+    sns = cache(lambda: client("sns", mode="standard"))
     engine = Engine(settings, s3_client_factory=models_s3)
-    return Worker(settings, engine, [SqsQueue(sqs, settings.queue_url or "")],
-                  S3Storage(s3), protection=TaskProtection.from_environment())
+    urls = [u for u in (settings.priority_queue_url, settings.queue_url) if u]
+    return Worker(settings, engine, [SqsQueue(sqs, url) for url in urls], S3Storage(s3),
+                  protection=TaskProtection.from_environment(), sns_client=sns)

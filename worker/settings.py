@@ -62,6 +62,16 @@ class WorkerSettings(CommonSettings):
     health_file: Path = Path("/tmp/img2img-worker.health")
     health_max_age: float = Field(120.0, gt=0)
 
+    # Job life cycle: where ends of jobs and batches are announced, what a GPU costs.
+    events_topic_arn: str | None = None
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    # fnmatch patterns a job's callback_url must match (empty: no per-job callbacks).
+    allowed_callbacks: CommaList = []
+    gpu_price_per_hour: float | None = Field(None, ge=0)
+    # A batch's cancellation is looked up at most this often per batch (an S3 GET).
+    cancel_check_seconds: float = Field(5.0, ge=0)
+
     # Defaults for jobs made from S3 ObjectCreated notifications.
     event_output_prefix: str = "outputs/"
     event_strength: float = Field(0.75, gt=0.0, le=1.0)
@@ -86,7 +96,7 @@ class WorkerSettings(CommonSettings):
         return [tuple(int(v) for v in s.lower().split("x")) for s in self.warmup_shapes]
 
     @field_validator("allowed_models", "allowed_inputs", "allowed_outputs", "warmup_shapes",
-                     mode="before")
+                     "allowed_callbacks", mode="before")
     @classmethod
     def _split_lists(cls, value: Any) -> Any:
         return split_list(value)
@@ -98,6 +108,13 @@ class WorkerSettings(CommonSettings):
         if bad:
             raise ValueError(f"each entry must be an S3 URI prefix like s3://bucket/in/: {bad}")
         return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError(f"must be an http(s) URL (got {value!r})")
+        return value or None
 
     @model_validator(mode="after")
     def _event_defaults_valid(self) -> WorkerSettings:

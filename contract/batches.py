@@ -1,0 +1,77 @@
+"""What a batch is beyond its jobs: its manifest, its running totals, and its cancel
+order. Producers write the manifest and cancel orders; workers keep the totals.
+
+All of it lives under ``<output dir>/_batches/<batch_id>/`` (contract.locations).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contract.locations import COUNTER_SHARDS, counter_shard
+
+FinalStatus = Literal["done", "failed", "cancelled", "expired"]
+
+
+class BatchManifest(BaseModel):
+    """Written by ``enqueue`` at ``<output dir>/_batches/<batch_id>/manifest.json``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_id: str
+    total: int  # jobs on the queue for this batch
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    queue_url: str
+    source: str
+    output: str  # the output prefix, s3://bucket/prefix/
+    not_enqueued: int = 0  # jobs whose send failed (not counted in total)
+    # Jobs per counter shard (contract.locations.counter_shard): lets workers tell when
+    # the batch is complete. Absent in manifests of older producers: no batch.complete.
+    shard_totals: list[int] | None = None
+
+    @staticmethod
+    def shard_totals_of(job_ids: Iterable[str]) -> list[int]:
+        totals = [0] * COUNTER_SHARDS
+        for job_id in job_ids:
+            totals[counter_shard(job_id)] += 1
+        return totals
+
+
+class BatchCounts(BaseModel):
+    """A batch's totals so far (one counter shard, or all of them summed)."""
+
+    ended: int = 0
+    done: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    expired: int = 0
+    gpu_seconds: float = 0.0
+    cost_usd: float = 0.0
+
+    def add(self, status: FinalStatus, gpu_seconds: float, cost_usd: float) -> BatchCounts:
+        values = self.model_dump()
+        values["ended"] += 1
+        values[status] += 1
+        values["gpu_seconds"] = round(values["gpu_seconds"] + gpu_seconds, 6)
+        values["cost_usd"] = round(values["cost_usd"] + cost_usd, 8)
+        return BatchCounts(**values)
+
+    def __add__(self, other: BatchCounts) -> BatchCounts:
+        mine, theirs = self.model_dump(), other.model_dump()
+        return BatchCounts(**{k: mine[k] + theirs[k] for k in mine})
+
+
+class CancelOrder(BaseModel):
+    """``cancel.json``: the whole batch, or some of its jobs, are cancelled."""
+
+    all_jobs: bool = False
+    job_ids: list[str] = Field(default_factory=list)
+    reason: str = "cancelled"
+    updated_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+    def covers(self, job_id: str) -> bool:
+        return self.all_jobs or job_id in self.job_ids
