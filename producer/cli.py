@@ -136,7 +136,8 @@ def enqueue(
             common=dict(negative_prompt=negative_prompt, strength=strength, steps=steps,
                         guidance_scale=guidance_scale, seed=seed, max_side=max_side,
                         output_format=output_format.value, keep_size=keep_size,
-                        scheduler=scheduler))
+                        scheduler=scheduler),
+            allowed_models=settings.allowed_models)
         options = EnqueueOptions(
             source=source, jobs_file=jobs, bucket=settings.bucket,
             upload_prefix=upload_prefix or settings.upload_prefix, output=output,
