@@ -31,12 +31,35 @@ QueueOpt = Annotated[str | None, typer.Option(
     help="The job queue's URL. Default: IMG2IMG_QUEUE_URL.")]
 
 
-@app.callback()
-def _group(log_level: Annotated[str, typer.Option(help="Python log level.")] = "WARNING"
-           ) -> None:
-    """Enqueue img2img jobs on SQS and follow them."""
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_at(level: str | None) -> str | None:
+    """Configure logging on stderr at ``level`` (None: leave it as it is)."""
+    if level is None:
+        return None
+    if level.upper() not in LOG_LEVELS:
+        raise typer.BadParameter(f"{level!r} is not one of {', '.join(LOG_LEVELS)}")
+    logging.basicConfig(stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level.upper())
+    return level
+
+
+# Each command takes --log-level too (after its name); it takes effect as it is parsed,
+# so the commands never read it.
+LogLevel = Annotated[str | None, typer.Option(
+    "--log-level", help="Python log level (DEBUG, INFO, WARNING, ...), on stderr.",
+    callback=_log_at, expose_value=False)]
+
+
+@app.callback()
+def _group(log_level: Annotated[str, typer.Option(
+               help="Python log level (DEBUG, INFO, WARNING, ...), on stderr; also "
+               "accepted after the command.")] = "WARNING",
+           version: opt.Version = False) -> None:
+    """Enqueue img2img jobs on SQS and follow them."""
+    _log_at(log_level)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -122,6 +145,7 @@ def enqueue(
     concurrency: Annotated[int | None, typer.Option(
         help="Parallel S3/SQS calls. Default: IMG2IMG_CONCURRENCY (8).")] = None,
     list_page_size: Annotated[int, typer.Option(hidden=True, min=1, max=1000)] = 1000,
+    log_level: LogLevel = None,
 ) -> None:
     """Turn images into jobs on the queue: 10 per SendMessageBatch, in parallel."""
     from producer import aws
@@ -203,6 +227,7 @@ def status(
         help="Give up watching after this many seconds (exit 1). A job whose message went "
         "to the DLQ has no marker, so without this a watch can wait forever.", min=0)
     ] = None,
+    log_level: LogLevel = None,
 ) -> None:
     """Queue depth (visible, in flight, delayed, DLQ) and a batch's done/failed/rate/ETA."""
     from producer import aws
@@ -303,6 +328,7 @@ def redrive(
     move_task: Annotated[bool, typer.Option(
         "--move-task", help="Use SQS's StartMessageMoveTask: server-side and fast, but it "
         "moves everything, bodies that are not jobs included.")] = False,
+    log_level: LogLevel = None,
 ) -> None:
     """Move jobs from the dead-letter queue back to the job queue, each at most once.
 
@@ -342,7 +368,7 @@ def redrive(
 
 
 @app.command()
-def schema() -> None:
+def schema(log_level: LogLevel = None) -> None:
     """Print the job message's JSON Schema (for other producers)."""
     from contract.job import job_json_schema
 

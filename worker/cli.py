@@ -12,12 +12,13 @@ from contract import cli_options as opt
 from contract.errors import Img2ImgError, InvalidJob
 from contract.job import validate_params
 from contract.settings import load_settings
+from worker.settings import MemoryMode
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Stable Diffusion img2img worker: a local folder or the SQS fleet.")
 
 @app.callback()
-def _group() -> None:
+def _group(version: opt.Version = False) -> None:
     """Stable Diffusion img2img worker: a local folder or the SQS fleet."""
 
 
@@ -45,9 +46,10 @@ def run(
     scheduler: opt.Scheduler = opt.SCHEDULER,
     batch_size: Annotated[int | None, typer.Option(
         help="Images per pipeline call (default IMG2IMG_MAX_BATCH_SIZE).")] = None,
-    memory_mode: Annotated[str | None, typer.Option(
-        help="fast | balanced | lean (default IMG2IMG_MEMORY_MODE).")] = None,
-    log_level: Annotated[str, typer.Option()] = "WARNING",
+    memory_mode: Annotated[MemoryMode | None, typer.Option(
+        help="fast: all on the GPU; balanced: model CPU offload; lean: sequential offload "
+        "(default IMG2IMG_MEMORY_MODE).")] = None,
+    log_level: Annotated[str, typer.Option(help="Python log level, on stderr.")] = "WARNING",
 ) -> None:
     """Process a local folder or files with no AWS at all; writes results.jsonl."""
     from worker.settings import WorkerSettings
@@ -114,7 +116,8 @@ def serve(
         help="Exit after this many seconds with nothing received or held.")] = None,
     max_jobs: Annotated[int | None, typer.Option(
         help="Exit after finishing this many jobs.")] = None,
-    log_level: Annotated[str, typer.Option(envvar="IMG2IMG_LOG_LEVEL")] = "INFO",
+    log_level: Annotated[str, typer.Option(
+        envvar="IMG2IMG_LOG_LEVEL", help="Python log level of the JSON log lines.")] = "INFO",
 ) -> None:
     """Long-poll IMG2IMG_QUEUE_URL, run batches, write results to S3, until stopped."""
     from worker.logs import configure_logging
