@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +14,6 @@ import typer
 
 from contract import cli_options as opt
 from contract.errors import Img2ImgError, InvalidJob
-from contract.locations import S3_SCHEME, S3Location, parse_s3_uri
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Enqueue img2img jobs on SQS and follow them.")
@@ -197,124 +195,59 @@ def enqueue(
         raise typer.Exit(1)
 
 
-def _output_location(output: str | None, settings: Any) -> S3Location:
-    if output:
-        if not output.startswith(S3_SCHEME):
-            raise InvalidJob(f"--output must be s3://bucket/prefix/: {output!r}")
-        return parse_s3_uri(output, prefix=True)
-    if not settings.bucket:
-        raise InvalidJob("where are the outputs? pass --output s3://bucket/prefix/ or set "
-                         "IMG2IMG_BUCKET")
-    return parse_s3_uri(f"{S3_SCHEME}{settings.bucket}/{settings.output_prefix}", prefix=True)
-
-
 @app.command()
 def status(
-    batch_id: Annotated[str | None, typer.Option(help="Show this batch's progress.")] = None,
+    batch_id: Annotated[str | None, typer.Option(
+        help="Show this batch's progress. Without it: the queue and the recent batches.")
+    ] = None,
     output: Annotated[str | None, typer.Option(
-        help="The batch's output prefix, s3://bucket/prefix/. Default: IMG2IMG_BUCKET + "
+        help="The output prefix, s3://bucket/prefix/. Default: IMG2IMG_BUCKET + "
         "IMG2IMG_OUTPUT_PREFIX.")] = None,
     queue_url: QueueOpt = None,
     watch: Annotated[bool, typer.Option(
-        "--watch", help="Show a live progress bar until every job is done or failed "
-        "(exit 0 either way; failures are counted).")] = False,
+        "--watch", help="Show a live progress bar until every job of --batch-id is done or "
+        "failed (exit 0; failures are counted), or without --batch-id until the queue is "
+        "drained. Exit 1 when it stops short: --timeout, or jobs left only in the DLQ.")
+    ] = False,
     interval: Annotated[float, typer.Option(help="Seconds between polls with --watch.",
                                             min=0.05)] = 5.0,
     failures: Annotated[bool, typer.Option(
         "--failures", help="List the failed jobs' errors (reads their result records).")
     ] = False,
     timeout: Annotated[float | None, typer.Option(
-        help="Give up watching after this many seconds (exit 1). A job whose message went "
-        "to the DLQ has no marker, so without this a watch can wait forever.", min=0)
-    ] = None,
+        help="Give up watching after this many seconds (exit 1).", min=0)] = None,
+    dlq_grace: Annotated[float, typer.Option(
+        help="With --watch: stop (exit 1) once the batch is unfinished, the queue empty "
+        "and the DLQ not, for this many seconds (SQS's counts lag).", min=0)] = 60.0,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object (queue, dlq, batch or batches, failures) "
+        "instead of lines.")] = False,
+    limit: Annotated[int, typer.Option(
+        help="Batches listed without --batch-id, newest first.", min=1)] = 10,
     log_level: LogLevel = None,
 ) -> None:
     """Queue depth (visible, in flight, delayed, DLQ) and a batch's done/failed/rate/ETA."""
     from producer import aws
-    from producer.queues import queue_depth
-    from producer.status import batch_progress, failed_records
+    from producer.status_report import StatusRequest, collect_status, output_location
+    from producer.watch import batch_bar, queue_bar
 
     with _clear_errors():
         settings = _settings(queue_url=queue_url)
-        if (watch or failures) and not batch_id:
-            raise InvalidJob("--watch and --failures need --batch-id")
-        progress = None
-        if batch_id:
-            location = _output_location(output, settings)
-            s3 = aws.s3_client()
-            progress = batch_progress(s3, location, batch_id)
-            if progress.manifest is None and watch:
-                raise InvalidJob(f"no manifest for batch {batch_id} under {location.uri}: "
-                                 "check --batch-id and --output")
-        url = settings.queue_url or (progress.manifest.queue_url
-                                     if progress and progress.manifest else None)
-        if not url and not batch_id:
-            raise InvalidJob("no queue URL: pass --queue-url or set IMG2IMG_QUEUE_URL")
-        if url:
-            depth = queue_depth(aws.sqs_client(), url)
-            q = depth.queue
-            typer.echo(f"queue {url}: visible {q.visible}, in flight {q.in_flight}, "
-                       f"delayed {q.delayed}")
-            if depth.dlq is not None:
-                typer.echo(f"dlq {depth.dlq_url}: {depth.dlq.visible} messages "
-                           f"({depth.dlq.in_flight} in flight)")
-            else:
-                typer.echo("dlq: none (the queue has no RedrivePolicy)")
-        if progress is not None:
-            if watch and not progress.complete:
-                progress = _watch(s3, location, batch_id, interval, timeout)
-            typer.echo(_batch_line(progress))
-            if failures and progress.failed_job_ids:
-                for record in failed_records(s3, location, progress.failed_job_ids):
-                    error = record.error
-                    typer.echo(f"  failed {record.job_id} {record.input}: "
-                               f"{error.type if error else '?'}: "
-                               f"{error.message if error else ''}")
-    if watch and progress is not None and not progress.complete:
-        typer.echo(f"gave up after {timeout} s; is the DLQ holding some of its jobs?", err=True)
-        raise typer.Exit(1)
-
-
-def _batch_line(progress: Any) -> str:
-    from producer.status import format_seconds, utc_now
-
-    now = utc_now()
-    total = "unknown (no manifest)" if progress.total is None else str(progress.total)
-    rate = progress.rate(now)
-    state = "finished" if progress.complete else f"eta {format_seconds(progress.eta_seconds(now))}"
-    return (f"batch {progress.batch_id}: done {progress.done}, failed {progress.failed}, "
-            f"total {total}, rate {'unknown' if rate is None else f'{rate:.2f} jobs/s'}, "
-            f"{state}")
-
-
-def _watch(s3: Any, location: S3Location, batch_id: str, interval: float,
-           timeout: float | None) -> Any:
-    """Poll the markers and draw a bar until done + failed reaches the total."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    from producer.status import batch_progress
-
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("done {task.fields[done]} failed {task.fields[failed]}"),
-               TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bars:
-        progress = batch_progress(s3, location, batch_id)
-        task = bars.add_task(batch_id, total=progress.total, completed=progress.finished,
-                             done=progress.done, failed=progress.failed)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not progress.complete and (deadline is None or time.monotonic() < deadline):
-            time.sleep(interval)
-            progress = batch_progress(s3, location, batch_id)
-            bars.update(task, total=progress.total, completed=progress.finished,
-                        done=progress.done, failed=progress.failed)
-    return progress
+        request = StatusRequest(
+            batch_id=batch_id, output=output_location(output, settings.bucket,
+                                                      settings.output_prefix),
+            queue_url=settings.queue_url, watch=watch, failures=failures, interval=interval,
+            timeout=timeout, dlq_grace=dlq_grace, limit=limit)
+        report = collect_status(request, make_s3=aws.s3_client, make_sqs=aws.sqs_client,
+                                batch_display=batch_bar, queue_display=queue_bar)
+    if as_json:
+        typer.echo(report.to_json())
+    else:
+        for line in report.lines():
+            typer.echo(line)
+    for problem in report.problems():
+        typer.echo(problem, err=True)
+    raise typer.Exit(report.exit_code)
 
 
 @app.command()
