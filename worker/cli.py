@@ -105,7 +105,18 @@ def run(
                              on_result=lambda r: progress.advance(task))
         summary = runner.run(jobs)
     summary.skipped = len(skipped)
-    typer.echo(f"{summary.line()}; results in {output_dir / RESULTS_FILE}")
+    from common.failures import failure_lines
+    from common.gallery import write_gallery
+    from common.results_file import read_results
+
+    results = read_results(output_dir / RESULTS_FILE)
+    asked = {str(j.input_path): {"strength": j.params.strength, "steps": j.params.steps}
+             for j in jobs}  # records do not carry these; the gallery shows them
+    gallery = write_gallery([{**asked.get(r.get("input"), {}), **r} for r in results],
+                            output_dir, title=f"img2img: {output_dir}")
+    typer.echo(f"{summary.line()}; results in {output_dir / RESULTS_FILE}; gallery {gallery}")
+    for line in failure_lines(results, more=f"all in {output_dir / RESULTS_FILE}"):
+        typer.echo(line, err=True)
     if summary.failed:
         raise typer.Exit(1)
 
