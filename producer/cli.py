@@ -228,7 +228,8 @@ def status(
 ) -> None:
     """Queue depth (visible, in flight, delayed, DLQ) and a batch's done/failed/rate/ETA."""
     from producer import aws
-    from producer.status_report import StatusRequest, collect_status, output_location
+    from producer.output_prefix import output_location
+    from producer.status_report import StatusRequest, collect_status
     from producer.watch import batch_bar, queue_bar
 
     with _clear_errors():
@@ -306,6 +307,54 @@ def schema(log_level: LogLevel = None) -> None:
     from contract.job import job_json_schema
 
     typer.echo(json.dumps(job_json_schema(), indent=2))
+
+
+# -- a batch's results: fetch and gallery ----------------------------------------------
+
+BatchIdOpt = Annotated[str, typer.Option(help="The batch (enqueue prints its id).")]
+OutputOpt = Annotated[str | None, typer.Option(
+    help="The batch's output prefix, s3://bucket/prefix/. Default: IMG2IMG_BUCKET + "
+    "IMG2IMG_OUTPUT_PREFIX.")]
+ConcurrencyOpt = Annotated[int | None, typer.Option(
+    help="Parallel S3 calls. Default: IMG2IMG_CONCURRENCY (8).", min=1, max=64)]
+
+
+@app.command()
+def fetch(
+    dest: Annotated[Path, typer.Argument(help="Local folder for the outputs and records.")],
+    batch_id: BatchIdOpt,
+    output: OutputOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    log_level: LogLevel = None,
+) -> None:
+    """Download a batch's outputs and result records, in parallel; files already there
+    with the same size and ETag are skipped, so a second run fetches only what is new."""
+    from producer import aws
+    from producer.fetch import fetch_batch
+    from producer.output_prefix import output_location, require_output
+
+    with _clear_errors():
+        settings = _settings(concurrency=concurrency)
+        location = require_output(output_location(output, settings.bucket,
+                                                  settings.output_prefix))
+        s3 = aws.s3_client(max_pool_connections=settings.concurrency + 4)
+        with _progress_bars() as bars:
+            summary = fetch_batch(s3, location, batch_id, dest,
+                                  concurrency=settings.concurrency, progress=bars)
+    typer.echo(summary.line())
+    _report_downloads(summary.report.failed)
+    if summary.no_record:
+        typer.echo(f"  {len(summary.no_record)} finished job(s) have no result record "
+                   f"under {location.uri}", err=True)
+    if summary.report.failed:
+        raise typer.Exit(1)
+
+
+def _report_downloads(failed: list[str], limit: int = 20) -> None:
+    for failure in failed[:limit]:
+        typer.echo(f"  not downloaded: {failure}", err=True)
+    if len(failed) > limit:
+        typer.echo(f"  ... and {len(failed) - limit} more not downloaded", err=True)
 
 
 def main() -> None:

@@ -11,9 +11,10 @@ from datetime import datetime
 from typing import Any
 
 from contract.errors import InvalidJob
-from contract.locations import S3_SCHEME, S3Location, parse_s3_uri
+from contract.locations import S3Location
 from contract.result import ResultRecord
 from producer.batches import recent_batches
+from producer.output_prefix import require_output
 from producer.queues import QueueDepth, queue_depth
 from producer.status import BatchProgress, batch_progress, failed_records, utc_now
 from producer.watch import (
@@ -26,18 +27,6 @@ from producer.watch import (
 )
 
 NO_QUEUE_HINT = "pass --queue-url or set IMG2IMG_QUEUE_URL"
-
-
-def output_location(output: str | None, bucket: str | None,
-                    output_prefix: str) -> S3Location | None:
-    """``--output``, else IMG2IMG_BUCKET + IMG2IMG_OUTPUT_PREFIX, else None."""
-    if output:
-        if not output.startswith(S3_SCHEME):
-            raise InvalidJob(f"--output must be s3://bucket/prefix/: {output!r}")
-        return parse_s3_uri(output, prefix=True)
-    if not bucket:
-        return None
-    return parse_s3_uri(f"{S3_SCHEME}{bucket}/{output_prefix}", prefix=True)
 
 
 @dataclass(frozen=True)
@@ -187,11 +176,8 @@ def _batch_status(request: StatusRequest, make_s3: Callable[[], Any],
                   make_sqs: Callable[[], Any],
                   batch_display: Callable[[str], AbstractContextManager[BatchDisplay]]
                   ) -> StatusReport:
-    batch_id, output = request.batch_id, request.output
+    batch_id, output = request.batch_id, require_output(request.output)
     assert batch_id is not None
-    if output is None:
-        raise InvalidJob("where are the outputs? pass --output s3://bucket/prefix/ or set "
-                         "IMG2IMG_BUCKET")
     s3 = make_s3()
     progress = batch_progress(s3, output, batch_id)
     if not progress.exists:
