@@ -14,6 +14,7 @@ import typer
 
 from contract import cli_options as opt
 from contract.errors import Img2ImgError, InvalidJob
+from contract.locations import S3_SCHEME, parse_s3_uri
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Enqueue img2img jobs on SQS and follow them.")
@@ -347,6 +348,52 @@ def fetch(
         typer.echo(f"  {len(summary.no_record)} finished job(s) have no result record "
                    f"under {location.uri}", err=True)
     if summary.report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def gallery(
+    batch_id: BatchIdOpt,
+    to: Annotated[str, typer.Option(
+        help="A local folder (the pages plus copies of the inputs and outputs) or "
+        "s3://bucket/prefix/ (the pages only, linking the images by presigned URL).")],
+    output: OutputOpt = None,
+    expires: Annotated[int, typer.Option(
+        help="With --to s3://: seconds the presigned links work, at most 604800 (7 days; "
+        "less with temporary credentials).")] = 7 * 24 * 3600,
+    page_size: Annotated[int, typer.Option(help="Jobs per page.", min=1)] = 100,
+    concurrency: ConcurrencyOpt = None,
+    log_level: LogLevel = None,
+) -> None:
+    """An HTML gallery of a batch: each input beside its output, failures first."""
+    from producer import aws
+    from producer.gallery_export import gallery_to_bucket, gallery_to_folder
+    from producer.output_prefix import output_location, require_output
+
+    with _clear_errors():
+        settings = _settings(concurrency=concurrency)
+        location = require_output(output_location(output, settings.bucket,
+                                                  settings.output_prefix))
+        s3 = aws.s3_client(max_pool_connections=settings.concurrency + 4)
+        if to.startswith(S3_SCHEME):
+            from botocore.config import Config
+
+            presigner = aws.make_session().client("s3", config=Config(signature_version="s3v4"))
+            summary = gallery_to_bucket(s3, location, batch_id, parse_s3_uri(to, prefix=True),
+                                        presigner=presigner, concurrency=settings.concurrency,
+                                        expires=expires, page_size=page_size)
+        else:
+            with _progress_bars() as bars:
+                summary = gallery_to_folder(s3, location, batch_id, Path(to),
+                                            concurrency=settings.concurrency, progress=bars,
+                                            page_size=page_size)
+    typer.echo(summary.line())
+    typer.echo(f"open: {summary.index}")
+    _report_downloads(summary.downloads.failed)
+    if summary.unreadable:
+        typer.echo(f"  {summary.unreadable} record(s) could not be read and are left out",
+                   err=True)
+    if summary.downloads.failed:
         raise typer.Exit(1)
 
 

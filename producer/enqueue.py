@@ -13,6 +13,7 @@ from typing import Any
 from contract.errors import InvalidJob
 from contract.job import JobMessage
 from contract.locations import S3_SCHEME, S3Location, is_image_key, output_dir, parse_s3_uri
+from producer.batch_jobs import write_batch_jobs
 from producer.jobs_file import JobRow, JobsFileError, read_jobs_file
 from producer.listing import (
     MAX_KEYS_PER_LIST,
@@ -272,6 +273,7 @@ class Enqueuer:
                                  output=summary.output.uri)
         # Written first, so ``status`` knows the total while the jobs are still going out.
         summary.manifest = write_manifest(self.s3, summary.output, manifest)
+        write_batch_jobs(self.s3, summary.output, summary.batch_id, jobs)
         sender = BatchSender(self.sqs, options.queue_url, concurrency=options.concurrency)
         report = sender.send_all((Outgoing(j.job_id, j.to_json()) for j in jobs),
                                  on_done=self.progress("enqueue", len(jobs)))
