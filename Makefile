@@ -27,7 +27,7 @@ $(VENV)/.test-deps: $(VENV)/.run-deps
 
 ## The fleet on one machine: embedded S3+SQS, producer, worker(s), outputs in data/output_images.
 run: $(VENV)/.run-deps
-	$(BIN)/python -m producer.local_fleet --input data/input_images \
+	$(BIN)/python -m local_fleet --input data/input_images \
 		--output data/output_images --model $(MODEL) --workers $(WORKERS) $(ARGS)
 
 ## The whole test suite (unit, engine, fleet integration, deployment artefacts) and the linter.

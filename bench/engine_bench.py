@@ -95,7 +95,7 @@ def make_items(count: int, size: int) -> list:
     from PIL import Image
 
     from contract.settings import DEFAULT_PROMPTS
-    from worker.engine import GenerationItem
+    from worker.batching import GenerationItem
     from worker.images import to_rgb
 
     sources = sorted(p for p in SAMPLE_IMAGES.iterdir() if p.suffix in (".png", ".jpg"))
@@ -230,7 +230,7 @@ def make_engine(work: Workload, model_dir: Path, mode: str, *, compile: bool = F
 
 
 def batch_key(work: Workload):
-    from worker.engine import BatchKey
+    from worker.batching import BatchKey
 
     return BatchKey(model=work.folder, width=work.size, height=work.size, steps=work.steps,
                     strength=work.strength, guidance_scale=work.guidance,
@@ -260,7 +260,7 @@ def run_engine(engine, work: Workload, items: list, batch: int, result: CaseResu
         chunk = items[index * batch:(index + 1) * batch]
         if len(chunk) < batch:  # fewer images than one batch: repeat to fill it
             chunk = (chunk * batch)[:batch]
-        outputs += engine.generate(key, chunk)
+        outputs += engine.generate(key, chunk).images
     sync()
     result.seconds = time.perf_counter() - started
     result.images = batches * batch
@@ -593,7 +593,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from worker.logs import quiet_libraries
+    from common.logs import quiet_libraries
 
     quiet_libraries()
     args = parse_args(argv)

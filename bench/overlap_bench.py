@@ -53,23 +53,20 @@ class FixedLatencyEngine:
     """Stands in for worker.engine.Engine: one batch takes ``latency`` s, any size."""
 
     def __init__(self, latency: float) -> None:
-        from worker.engine import BatchStats
-
         self.latency = latency
         self.calls: list[tuple[float, float, int]] = []
-        self.last_stats = BatchStats()
 
     def check_model(self, reference: str) -> None:
         return None
 
     def generate(self, key, items, on_step=None):
-        from worker.engine import BatchStats
+        from worker.engine import BatchStats, GenerationResult
 
         started = time.perf_counter()
         time.sleep(self.latency)
-        self.last_stats = BatchStats(pipeline_calls=1)
         self.calls.append((started, time.perf_counter(), len(items)))
-        return [item.image for item in items]
+        return GenerationResult(images=[item.image for item in items],
+                                stats=BatchStats(pipeline_calls=1))
 
     def close(self) -> None:
         return None
@@ -304,14 +301,14 @@ class Feeder:
 
 def feed_in_subprocess(endpoint: str, queue_url: str, bodies: list[str]) -> None:
     """The feeder's own process: its CPU is not counted as the worker's."""
-    from producer.aws import sqs_client
+    from common.aws import sqs_client
 
     Feeder(sqs_client(endpoint_url=endpoint), queue_url, bodies).run()
 
 
 class ImageCpuMeter:
     """Counts the thread CPU seconds of the worker's image work (decode, resize, encode)
-    by wrapping the functions ``worker.job_io`` calls, for the length of the run."""
+    by wrapping the functions ``worker.fleet_jobs`` calls, for the length of the run."""
 
     NAMES = {"decode_and_prepare": "decode", "encode_image": "encode",
              "restore_size": "encode"}
@@ -332,16 +329,16 @@ class ImageCpuMeter:
 
     @contextlib.contextmanager
     def installed(self):
-        from worker import job_io
+        from worker import fleet_jobs
 
-        originals = {name: getattr(job_io, name) for name in self.NAMES}
+        originals = {name: getattr(fleet_jobs, name) for name in self.NAMES}
         try:
             for name, stage in self.NAMES.items():
-                setattr(job_io, name, self._wrap(originals[name], stage))
+                setattr(fleet_jobs, name, self._wrap(originals[name], stage))
             yield self
         finally:
             for name, fn in originals.items():
-                setattr(job_io, name, fn)
+                setattr(fleet_jobs, name, fn)
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -361,8 +358,8 @@ def run_overlap(*, jobs: int = 400, latency: float = 0.2, batch: int = 8, size: 
                 io_threads: int | None = None, prefetch_batches: int = 2,
                 endpoint: str | None = None, receive_wait: int = 1,
                 output_format: str = "png", input_format: str = "png") -> dict[str, Any]:
-    from producer.aws import s3_client, sqs_client
-    from producer.embedded import create_fleet_resources
+    from common.aws import s3_client, sqs_client
+    from local_fleet.embedded_aws import create_fleet_resources
     from worker.service import Worker
     from worker.settings import WorkerSettings
 

@@ -22,9 +22,32 @@ class PermanentError(Img2ImgError):
 
 
 class TransientError(Img2ImgError):
-    """Worth retrying: throttling, 5xx, timeouts, a busy device."""
+    """Worth retrying: throttling, 5xx, timeouts, a busy device.
+
+    ``retry_after`` says when (seconds; 0: at once), as arq's ``Retry(defer=...)``
+    does; None leaves it to the worker's backoff by receive count.
+    """
 
     permanent = False
+
+    def __init__(self, message: str = "", *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Interrupted(TransientError):
+    """The job was stopped before its end by a shutdown: retry at once elsewhere."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message, retry_after=0)
+
+
+class Unrecordable(TransientError):
+    """No result record can be written for this job (its output lies outside
+    IMG2IMG_ALLOWED_OUTPUTS): released at once, so SQS redrive moves it to the DLQ."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message, retry_after=0)
 
 
 class InvalidJob(PermanentError):

@@ -15,7 +15,7 @@ from infra.metrics import queue_metric
 from infra.queues import JobQueues
 
 # The worker's CloudWatch EMF namespace and its task-protection failure metric
-# (worker/logs.py, worker/task_protection.py).
+# (common/logs.py, worker/task_protection.py).
 WORKER_METRICS_NAMESPACE = "Img2ImgFleet"
 PROTECTION_FAILURE_METRIC = "TaskProtectionFailures"
 

@@ -5,26 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from contract import cli_options as opt
-from contract.errors import Img2ImgError, InvalidJob
+from common import cli_options as opt
+from common.cli import clear_errors, progress_bars, run_app
+from contract.errors import InvalidJob
 from contract.locations import S3_SCHEME, parse_s3_uri
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Enqueue img2img jobs on SQS and follow them.")
 log = logging.getLogger("producer")
-
-# AWS error codes that mean the user named something that is not there (exit 2).
-BAD_INPUT_CODES = frozenset({
-    "NoSuchBucket", "AccessDenied", "AWS.SimpleQueueService.NonExistentQueue",
-    "QueueDoesNotExist", "InvalidAddress", "InvalidBucketName",
-})
 
 QueueOpt = Annotated[str | None, typer.Option(
     help="The job queue's URL. Default: IMG2IMG_QUEUE_URL.")]
@@ -61,49 +54,12 @@ def _group(log_level: Annotated[str, typer.Option(
     _log_at(log_level)
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code)
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    """Our errors and AWS's, as one line naming the problem (exit 2 for bad input)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        yield
-    except Img2ImgError as exc:
-        raise _fail(str(exc)) from None
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        message = f"{exc.operation_name}: {code}: {error.get('Message') or exc}"
-        raise _fail(message, 2 if code in BAD_INPUT_CODES else 1) from None
-    except BotoCoreError as exc:
-        raise _fail(f"AWS: {exc}", 1) from None
-
-
 def _settings(**overrides: Any) -> Any:
     from contract.settings import load_settings
     from producer.settings import ProducerSettings
 
     return load_settings(ProducerSettings,
                          **{k: v for k, v in overrides.items() if v is not None})
-
-
-@contextmanager
-def _progress_bars() -> Iterator[Any]:
-    """A factory of progress bars on stderr: (description, total) -> advance(n)."""
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True)) as progress:
-        def factory(description: str, total: int) -> Any:
-            task = progress.add_task(description, total=total)
-            return lambda n: progress.advance(task, n)
-
-        yield factory
 
 
 @app.command()
@@ -147,11 +103,11 @@ def enqueue(
     log_level: LogLevel = None,
 ) -> None:
     """Turn images into jobs on the queue: 10 per SendMessageBatch, in parallel."""
-    from producer import aws
+    from common import aws
     from producer.enqueue import EnqueueOptions, Enqueuer, no_progress
     from producer.planning import Defaults
 
-    with _clear_errors():
+    with clear_errors():
         settings = _settings(queue_url=queue_url, bucket=bucket, concurrency=concurrency)
         defaults = Defaults(
             models=list(model or settings.default_models),
@@ -173,7 +129,7 @@ def enqueue(
         if dry_run:
             summary = Enqueuer(s3, sqs, options, defaults, no_progress).run()
         else:
-            with _progress_bars() as bars:
+            with progress_bars() as bars:
                 summary = Enqueuer(s3, sqs, options, defaults, bars).run()
     if dry_run:
         for job in summary.jobs:
@@ -228,12 +184,12 @@ def status(
     log_level: LogLevel = None,
 ) -> None:
     """Queue depth (visible, in flight, delayed, DLQ) and a batch's done/failed/rate/ETA."""
-    from producer import aws
+    from common import aws
     from producer.output_prefix import output_location
     from producer.status_report import StatusRequest, collect_status
     from producer.watch import batch_bar, queue_bar
 
-    with _clear_errors():
+    with clear_errors():
         settings = _settings(queue_url=queue_url)
         request = StatusRequest(
             batch_id=batch_id, output=output_location(output, settings.bucket,
@@ -270,10 +226,10 @@ def redrive(
     Bodies that are not jobs stay in the DLQ and are listed. Bounded by --max and
     --timeout, so it ends even while workers send failing messages back.
     """
-    from producer import aws
+    from common import aws
     from producer.redrive import redrive as move
 
-    with _clear_errors():
+    with clear_errors():
         settings = _settings(queue_url=queue_url)
         if not settings.queue_url:
             raise InvalidJob("no queue URL: pass --queue-url or set IMG2IMG_QUEUE_URL")
@@ -330,16 +286,16 @@ def fetch(
 ) -> None:
     """Download a batch's outputs and result records, in parallel; files already there
     with the same size and ETag are skipped, so a second run fetches only what is new."""
-    from producer import aws
+    from common import aws
     from producer.fetch import fetch_batch
     from producer.output_prefix import output_location, require_output
 
-    with _clear_errors():
+    with clear_errors():
         settings = _settings(concurrency=concurrency)
         location = require_output(output_location(output, settings.bucket,
                                                   settings.output_prefix))
         s3 = aws.s3_client(max_pool_connections=settings.concurrency + 4)
-        with _progress_bars() as bars:
+        with progress_bars() as bars:
             summary = fetch_batch(s3, location, batch_id, dest,
                                   concurrency=settings.concurrency, progress=bars)
     typer.echo(summary.line())
@@ -366,11 +322,11 @@ def gallery(
     log_level: LogLevel = None,
 ) -> None:
     """An HTML gallery of a batch: each input beside its output, failures first."""
-    from producer import aws
+    from common import aws
     from producer.gallery_export import gallery_to_bucket, gallery_to_folder
     from producer.output_prefix import output_location, require_output
 
-    with _clear_errors():
+    with clear_errors():
         settings = _settings(concurrency=concurrency)
         location = require_output(output_location(output, settings.bucket,
                                                   settings.output_prefix))
@@ -383,7 +339,7 @@ def gallery(
                                         presigner=presigner, concurrency=settings.concurrency,
                                         expires=expires, page_size=page_size)
         else:
-            with _progress_bars() as bars:
+            with progress_bars() as bars:
                 summary = gallery_to_folder(s3, location, batch_id, Path(to),
                                             concurrency=settings.concurrency, progress=bars,
                                             page_size=page_size)
@@ -405,11 +361,7 @@ def _report_downloads(failed: list[str], limit: int = 20) -> None:
 
 
 def main() -> None:
-    try:
-        app()
-    except InvalidJob as exc:  # configuration errors found late still read well
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        sys.exit(2)
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.folders import scan_images
 from contract.errors import InvalidJob
 from contract.job import JobMessage
 from contract.locations import S3_SCHEME, S3Location, is_image_key, output_dir, parse_s3_uri
@@ -25,7 +26,7 @@ from producer.listing import (
 from producer.manifest import BatchManifest, write_manifest
 from producer.planning import Defaults, PlannedInput, derive_batch_id, plan_jobs
 from producer.sending import BatchSender, Outgoing, SendFailure
-from producer.upload import local_etags, scan_folder, upload_folder, uploadable
+from producer.upload import key_of, local_etags, upload_folder, uploadable
 
 # A progress factory: (description, total) -> advance(n). The CLI draws a bar with it.
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -204,7 +205,8 @@ class Enqueuer:
         """Upload a local folder, or list the S3 prefix (not needed for a jobs file)."""
         prefix = source.prefix
         if source.folder is not None:
-            files, ignored = scan_folder(source.folder)
+            files, others = scan_images(source.folder)
+            ignored = len(others)
             files, too_long = uploadable(files, prefix.key)
             summary.skipped += len(too_long)
             summary.skipped_reasons.extend(too_long)
@@ -219,8 +221,8 @@ class Enqueuer:
                 summary.uploaded, summary.unchanged = uploaded.uploaded, uploaded.unchanged
             summary.skipped += ignored if listing else 0
             return [SourceObject(location=S3Location(bucket=prefix.bucket,
-                                                     key=f.key(prefix.key)),
-                                 etag=etags[f.key(prefix.key)], relative=f.relative)
+                                                     key=key_of(f, prefix.key)),
+                                 etag=etags[key_of(f, prefix.key)], relative=f.relative)
                     for f in files]
         if not listing:
             return []

@@ -1,15 +1,13 @@
 """Turning inputs and parameters into job messages (pure: no AWS calls).
 
-Model and prompt are picked per image with ``random.Random(f"{seed}:{relative key}")``,
-as the worker's local folder mode does, so the pick depends only on the seed and the
-image's path under the source: adding images does not change what the others get.
+Model and prompt are picked per image by ``contract.picks``, as the worker's local folder
+mode does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +15,7 @@ from contract.errors import InvalidJob, ModelNotAllowed
 from contract.job import JobMessage, validate_params
 from contract.locations import S3Location
 from contract.model_names import check_allowed
+from contract.picks import pick_model_and_prompt
 from producer.listing import SourceObject
 
 BATCH_ID_PREFIX = "b-"
@@ -80,9 +79,10 @@ def plan_jobs(inputs: list[PlannedInput], defaults: Defaults, *, output: S3Locat
     plan = Plan(jobs=[])
     seen: set[str] = set()
     for item in inputs:
-        rng = random.Random(f"{defaults.choice_seed}:{item.source.relative}")
-        values = {**defaults.common, "model": rng.choice(defaults.models),
-                  "prompt": rng.choice(defaults.prompts), **item.overrides}
+        model, prompt = pick_model_and_prompt(defaults.models, defaults.prompts,
+                                              seed=defaults.choice_seed,
+                                              name=item.source.relative)
+        values = {**defaults.common, "model": model, "prompt": prompt, **item.overrides}
         try:
             params = validate_params(**values)
             defaults.check_model(params.model)

@@ -1,5 +1,7 @@
 """Sending jobs to SQS: 10 per SendMessageBatch, several calls in parallel, failed
-entries retried with jittered backoff when the failure is not the sender's fault."""
+entries retried with jittered backoff when the failure is not the sender's fault.
+
+Whole calls that fail are not retried here: botocore already did (common/aws.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from common.aws_errors import THROTTLING_CODES
+
 log = logging.getLogger(__name__)
 
 # SQS limits: at most 10 entries per SendMessageBatch, and at most 256 KiB for the
@@ -22,12 +26,6 @@ MAX_BATCH_BYTES = 256 * 1024
 MAX_ATTEMPTS = 5  # per batch call, the first try included
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 5.0
-# Error codes that mean "slow down" even when SQS marks them as the sender's fault.
-THROTTLING_CODES = frozenset({
-    "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequestsException",
-    "ProvisionedThroughputExceededException", "RequestLimitExceeded", "SlowDown",
-    "KmsThrottled", "KMS.ThrottlingException",
-})
 
 
 @dataclass(frozen=True)
@@ -67,6 +65,8 @@ def full_jitter(attempt: int) -> float:
 
 
 def is_retryable(code: str, sender_fault: bool) -> bool:
+    """A failed entry is worth sending again unless it is the sender's fault, except
+    "slow down", which SQS may mark as the sender's fault too."""
     return not sender_fault or code in THROTTLING_CODES
 
 
@@ -131,13 +131,10 @@ class BatchSender:
                     QueueUrl=self.queue_url,
                     Entries=[m.entry() for m in pending.values()])
             except (ClientError, BotoCoreError) as exc:
-                code, retryable = _call_error(exc)
-                if retryable and not last:
-                    log.warning("SendMessageBatch failed (%s), retrying %d entries",
-                                code, len(pending))
-                    report.retried += len(pending)
-                    self.sleep(self.backoff(attempt))
-                    continue
+                # botocore has already retried the call itself (common/aws.py): a second
+                # layer here would multiply the attempts. The entries are reported.
+                code = exc.response.get("Error", {}).get("Code", "ClientError") if isinstance(
+                    exc, ClientError) else type(exc).__name__
                 report.failed.extend(SendFailure(i, code, str(exc)) for i in pending)
                 return report
             report.sent += len(response.get("Successful", []))
@@ -160,10 +157,3 @@ class BatchSender:
         return report
 
 
-def _call_error(exc: ClientError | BotoCoreError) -> tuple[str, bool]:
-    """(code, retryable) for a failed call; botocore already retried it a few times."""
-    if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "ClientError")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return code, code in THROTTLING_CODES or status >= 500
-    return type(exc).__name__, True  # connection reset, timeout: transient

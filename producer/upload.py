@@ -13,7 +13,8 @@ from typing import Any
 
 from boto3.s3.transfer import TransferConfig
 
-from contract.locations import MAX_KEY_BYTES, S3Location, is_image_key
+from common.folders import LocalImage, scan_images
+from contract.locations import MAX_KEY_BYTES, S3Location
 from producer.listing import iter_objects
 
 log = logging.getLogger(__name__)
@@ -26,13 +27,9 @@ TRANSFER = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PAR
 MD5_METADATA = "md5"  # x-amz-meta-md5: survives multipart uploads and SSE-KMS ETags
 
 
-@dataclass(frozen=True)
-class LocalFile:
-    path: Path
-    relative: str  # posix path relative to the folder: the key under the upload prefix
-
-    def key(self, prefix: str) -> str:
-        return prefix + self.relative
+def key_of(image: LocalImage, prefix: str) -> str:
+    """The key a local image is uploaded to: its path under the folder, under ``prefix``."""
+    return prefix + image.relative
 
 
 @dataclass(frozen=True)
@@ -43,7 +40,7 @@ class Digest:
 
 @dataclass
 class UploadResult:
-    files: list[LocalFile]  # the files now in S3
+    files: list[LocalImage]  # the files now in S3
     ignored: int  # files that are not images
     skipped: list[str] = field(default_factory=list)  # files that cannot be uploaded: why
     uploaded: int = 0
@@ -51,24 +48,9 @@ class UploadResult:
     etags: dict[str, str] = field(default_factory=dict)  # key -> ETag
 
 
-def scan_folder(root: Path) -> tuple[list[LocalFile], int]:
-    """Image files under ``root`` (recursive, hidden files left out) and the count ignored."""
-    files: list[LocalFile] = []
-    ignored = 0
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        relative = path.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in Path(relative).parts):
-            continue
-        if is_image_key(relative):
-            files.append(LocalFile(path=path, relative=relative))
-        else:
-            ignored += 1
-    return files, ignored
-
-
-def uploadable(files: list[LocalFile], prefix: str) -> tuple[list[LocalFile], list[str]]:
+def uploadable(files: list[LocalImage], prefix: str) -> tuple[list[LocalImage], list[str]]:
     """The files whose keys fit S3, and why each of the others does not."""
-    fits = [f for f in files if len(f.key(prefix).encode()) <= MAX_KEY_BYTES]
+    fits = [f for f in files if len(key_of(f, prefix).encode()) <= MAX_KEY_BYTES]
     return fits, [f"{f.path}: its key would be over S3's {MAX_KEY_BYTES} bytes"
                   for f in files if f not in fits]
 
@@ -89,9 +71,9 @@ def file_digest(path: Path, part_size: int = PART_SIZE) -> Digest:
     return Digest(md5=whole.hexdigest(), etag=f'"{combined}-{len(parts)}"')
 
 
-def local_etags(files: list[LocalFile], prefix: str) -> dict[str, str]:
+def local_etags(files: list[LocalImage], prefix: str) -> dict[str, str]:
     """The ETags the files would have once uploaded (for a dry run, which uploads nothing)."""
-    return {f.key(prefix): file_digest(f.path).etag for f in files}
+    return {key_of(f, prefix): file_digest(f.path).etag for f in files}
 
 
 def _is_current(s3: Any, dest: S3Location, key: str, digest: Digest,
@@ -108,13 +90,14 @@ def _is_current(s3: Any, dest: S3Location, key: str, digest: Digest,
 def upload_folder(s3: Any, root: Path, dest: S3Location, *, concurrency: int = 8,
                   on_file: Callable[[], None] = lambda: None) -> UploadResult:
     """Upload the images under ``root`` to the prefix ``dest``; return what is there now."""
-    scanned, ignored = scan_folder(root)
+    scanned, others = scan_images(root)
+    ignored = len(others)
     files, skipped = uploadable(scanned, dest.key)
     result = UploadResult(files=files, ignored=ignored, skipped=skipped)
     existing = {o["Key"]: o["ETag"] for o in iter_objects(s3, dest.bucket, dest.key)}
 
-    def one(local: LocalFile) -> tuple[str, bool]:
-        key = local.key(dest.key)
+    def one(local: LocalImage) -> tuple[str, bool]:
+        key = key_of(local, dest.key)
         digest = file_digest(local.path)
         if _is_current(s3, dest, key, digest, existing.get(key)):
             on_file()
@@ -132,7 +115,7 @@ def upload_folder(s3: Any, root: Path, dest: S3Location, *, concurrency: int = 8
                 result.uploaded += 1
             else:
                 result.unchanged += 1
-    wanted = {f.key(dest.key) for f in files}
+    wanted = {key_of(f, dest.key) for f in files}
     result.etags = {o["Key"]: o["ETag"] for o in iter_objects(s3, dest.bucket, dest.key)
                     if o["Key"] in wanted}
     return result

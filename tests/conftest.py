@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from producer.aws import s3_client, sqs_client
-from producer.embedded import FleetResources, create_fleet_resources, start_moto_server
+from common.aws import s3_client, sqs_client
+from local_fleet.embedded_aws import FleetResources, create_fleet_resources, start_moto_server
 
 REPO = Path(__file__).resolve().parent.parent
 

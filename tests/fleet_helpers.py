@@ -21,7 +21,7 @@ from typing import Any
 from PIL import Image
 
 from contract import GenerationParams, JobMessage, S3Location, parse_s3_uri, validate_params
-from producer.embedded import FleetResources
+from local_fleet.embedded_aws import FleetResources
 
 WORKER_BIN = str(Path(sys.executable).with_name("img2img-worker"))
 FAST = dict(model="tiny", prompt="a test", steps=4, strength=0.5, max_side=128)
@@ -54,6 +54,18 @@ def put_job(s3: Any, sqs: Any, fleet: FleetResources, key: str, data: bytes | No
     return job
 
 
+def upload_tiny_model(s3: Any, bucket: str, model_cache: Path,
+                      prefix: str = "models/tiny/") -> str:
+    """Copy the tiny model into S3 under ``prefix``; return its s3:// URI."""
+    from worker.tiny_model import ensure_tiny_model
+
+    tiny = ensure_tiny_model(model_cache)
+    for path in tiny.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"{prefix}{path.relative_to(tiny).as_posix()}")
+    return f"s3://{bucket}/{prefix}"
+
+
 def worker_env(fleet: FleetResources, model_cache: Path, tmp_path: Path,
                **settings: Any) -> dict[str, str]:
     env = dict(os.environ, **fleet.environment())
@@ -76,14 +88,22 @@ class WorkerProcess:
         self.proc = subprocess.Popen([WORKER_BIN, "serve", *args], env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
+        self.lines: list[str] = []  # stderr: the JSON log lines
+        self.stdout_lines: list[str] = []  # stdout: CloudWatch EMF metric lines
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stderr, self.lines),
+                                        daemon=True)
         self._reader.start()
+        threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout_lines),
+                         daemon=True).start()
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
+    @staticmethod
+    def _read(stream: Any, into: list[str]) -> None:
+        for line in stream:
+            into.append(line.rstrip("\n"))
+
+    def metrics(self) -> list[dict]:
+        """The EMF documents the worker printed."""
+        return [json.loads(line) for line in list(self.stdout_lines) if '"_aws"' in line]
 
     def logs(self) -> list[dict]:
         out = []

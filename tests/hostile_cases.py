@@ -238,48 +238,39 @@ def _(outcome: Outcome, job: JobMessage) -> None:
 
 # -- outputs and records -----------------------------------------------------------------
 
-def _foreign_object_at_output(fleet: Fleet) -> tuple[JobMessage, bytes]:
-    job = job_for(fleet, "in/squatted.png", png_bytes((64, 64)), send=False)
-    squatter = b"not an image, and not this job's"
-    fleet.s3.put_object(Bucket=fleet.bucket, Key=job.output.key, Body=squatter)
-    send_body(fleet, job.to_json())
-    return job, squatter
+def _preplaced(key: str, at_output: Callable[[bytes], bytes], *,
+               own_id: bool = False) -> Callable[[Fleet], tuple[JobMessage, bytes]]:
+    """A job whose output key already holds an object (``at_output(input bytes)``),
+    optionally carrying the job's own id as an earlier delivery would have written it."""
+    def setup(fleet: Fleet) -> tuple[JobMessage, bytes]:
+        data = png_bytes((64, 64), color=77)
+        job = job_for(fleet, key, data, send=False)
+        there = at_output(data)
+        fleet.s3.put_object(Bucket=fleet.bucket, Key=job.output.key, Body=there,
+                            Metadata={"job-id": job.job_id} if own_id else {})
+        send_body(fleet, job.to_json())
+        return job, there
+    return setup
 
 
-@case("an output key that already holds a foreign object", _foreign_object_at_output)
+@case("an output key that already holds a foreign object",
+      _preplaced("in/squatted.png", lambda data: b"not an image, and not this job's"))
 def _(outcome: Outcome, state: tuple[JobMessage, bytes]) -> None:
     job, squatter = state
     assert_failed(outcome, job, "OutputConflict", "not written by any job")
     assert outcome.objects[job.output.key] == squatter, "the object was overwritten"
 
 
-def _own_earlier_output(fleet: Fleet) -> tuple[JobMessage, bytes]:
-    """An earlier delivery wrote the output, then died before its record."""
-    job = job_for(fleet, "in/half-done.png", png_bytes((64, 64), color=99), send=False)
-    earlier = png_bytes((64, 64), color=5)
-    fleet.s3.put_object(Bucket=fleet.bucket, Key=job.output.key, Body=earlier,
-                        Metadata={"job-id": job.job_id})
-    send_body(fleet, job.to_json())
-    return job, earlier
-
-
-@case("an output left by an earlier delivery of the same job", _own_earlier_output)
+@case("an output left by an earlier delivery of the same job",
+      _preplaced("in/half-done.png", lambda data: png_bytes((64, 64), color=5), own_id=True))
 def _(outcome: Outcome, state: tuple[JobMessage, bytes]) -> None:
     job, earlier = state
     assert_done(outcome, job)
     assert outcome.objects[job.output.key] == earlier, "the earlier output must stay"
 
 
-def _output_is_own_input(fleet: Fleet) -> tuple[JobMessage, bytes]:
-    """A crafted job whose output key holds its own input (uploaded there by hand)."""
-    data = png_bytes((64, 64), color=77)
-    job = job_for(fleet, "in/self.png", data, send=False)
-    fleet.s3.put_object(Bucket=fleet.bucket, Key=job.output.key, Body=data)
-    send_body(fleet, job.to_json())
-    return job, data
-
-
-@case("an output key that holds the job's own input", _output_is_own_input)
+@case("an output key that holds the job's own input (a crafted job)",
+      _preplaced("in/self.png", lambda data: data))
 def _(outcome: Outcome, state: tuple[JobMessage, bytes]) -> None:
     job, data = state
     assert_failed(outcome, job, "OutputConflict")

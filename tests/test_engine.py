@@ -22,7 +22,8 @@ from tests.helpers_images import (
     png_bytes,
     rgba_transparent_left,
 )
-from worker.engine import BatchKey, Engine, GenerationItem
+from worker.batching import BatchKey, GenerationItem
+from worker.engine import Engine
 from worker.images import decode_image, encode_image, prepare_image, restore_size
 from worker.memory_modes import apply_memory_mode, enable_group_offload
 from worker.settings import WorkerSettings
@@ -97,10 +98,11 @@ def test_tiny_model_is_built_as_safetensors(tiny_dir: Path) -> None:
 def test_a_batch_runs_in_one_pipeline_call(engine: Engine, pipeline_calls: list[int]) -> None:
     prep = prepared(150, 100)
     items = [item(prep.image, seed=i, prompt=f"prompt number {i}") for i in range(4)]
-    outputs = engine.generate(key_for(prep.size), items)
+    result = engine.generate(key_for(prep.size), items)
+    outputs = result.images
     assert pipeline_calls == [4]
-    assert engine.last_stats.pipeline_calls == 1
-    assert engine.last_stats.oom_splits == 0
+    assert result.stats.pipeline_calls == 1
+    assert result.stats.oom_splits == 0
     assert len(outputs) == 4
     assert all(o.size == prep.size and o.mode == "RGB" for o in outputs)
     assert prep.size == (128, 88)
@@ -108,14 +110,15 @@ def test_a_batch_runs_in_one_pipeline_call(engine: Engine, pipeline_calls: list[
 
 def test_same_seed_gives_identical_bytes(engine: Engine, square: Image.Image) -> None:
     key = key_for(square.size)
-    first = engine.generate(key, [item(square, seed=1234)])[0]
-    second = engine.generate(key, [item(square, seed=1234)])[0]
+    first = engine.generate(key, [item(square, seed=1234)]).images[0]
+    second = engine.generate(key, [item(square, seed=1234)]).images[0]
     assert first.tobytes() == second.tobytes()
     assert encode_image(first, OutputFormat.PNG) == encode_image(second, OutputFormat.PNG)
 
 
 def test_different_seeds_differ(engine: Engine, square: Image.Image) -> None:
-    a, b = engine.generate(key_for(square.size), [item(square, seed=1), item(square, seed=2)])
+    a, b = engine.generate(key_for(square.size),
+                           [item(square, seed=1), item(square, seed=2)]).images
     assert mean_abs_diff(a, b) > DIFFERENT_MEAN
     # The output is not just the input passed through.
     assert mean_abs_diff(a, square) > DIFFERENT_MEAN
@@ -125,13 +128,14 @@ def test_different_prompts_in_one_batch_stay_with_their_image(engine: Engine,
                                                                square: Image.Image) -> None:
     key = key_for(square.size)
     prompts = ["a cat", "zzz qqq", "an oil painting"]
-    batch = engine.generate(key, [item(square, seed=5, prompt=p) for p in prompts])
-    assert engine.last_stats.pipeline_calls == 1
+    result = engine.generate(key, [item(square, seed=5, prompt=p) for p in prompts])
+    batch = result.images
+    assert result.stats.pipeline_calls == 1
     # Same seed, different prompts: different images.
     assert mean_abs_diff(batch[0], batch[1]) > 1.0
     # Each output matches what its prompt gives alone (order and pairing kept).
     for prompt, out in zip(prompts, batch, strict=True):
-        solo = engine.generate(key, [item(square, seed=5, prompt=prompt)])[0]
+        solo = engine.generate(key, [item(square, seed=5, prompt=prompt)]).images[0]
         assert mean_abs_diff(out, solo) < SAME_MEAN
         assert max_abs_diff(out, solo) <= SAME_MAX
 
@@ -139,15 +143,17 @@ def test_different_prompts_in_one_batch_stay_with_their_image(engine: Engine,
 def test_negative_prompts_change_the_output(engine: Engine, square: Image.Image) -> None:
     key = key_for(square.size)
     plain, negative = engine.generate(key, [item(square, seed=9),
-                                            item(square, seed=9, negative="blurry, dark")])
+                                            item(square, seed=9, negative="blurry, dark")]
+                                      ).images
     assert mean_abs_diff(plain, negative) > 1.0
 
 
 def test_scheduler_is_applied_and_switching_back_is_clean(engine: Engine,
                                                           square: Image.Image) -> None:
-    default = engine.generate(key_for(square.size), [item(square, seed=3)])[0]
-    euler = engine.generate(key_for(square.size, scheduler="euler"), [item(square, seed=3)])[0]
-    again = engine.generate(key_for(square.size), [item(square, seed=3)])[0]
+    default = engine.generate(key_for(square.size), [item(square, seed=3)]).images[0]
+    euler = engine.generate(key_for(square.size, scheduler="euler"),
+                            [item(square, seed=3)]).images[0]
+    again = engine.generate(key_for(square.size), [item(square, seed=3)]).images[0]
     assert mean_abs_diff(default, euler) > 0.5
     assert again.tobytes() == default.tobytes()
 
@@ -156,7 +162,7 @@ def test_odd_size_is_restored(engine: Engine) -> None:
     image = decode_image(png_bytes(pattern_rgb(333, 517, seed=4)), max_pixels=10**7)
     prep = prepare_image(image, MAX_SIDE, 64)
     assert prep.size == (64, 128)
-    out = engine.generate(key_for(prep.size), [item(prep.image, seed=1)])[0]
+    out = engine.generate(key_for(prep.size), [item(prep.image, seed=1)]).images[0]
     assert out.size == prep.size
     assert restore_size(out, prep, keep_size=True).size == (333, 517)
     assert restore_size(out, prep, keep_size=False).size == (64, 128)
@@ -176,7 +182,7 @@ def test_unusual_inputs_go_through(engine: Engine, data: bytes,
     image = decode_image(data, max_pixels=10**7)
     assert image.size == decoded_size and image.mode == "RGB"
     prep = prepare_image(image, MAX_SIDE, 8)
-    out = engine.generate(key_for(prep.size), [item(prep.image, seed=11)])[0]
+    out = engine.generate(key_for(prep.size), [item(prep.image, seed=11)]).images[0]
     assert out.size == prep.size and out.mode == "RGB"
     assert restore_size(out, prep, keep_size=True).size == decoded_size
 
@@ -207,10 +213,10 @@ def test_eviction_with_one_cached_model(model_cache: Path, tiny_dir: Path,
                           allowed_models=["tiny", f"{tmp_path}/models/*"]))
     try:
         prep = prepared(64, 64)
-        tiny_out = eng.generate(key_for(prep.size), [item(prep.image, seed=1)])[0]
+        tiny_out = eng.generate(key_for(prep.size), [item(prep.image, seed=1)]).images[0]
         first = eng.model("tiny")
         copy_out = eng.generate(key_for(prep.size, model=str(copy)),
-                                [item(prep.image, seed=1)])[0]
+                                [item(prep.image, seed=1)]).images[0]
         assert eng.cache.loads == 2 and eng.cache.evictions == 1
         assert eng.cache.keys() == [(str(copy), "fast")]
         assert eng.model(str(copy)).source.location == str(copy.resolve())
@@ -253,7 +259,7 @@ def test_oom_splits_the_batch_and_keeps_order(engine: Engine,
     prep = prepared(64, 64)
     key = key_for(prep.size)
     items = [item(prep.image, seed=100 + i, prompt=f"image {i}") for i in range(5)]
-    reference = engine.generate(key, items)
+    reference = engine.generate(key, items).images
 
     cls = type(engine.model("tiny").pipeline)
     original = cls.__call__
@@ -266,11 +272,12 @@ def test_oom_splits_the_batch_and_keeps_order(engine: Engine,
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(cls, "__call__", oom_above_two)
-    outputs = engine.generate(key, items)
+    result = engine.generate(key, items)
+    outputs = result.images
     assert sizes == [5, 2, 3, 1, 2]
-    assert engine.last_stats.oom_splits == 2
-    assert engine.last_stats.pipeline_calls == 5
-    assert engine.last_stats.lean_fallbacks == 0
+    assert result.stats.oom_splits == 2
+    assert result.stats.pipeline_calls == 5
+    assert result.stats.lean_fallbacks == 0
     assert len(outputs) == 5
     for ref, out in zip(reference, outputs, strict=True):
         assert mean_abs_diff(ref, out) < SAME_MEAN
@@ -289,8 +296,8 @@ def test_runtime_error_saying_out_of_memory_also_splits(engine: Engine,
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(cls, "__call__", oom)
-    outputs = engine.generate(key_for(prep.size), [item(prep.image, seed=i) for i in range(2)])
-    assert len(outputs) == 2 and engine.last_stats.oom_splits == 1
+    result = engine.generate(key_for(prep.size), [item(prep.image, seed=i) for i in range(2)])
+    assert len(result.images) == 2 and result.stats.oom_splits == 1
 
 
 def test_other_errors_are_not_split(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -303,9 +310,9 @@ def test_other_errors_are_not_split(engine: Engine, monkeypatch: pytest.MonkeyPa
         raise ValueError("bad tensor shape")
 
     monkeypatch.setattr(cls, "__call__", broken)
-    with pytest.raises(ValueError, match="bad tensor shape"):
+    with pytest.raises(ValueError, match="bad tensor shape") as info:
         engine.generate(key_for(prep.size), [item(prep.image, seed=i) for i in range(4)])
-    assert calls == [4] and engine.last_stats.oom_splits == 0
+    assert calls == [4] and info.value.batch_stats.oom_splits == 0
 
 
 def test_oom_at_batch_size_one_falls_back_to_lean_once_then_fails(
@@ -328,8 +335,8 @@ def test_oom_at_batch_size_one_falls_back_to_lean_once_then_fails(
             eng.generate(key_for(prep.size), [item(prep.image, seed=1)])
         assert is_permanent(info.value)
         assert modes == ["fast", "lean"]
-        assert eng.last_stats.lean_fallbacks == 1
-        assert eng.last_stats.pipeline_calls == 2
+        assert info.value.batch_stats.lean_fallbacks == 1
+        assert info.value.batch_stats.pipeline_calls == 2
         assert ("tiny", "lean") in eng.cache
         assert ("tiny", "fast") not in eng.cache
     finally:
@@ -351,11 +358,12 @@ def test_oom_fallback_to_lean_can_succeed(model_cache: Path, tiny_dir: Path,
             return original(self, *args, **kwargs)
 
         monkeypatch.setattr(cls, "__call__", oom_unless_sliced)
-        outputs = eng.generate(key_for(prep.size), [item(prep.image, seed=1),
-                                                    item(prep.image, seed=2)])
+        result = eng.generate(key_for(prep.size), [item(prep.image, seed=1),
+                                                   item(prep.image, seed=2)])
+        outputs = result.images
         assert len(outputs) == 2 and all(o.size == prep.size for o in outputs)
-        assert eng.last_stats.oom_splits == 1
-        assert eng.last_stats.lean_fallbacks == 2
+        assert result.stats.oom_splits == 1
+        assert result.stats.lean_fallbacks == 2
     finally:
         eng.close()
 
@@ -375,8 +383,8 @@ def test_lean_mode_output_is_close_to_fast(engine: Engine, model_cache: Path,
         assert pipe.vae.use_tiling
         key = key_for(square.size)
         items = [item(square, seed=21), item(square, seed=22, prompt="other")]
-        lean_out = lean.generate(key, items)
-        fast_out = engine.generate(key, items)
+        lean_out = lean.generate(key, items).images
+        fast_out = engine.generate(key, items).images
         for a, b in zip(lean_out, fast_out, strict=True):
             assert mean_abs_diff(a, b) < SAME_MEAN
             assert max_abs_diff(a, b) <= SAME_MAX
@@ -398,10 +406,10 @@ def test_lean_group_offload_keeps_sdpa_and_gives_the_same_pixels(
         assert pipe.vae.use_tiling
         key = key_for(square.size)
         items = [item(square, seed=23), item(square, seed=24, prompt="other")]
-        before = lean.generate(key, items)
+        before = lean.generate(key, items).images
         enable_group_offload(pipe, torch.device("cpu"))
         assert _get_group_onload_device(pipe.unet) == torch.device("cpu")
-        after = lean.generate(key, items)
+        after = lean.generate(key, items).images
         for a, b in zip(before, after, strict=True):
             assert np.array_equal(np.asarray(a), np.asarray(b))
     finally:
@@ -430,7 +438,7 @@ def test_fast_mode_matches_an_unoptimised_diffusers_pipeline(engine: Engine, tin
                      output_type="pil").images
     got = engine.generate(key_for(square.size),
                           [item(square, seed=s, prompt=p) for p, s in zip(prompts, seeds,
-                                                                          strict=True)])
+                                                                          strict=True)]).images
     for a, b in zip(expected, got, strict=True):
         assert a.size == b.size
         assert mean_abs_diff(a, b) < SAME_MEAN
@@ -449,7 +457,7 @@ def test_uint8_device_path_gives_the_same_pixels_as_diffusers_pil_path(
     key = key_for(square.size)
     got = engine.generate(key, [
         item(image, seed=s, prompt=p)
-        for image, p, s in zip([square, other], prompts, seeds, strict=True)])
+        for image, p, s in zip([square, other], prompts, seeds, strict=True)]).images
     pipe = engine.model("tiny").pipeline  # the scheduler generate() set is still in place
     expected = pipe(prompt=prompts, image=[square, other], strength=key.strength,
                     num_inference_steps=key.steps, guidance_scale=key.guidance_scale,

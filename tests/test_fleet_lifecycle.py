@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from producer.embedded import enable_upload_notifications
+from local_fleet.embedded_aws import enable_upload_notifications
+from tests.agent_stand_in import AgentStandIn
 from tests.fleet_helpers import (
     WORKER_BIN,
     WorkerProcess,
@@ -46,59 +45,23 @@ def test_s3_upload_notifications_produce_results_without_a_producer(fleet, s3, s
     assert queue_counts(sqs, fleet.queue_url) == (0, 0)
 
 
-class _AgentStandIn:
-    """A local stand-in for the ECS agent's task-protection endpoint."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[float, dict]] = []
-        agent = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                # ECS_AGENT_URI already ends in the task's own path.
-                if self.path == "/api/task-1234/task-protection/v1/state":
-                    agent.calls.append((time.monotonic(), body))
-                payload = json.dumps({"protection": {"ProtectionEnabled":
-                                                     body["ProtectionEnabled"]}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def uri(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/api/task-1234"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_task_is_protected_while_busy_and_unprotected_when_idle(fleet, s3, sqs, model_cache,
                                                                 tmp_path):
-    agent = _AgentStandIn()
+    agent = AgentStandIn()
     try:
         env = worker_env(fleet, model_cache, tmp_path)
         env["ECS_AGENT_URI"] = agent.uri
         worker = WorkerProcess(env, "--exit-when-idle", "3")
         worker.wait_for(lambda e: "starting" in e.get("message", ""), timeout=60)
         time.sleep(1.5)
-        assert agent.calls == [], "an idle worker must not protect its task"
+        assert agent.bodies == [], "an idle worker must not protect its task"
         job = put_job(s3, sqs, fleet, "in/p.png", png_bytes((96, 96)))
         assert worker.wait() == 0
     finally:
         agent.close()
-    states = [body["ProtectionEnabled"] for _, body in agent.calls]
-    assert states == [True, False], agent.calls
-    assert agent.calls[0][1]["ExpiresInMinutes"] > 0
+    states = [body["ProtectionEnabled"] for body in agent.bodies]
+    assert states == [True, False], agent.bodies
+    assert agent.bodies[0]["ExpiresInMinutes"] > 0 and agent.other_paths == []
     done_log = next(e for e in worker.logs() if e.get("job_id") == job.job_id
                     and e.get("status") == "done")
     assert done_log  # the protected span covered the job
@@ -137,7 +100,8 @@ def test_healthcheck_reports_recent_progress_only(tmp_path):
 
 
 def test_running_worker_keeps_its_health_file_fresh(fleet, model_cache, tmp_path):
-    env = worker_env(fleet, model_cache, tmp_path)
+    """Each loop beats often enough for the limit the worker is configured with."""
+    env = worker_env(fleet, model_cache, tmp_path, health_max_age=2)
     worker = WorkerProcess(env, "--exit-when-idle", "4")
     worker.wait_for(lambda e: "starting" in e.get("message", ""), timeout=60)
     time.sleep(2.5)

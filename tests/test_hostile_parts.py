@@ -22,6 +22,7 @@ from common.aws_errors import is_transient
 from contract.errors import ModelNotAllowed, ModelNotFound
 from contract.job import parse_job
 from producer.cli import app
+from tests.fleet_helpers import upload_tiny_model
 from worker.engine import Engine
 from worker.health import check_health
 from worker.images import PixelBudget, decode_and_prepare
@@ -31,7 +32,6 @@ from worker.service import Worker
 from worker.settings import WorkerSettings
 from worker.sqs_queue import SqsQueue
 from worker.storage import S3Storage
-from worker.tiny_model import ensure_tiny_model
 
 
 def _client_error(code: str, status: int) -> ClientError:
@@ -77,10 +77,7 @@ def test_s3_model_folder_stays_inside_the_cache(tmp_path):
 
 def test_s3_model_sync_writes_only_model_files_inside_the_model(fleet, s3, model_cache,
                                                                  tmp_path):
-    tiny = ensure_tiny_model(model_cache)
-    for path in tiny.rglob("*"):
-        if path.is_file():
-            s3.upload_file(str(path), fleet.bucket, f"models/tiny/{path.relative_to(tiny)}")
+    upload_tiny_model(s3, fleet.bucket, model_cache)
     s3.put_object(Bucket=fleet.bucket, Key="models/tiny/../../../escape.json", Body=b"{}")
     s3.put_object(Bucket=fleet.bucket, Key="models/tiny/pipeline.py", Body=b"import os")
     s3.put_object(Bucket=fleet.bucket, Key="models/tiny/unet/weights.ckpt", Body=b"pickle")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from producer.aws import s3_client, sqs_client
-from producer.embedded import create_fleet_resources
+from common.aws import s3_client, sqs_client
+from local_fleet.embedded_aws import create_fleet_resources
 from tests.fleet_helpers import (
     WORKER_BIN,
     FaultProxy,
@@ -111,6 +111,19 @@ def test_every_worker_survived_every_case_and_the_queue_is_empty(hostile_run):
         assert not [e for e in worker.logs() if e.get("level") == "critical"]
     sqs, resources = hostile_run["sqs"], hostile_run["resources"]
     assert queue_counts(sqs, resources.queue_url) == (0, 0)
+
+
+def test_every_batch_and_job_is_measured(hostile_run):
+    """EMF lines: per batch the engine's own counts (OOM splits, lean fallbacks), per job
+    its outcome and stage seconds."""
+    documents = [d for w in hostile_run["workers"] for d in w.metrics()]
+    batches = [d for d in documents if "BatchSize" in d]
+    assert batches and all({"OomSplits", "LeanFallbacks", "PipelineCalls",
+                            "InferenceSeconds"} <= set(d) for d in batches)
+    assert any(d.get("ModelLoadSeconds", 0) > 0 for d in batches)
+    done = sum(d.get("ImagesDone", 0) for d in documents)
+    assert done == sum(1 for e in hostile_run["outcome"].logs if e.get("status") == "done")
+    assert any("DownloadSeconds" in d for d in documents if "ImagesDone" in d)
 
 
 def test_no_health_file_reports_a_dead_loop(hostile_run):

@@ -66,7 +66,7 @@ def test_on_demand_instances_get_no_draining_permission() -> None:
 
 
 def test_failing_task_protection_raises_an_alarm(template: Synth) -> None:
-    from worker.logs import EMF_NAMESPACE
+    from common.logs import EMF_NAMESPACE
     from worker.task_protection import PROTECTION_FAILURE_METRIC
 
     topic_id = next(k for k, v in template.resources("AWS::SNS::Topic").items()

@@ -191,6 +191,7 @@ def test_task_role_is_least_privilege(default: Synth) -> None:
     assert granted == {
         "s3:GetObject": {f"{{{bucket_id}}}/inputs/*", f"{{{bucket_id}}}/outputs/*"},
         "s3:PutObject": {f"{{{bucket_id}}}/outputs/*"},
+        "s3:DeleteObject": {f"{{{bucket_id}}}/outputs/*.json"},  # claims, not outputs
         "s3:ListBucket": {f"{{{bucket_id}}}"},
         "sqs:ReceiveMessage": {f"{{{main_queue}}}"},
         "sqs:DeleteMessage": {f"{{{main_queue}}}"},

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from common import aws
 from contract.job import JobMessage, parse_job
 from contract.locations import batch_manifest_key
-from producer import aws
 from producer.cli import app
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 from typer.testing import CliRunner
 
+from common.aws import sqs_client
 from contract import JobMessage, S3Location, validate_params
-from producer.aws import sqs_client
 from producer.cli import app
 from producer.redrive import redrive
 

@@ -16,7 +16,9 @@ from PIL import Image
 
 from contract.errors import InvalidJob, ModelNotFound
 from contract.settings import SettingsError, load_settings
-from worker.engine import BatchKey, Engine, GenerationItem
+from tests.fleet_helpers import upload_tiny_model
+from worker.batching import BatchKey, GenerationItem
+from worker.engine import Engine
 from worker.heartbeat import Heartbeat
 from worker.memory_modes import VAE_TILING_MIN_SIDE, set_vae_tiling_for
 from worker.messages import EVENTS_BATCH_ID, decode_body
@@ -85,16 +87,13 @@ def _run_one(engine: Engine, model: str) -> Image.Image:
     key = BatchKey(model=model, width=64, height=64, steps=2, strength=0.5,
                    guidance_scale=7.5, scheduler="dpmsolver++")
     image = Image.new("RGB", (64, 64), (200, 100, 50))
-    (out,) = engine.generate(key, [GenerationItem(image, "x", "", 1)])
+    (out,) = engine.generate(key, [GenerationItem(image, "x", "", 1)]).images
     return out
 
 
 def test_model_from_an_s3_prefix_is_synced_to_the_cache_and_loads(fleet, s3, model_cache,
                                                                    tmp_path):
-    tiny = ensure_tiny_model(model_cache)
-    for path in tiny.rglob("*"):
-        if path.is_file():
-            s3.upload_file(str(path), fleet.bucket, f"models/tiny/{path.relative_to(tiny)}")
+    upload_tiny_model(s3, fleet.bucket, model_cache)
     s3.put_object(Bucket=fleet.bucket, Key="models/tiny/unet/pickled.bin", Body=b"pickle!")
     cache = tmp_path / "cache"
     folder = sync_s3_model(f"s3://{fleet.bucket}/models/tiny/", cache, s3)

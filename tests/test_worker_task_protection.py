@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-from worker.logs import EMF_NAMESPACE
+from common.logs import EMF_NAMESPACE
+from tests.agent_stand_in import TASK_ARN, AgentStandIn, protected_ok
 from worker.task_protection import (
     ACCESS_DENIED,
     PROTECTION_FAILURE_METRIC,
@@ -27,7 +26,6 @@ from worker.task_protection import (
     failure_from_response,
 )
 
-TASK_ARN = "arn:aws:ecs:us-east-1:111122223333:task/fleet/0123456789abcdef0"
 DENIED_MESSAGE = ("User: arn:aws:sts::111122223333:assumed-role/WorkerTaskRole/0123 is not "
                   "authorized to perform: ecs:UpdateTaskProtection on resource: " + TASK_ARN +
                   " because no identity-based policy allows the ecs:UpdateTaskProtection action")
@@ -47,48 +45,6 @@ def no_task_role(_body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 def throttled(_body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     return 400, {"requestID": "req-2", "error": {
         "Arn": TASK_ARN, "Code": "ThrottlingException", "Message": "Rate exceeded"}}
-
-
-def protected_ok(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    return 200, {"protection": {"ExpirationDate": None, "TaskArn": TASK_ARN,
-                                "ProtectionEnabled": body["ProtectionEnabled"]}}
-
-
-class AgentStandIn:
-    """Answers PUT .../task-protection/v1/state with ``self.answer(body)``."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.answer = protected_ok
-        agent = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                assert self.path == "/api/task-1/task-protection/v1/state", self.path
-                agent.bodies.append(body)
-                status, payload = agent.answer(body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def uri(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/api/task-1"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class Clock:

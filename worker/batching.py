@@ -1,14 +1,49 @@
-"""Grouping ready jobs into batches that one pipeline call can run."""
+"""What one pipeline call can run together, and grouping ready jobs into such batches.
+
+No torch here: the pipeline and the job sources decide batches without the engine.
+"""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TypeVar
 
-from worker.engine import BatchKey
+from PIL import Image
+
+from contract.job import GenerationParams
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """What jobs must share to run in one pipeline call."""
+
+    model: str
+    width: int
+    height: int
+    steps: int
+    strength: float
+    guidance_scale: float
+    scheduler: str
+
+    @classmethod
+    def of(cls, params: GenerationParams, size: tuple[int, int]) -> BatchKey:
+        return cls(model=params.model, width=size[0], height=size[1], steps=params.steps,
+                   strength=params.strength, guidance_scale=params.guidance_scale,
+                   scheduler=params.scheduler)
+
+
+@dataclass(frozen=True)
+class GenerationItem:
+    """One image of a batch: what may differ between the images of one pipeline call."""
+
+    image: Image.Image
+    prompt: str
+    negative_prompt: str
+    seed: int
 
 
 def group_batches(items: Iterable[T], key_of: Callable[[T], BatchKey],

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from contract import cli_options as opt
+from common import cli_options as opt
+from common.cli import fail, run_app
 from contract.errors import Img2ImgError, InvalidJob
 from contract.job import validate_params
 from contract.settings import load_settings
@@ -20,11 +20,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 @app.callback()
 def _group(version: opt.Version = False) -> None:
     """Stable Diffusion img2img worker: a local folder or the SQS fleet."""
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(2)
 
 
 @app.command()
@@ -66,26 +61,26 @@ def run(
         for m in models:  # validate every option once, before any work
             validate_params(model=m, prompt=prompts[0] if prompts else "", **common)
     except Img2ImgError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if not models or not prompts:
-        raise _fail("no model or prompt: pass --model/--prompt or set "
+        raise fail("no model or prompt: pass --model/--prompt or set "
                     "IMG2IMG_DEFAULT_MODELS/IMG2IMG_DEFAULT_PROMPTS")
 
+    from common.logs import configure_logging
     from worker.local_run import RESULTS_FILE, LocalRunner, collect_inputs, plan_jobs
-    from worker.logs import configure_logging
     from worker.model_refs import check_allowed
 
     try:
         for m in models:
             check_allowed(m, settings.allowed_models)
     except Img2ImgError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     configure_logging(log_level, fmt="text")
 
     roots = inputs or [Path("data/input_images")]
     missing = [str(p) for p in roots if not p.exists()]
     if missing:
-        raise _fail(f"no such file or folder: {', '.join(missing)}")
+        raise fail(f"no such file or folder: {', '.join(missing)}")
     files, skipped = collect_inputs(roots)
     jobs = plan_jobs(files, output_dir, models=models, prompts=prompts, choice_seed=seed,
                      make_params=lambda m, p: validate_params(model=m, prompt=p, **common))
@@ -96,7 +91,7 @@ def run(
     try:
         engine = Engine(settings)
     except Img2ImgError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     with Progress(transient=False) as progress:
         task = progress.add_task("img2img", total=len(jobs))
         runner = LocalRunner(engine, max_batch_size=settings.max_batch_size,
@@ -131,7 +126,7 @@ def serve(
         envvar="IMG2IMG_LOG_LEVEL", help="Python log level of the JSON log lines.")] = "INFO",
 ) -> None:
     """Long-poll IMG2IMG_QUEUE_URL, run batches, write results to S3, until stopped."""
-    from worker.logs import configure_logging
+    from common.logs import configure_logging
 
     configure_logging(log_level, fmt="json")
     import signal
@@ -145,12 +140,12 @@ def serve(
             raise InvalidJob("IMG2IMG_QUEUE_URL is not set: the worker needs a queue")
         worker = build_worker(settings)
     except Img2ImgError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     install_signal_handlers(worker, (signal.SIGTERM, signal.SIGINT))
-    summary = worker.run(exit_when_idle=exit_when_idle, max_jobs=max_jobs)
-    typer.echo(summary.line(worker.worker_id), err=True)
+    worker.run(exit_when_idle=exit_when_idle, max_jobs=max_jobs)
+    typer.echo(worker.summary_line(), err=True)
     if worker.fatal:
-        raise _fail(worker.fatal)
+        raise fail(worker.fatal)
 
 
 @app.command()
@@ -162,18 +157,14 @@ def healthcheck() -> None:
     try:
         settings = load_settings(WorkerSettings)
     except Img2ImgError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     healthy, reason = check_health(settings.health_file, settings.health_max_age)
     typer.echo(("healthy: " if healthy else "unhealthy: ") + reason)
     raise typer.Exit(0 if healthy else 1)
 
 
 def main() -> None:
-    try:
-        app()
-    except InvalidJob as exc:  # configuration errors found late still read well
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        sys.exit(2)
+    run_app(app)
 
 
 if __name__ == "__main__":

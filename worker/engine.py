@@ -3,7 +3,8 @@
 A batch is a list of jobs that share a :class:`BatchKey` (model, size, steps,
 strength, guidance, scheduler); prompts and seeds may differ per image. Each image has
 its own ``torch.Generator``, so an image's noise depends only on its seed, not on
-which batch it ran in.
+which batch it ran in. ``generate`` returns the images with what the call really did
+(``BatchStats``): nothing is left on the engine for the caller to read afterwards.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from contract.errors import GenerationFailed, ModelNotFound, StorageUnavailable
+from contract.errors import GenerationFailed, Interrupted, ModelNotFound, StorageUnavailable
 from contract.job import GenerationParams
+from worker.batching import BatchKey, GenerationItem
 from worker.devices import (
     configure_backends,
     is_out_of_memory,
@@ -39,38 +41,11 @@ log = logging.getLogger(__name__)
 GPU_CACHE_FRACTION = 0.8
 
 
-class GenerationInterrupted(Exception):
+class GenerationInterrupted(Interrupted):
     """The batch was stopped between denoising steps (shutdown); its outputs are void."""
 
 
 StepHook = Callable[[], bool]
-
-
-@dataclass(frozen=True)
-class BatchKey:
-    """What jobs must share to run in one pipeline call."""
-
-    model: str
-    width: int
-    height: int
-    steps: int
-    strength: float
-    guidance_scale: float
-    scheduler: str
-
-    @classmethod
-    def of(cls, params: GenerationParams, size: tuple[int, int]) -> BatchKey:
-        return cls(model=params.model, width=size[0], height=size[1], steps=params.steps,
-                   strength=params.strength, guidance_scale=params.guidance_scale,
-                   scheduler=params.scheduler)
-
-
-@dataclass(frozen=True)
-class GenerationItem:
-    image: Image.Image
-    prompt: str
-    negative_prompt: str
-    seed: int
 
 
 @dataclass
@@ -84,13 +59,27 @@ class LoadedModel:
 
 @dataclass
 class BatchStats:
-    """Filled in by ``Engine.generate`` for metrics: what the last call really did."""
+    """What one ``Engine.generate`` call really did, for metrics."""
 
     pipeline_calls: int = 0
     oom_splits: int = 0
     lean_fallbacks: int = 0
     model_load_seconds: float = 0.0
     peak_memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    images: list[Image.Image]  # in the order of the items
+    stats: BatchStats
+
+
+@dataclass
+class _Call:
+    """The state of one ``generate`` call, passed down instead of kept on the engine."""
+
+    stats: BatchStats
+    on_step: StepHook | None
 
 
 class Engine:
@@ -113,8 +102,6 @@ class Engine:
             memory_in_use=self._memory_in_use,
             memory_budget=budget,
         )
-        self.last_stats = BatchStats()
-        self._on_step: StepHook | None = None
 
     # -- models ---------------------------------------------------------------------
 
@@ -137,7 +124,6 @@ class Engine:
         seconds = time.perf_counter() - started
         log.info("loaded model %s (%s, %s, %s) in %.2fs", reference, mode, self.device,
                  str(self.dtype).removeprefix("torch."), seconds)
-        self.last_stats.model_load_seconds += seconds
         return LoadedModel(pipeline=pipe, source=source, mode=mode, load_seconds=seconds)
 
     def _unload(self, key: tuple[str, str], loaded: LoadedModel) -> None:
@@ -153,43 +139,50 @@ class Engine:
     # -- generation -----------------------------------------------------------------
 
     def generate(self, key: BatchKey, items: list[GenerationItem],
-                 on_step: StepHook | None = None) -> list[Image.Image]:
+                 on_step: StepHook | None = None) -> GenerationResult:
         """Run one batch; on out-of-memory split it, then try ``lean`` once at size 1.
 
         ``on_step`` runs after every denoising step; returning True stops the batch
         there and raises GenerationInterrupted (used by a shutdown with a deadline).
+        An exception that ends the call carries its ``batch_stats`` (splits, fallbacks).
         """
-        self.last_stats = BatchStats()
-        self._on_step = on_step
+        call = _Call(BatchStats(), on_step)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        outputs = self._generate(key, items, self.mode)
-        if self.device.type == "cuda":
-            self.last_stats.peak_memory_bytes = torch.cuda.max_memory_allocated(self.device)
-        return outputs
+        try:
+            images = self._generate(call, key, items, self.mode)
+        except Exception as exc:
+            exc.batch_stats = call.stats  # type: ignore[attr-defined]  # what it tried
+            raise
+        finally:
+            if self.device.type == "cuda":
+                call.stats.peak_memory_bytes = torch.cuda.max_memory_allocated(self.device)
+        return GenerationResult(images=images, stats=call.stats)
 
-    def _generate(self, key: BatchKey, items: list[GenerationItem],
+    def _generate(self, call: _Call, key: BatchKey, items: list[GenerationItem],
                   mode: str) -> list[Image.Image]:
         try:
-            return self._call_pipeline(self.model(key.model, mode), key, items)
+            return self._call_pipeline(call, self._model_for(call, key.model, mode), key,
+                                       items)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
             release_device_memory(self.device)
         if len(items) > 1:
             half = len(items) // 2
-            self.last_stats.oom_splits += 1
+            call.stats.oom_splits += 1
             log.warning("out of memory at batch size %d; splitting", len(items))
-            return self._generate(key, items[:half], mode) + self._generate(
-                key, items[half:], mode)
+            return self._generate(call, key, items[:half], mode) + self._generate(
+                call, key, items[half:], mode)
         if mode != "lean":
             log.warning("out of memory at batch size 1 in %s mode; retrying in lean mode",
                         mode)
-            self.last_stats.lean_fallbacks += 1
+            call.stats.lean_fallbacks += 1
             self.cache.evict((key.model, mode))
             release_device_memory(self.device)
             try:
-                return self._generate_once_lean(key, items)
+                return self._call_pipeline(call, self._model_for(call, key.model, "lean"),
+                                           key, items)
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -197,11 +190,15 @@ class Engine:
             f"out of memory even at batch size 1 in lean mode ({key.width}x{key.height}, "
             f"model {key.model})")
 
-    def _generate_once_lean(self, key: BatchKey,
-                            items: list[GenerationItem]) -> list[Image.Image]:
-        return self._call_pipeline(self.model(key.model, "lean"), key, items)
+    def _model_for(self, call: _Call, reference: str, mode: str) -> LoadedModel:
+        """The warm model; a load it causes is counted in this call's stats."""
+        loads = self.cache.loads
+        loaded = self.model(reference, mode)
+        if self.cache.loads > loads:
+            call.stats.model_load_seconds += loaded.load_seconds
+        return loaded
 
-    def _call_pipeline(self, loaded: LoadedModel, key: BatchKey,
+    def _call_pipeline(self, call: _Call, loaded: LoadedModel, key: BatchKey,
                        items: list[GenerationItem]) -> list[Image.Image]:
         pipe = loaded.pipeline
         pipe.scheduler = self._scheduler(loaded, key.scheduler)
@@ -209,12 +206,12 @@ class Engine:
         negative = [item.negative_prompt for item in items]
         # CPU generators: the same seed gives the same noise on any device.
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
-        self.last_stats.pipeline_calls += 1
+        call.stats.pipeline_calls += 1
         interrupted = False
 
         def step_end(pipeline: Any, step: int, timestep: Any, tensors: dict) -> dict:
             nonlocal interrupted
-            if self._on_step is not None and self._on_step():
+            if call.on_step is not None and call.on_step():
                 interrupted = True
                 pipeline._interrupt = True  # diffusers skips the remaining steps
             return tensors

@@ -14,6 +14,14 @@ import threading
 import time
 from pathlib import Path
 
+# Loops beat at least every quarter of the health check's limit, and at least this often.
+MAX_BEAT_INTERVAL_SECONDS = 5.0
+
+
+def beat_interval(max_age: float) -> float:
+    """How often a waiting loop must wake to beat, for a check with limit ``max_age``."""
+    return max(0.05, min(MAX_BEAT_INTERVAL_SECONDS, max_age / 4))
+
 
 class HealthFile:
     """Per-loop beats, written to ``path`` at most once per ``min_interval`` seconds."""

@@ -13,9 +13,6 @@ log = logging.getLogger(__name__)
 
 # Keep this far from SQS's 12-hour cap: a request past it fails for the whole batch.
 _CAP_MARGIN_SECONDS = 60
-# The loop wakes at least this often, so its liveness beat stays fresh even when the
-# extension interval is long (a third of a large visibility timeout).
-_WAKE_SECONDS = 5.0
 
 
 class Heartbeat:
@@ -27,7 +24,10 @@ class Heartbeat:
 
     def __init__(self, queue: SqsQueue, visibility_timeout: int, interval: float,
                  clock: Callable[[], float] = time.monotonic,
-                 on_alive: Callable[[], None] = lambda: None) -> None:
+                 on_alive: Callable[[], None] = lambda: None,
+                 wake_every: float = 5.0) -> None:
+        """``on_alive`` runs at least every ``wake_every`` seconds (the loop's liveness
+        beat), even when the extension interval is long."""
         self._queue = queue
         self._visibility_timeout = visibility_timeout
         self._interval = interval
@@ -36,6 +36,7 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._on_alive = on_alive
+        self._wake_every = wake_every
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self.extensions = 0
 
@@ -62,7 +63,8 @@ class Heartbeat:
 
     def _run(self) -> None:
         next_beat = time.monotonic() + self._interval
-        while not self._stop.wait(min(_WAKE_SECONDS, max(0.0, next_beat - time.monotonic()))):
+        while not self._stop.wait(min(self._wake_every,
+                                      max(0.0, next_beat - time.monotonic()))):
             self._on_alive()
             if time.monotonic() < next_beat:
                 continue

@@ -14,7 +14,6 @@ A body is one of (``contract.bodies``):
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 
@@ -24,6 +23,7 @@ from contract.bodies import BodyKind, read_body
 from contract.errors import InvalidJob, UnsupportedSchemaVersion
 from contract.job import JobMessage, parse_job, unknown_fields
 from contract.locations import S3Location, is_image_key, output_named_for
+from contract.picks import pick_model_and_prompt
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -152,9 +152,9 @@ def _event_job(record: object, settings: WorkerSettings) -> JobMessage | str:
         return f"{key[:200]}: not an image file name"
     try:
         location = S3Location(bucket=bucket, key=key)
-        rng = random.Random(f"event:{key}")
-        params = settings.event_params(model=rng.choice(settings.default_models),
-                                       prompt=rng.choice(settings.default_prompts))
+        model, prompt = pick_model_and_prompt(settings.default_models,
+                                              settings.default_prompts, seed="event", name=key)
+        params = settings.event_params(model=model, prompt=prompt)
         return JobMessage.create(
             input=location, input_etag=etag if isinstance(etag, str) else None,
             output_prefix=S3Location.model_construct(bucket=bucket, key=prefix),

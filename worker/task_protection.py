@@ -25,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from worker.logs import emit_metrics
+from common.logs import emit_metrics
 
 log = logging.getLogger(__name__)
 
-# CloudWatch metric (namespace worker.logs.EMF_NAMESPACE, no dimensions) counting failed
+# CloudWatch metric (namespace common.logs.EMF_NAMESPACE, no dimensions) counting failed
 # calls to the agent; infra/ alarms on it.
 PROTECTION_FAILURE_METRIC = "TaskProtectionFailures"
 # The error code ECS (and the agent) use when the task role may not change protection.

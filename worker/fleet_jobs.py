@@ -1,5 +1,6 @@
-"""The per-job S3 work around the engine: claim a job, read and prepare its input,
-write its output, result record and batch marker. Runs in the worker's I/O threads.
+"""A fleet job (one job of an SQS message) and its S3 work around the engine: claim it,
+read and prepare its input, write its output, result record and batch marker. Runs in
+the worker's I/O threads.
 
 The result record is also the job's claim. Before any work, a worker writes a
 ``running`` record with a conditional PUT; a second delivery of the same job (another
@@ -14,7 +15,7 @@ job again. A record is only ever written by the job that owns it:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 
@@ -23,14 +24,10 @@ from PIL import Image
 from contract.errors import LocationNotAllowed, OutputConflict
 from contract.job import JobMessage
 from contract.locations import S3Location, batch_marker_key, is_within, result_key
-from contract.result import ErrorInfo, ResultRecord
-from worker.images import (
-    PixelBudget,
-    PreparedImage,
-    decode_and_prepare,
-    encode_image,
-    restore_size,
-)
+from contract.result import ResultRecord
+from worker.consumer import Delivery
+from worker.images import PixelBudget, decode_and_prepare, encode_image, restore_size
+from worker.jobs import Job
 from worker.settings import WorkerSettings
 from worker.storage import S3Storage
 
@@ -49,22 +46,29 @@ class Claim(str, Enum):
     WAIT = "wait"  # another delivery is running it now: wait for its outcome
 
 
-@dataclass
-class JobState:
-    """One job on its way through the worker."""
+@dataclass(eq=False)
+class FleetJob(Job):
+    """One job of a received message."""
 
-    job: JobMessage
-    receipt: str
-    received_at: float  # time.monotonic()
-    message_id: str = ""
+    wire: JobMessage | None = None  # the job as the message carried it
+    delivery: Delivery | None = None
     from_event: bool = False  # made from an S3 notification
     claimed: bool = False  # this delivery holds the job's running record
-    prepared: PreparedImage | None = None
-    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, wire: JobMessage, delivery: Delivery, *, from_event: bool) -> FleetJob:
+        return cls(job_id=wire.job_id, params=wire.params, source=wire.input.uri,
+                   batch_id=wire.batch_id, received_at=delivery.message.received_at,
+                   wire=wire, delivery=delivery, from_event=from_event)
 
     @property
-    def seed(self) -> int:
-        return self.job.effective_seed(self.job.job_id)
+    def job(self) -> JobMessage:
+        assert self.wire is not None
+        return self.wire
+
+    @property
+    def message_id(self) -> str:
+        return self.delivery.message_id if self.delivery is not None else ""
 
     def result_location(self) -> S3Location:
         return record_location(self.job.output)
@@ -92,20 +96,20 @@ def output_allowed(output: S3Location, settings: WorkerSettings) -> bool:
 
 # -- the claim ---------------------------------------------------------------------------
 
-def claim(storage: S3Storage, state: JobState, *, worker_id: str,
+def claim(storage: S3Storage, job: FleetJob, *, worker_id: str,
           lease_seconds: float) -> Claim:
     """Write this delivery's running record unless the job is done or running elsewhere.
 
-    A running record takes over when it is for this very message (its worker lost it:
-    crashed, or its heartbeat failed), when its lease ran out, or when it is a failed
-    record (the job was enqueued again); the takeover is conditional on the record
-    not having changed since it was read.
+    A running record is taken over when it is for this very message (its worker lost
+    it: crashed, or its heartbeat failed), when its lease ran out, or when it is a
+    failed record (the job was enqueued again); the takeover is conditional on the
+    record not having changed since it was read.
     """
-    location = state.result_location()
+    location = job.result_location()
     for _ in range(_CLAIM_ATTEMPTS):
-        body = _running_record(state, worker_id, lease_seconds).to_json().encode()
+        body = _running_record(job, worker_id, lease_seconds).to_json().encode()
         if storage.put_if_absent(location, body, JSON):
-            state.claimed = True
+            job.claimed = True
             return Claim.CLAIMED
         data, etag = storage.read_json(location)
         if data is None:
@@ -113,43 +117,42 @@ def claim(storage: S3Storage, state: JobState, *, worker_id: str,
         status = data.get("status")
         if status == "done":
             return Claim.FINISHED
-        if status == "running" and not _claim_lapsed(data, state.message_id):
+        if status == "running" and not _claim_lapsed(data, job.message_id):
             return Claim.WAIT
         if etag and storage.put_if_match(location, body, JSON, etag):
-            state.claimed = True
+            job.claimed = True
             return Claim.CLAIMED
     return Claim.WAIT  # the record keeps changing under us: someone else is on it
 
 
-def recheck(storage: S3Storage, state: JobState, *, worker_id: str,
+def recheck(storage: S3Storage, job: FleetJob, *, worker_id: str,
             lease_seconds: float) -> Claim:
     """For a delivery that waits on another: FINISHED once that one ended the job (done
     or failed: either way the job is not run twice), else a new ``claim`` when it let
     go (released, or its lease ran out), else WAIT."""
-    data, _ = storage.read_json(state.result_location())
+    data, _ = storage.read_json(job.result_location())
     if data is not None and data.get("status") in ("done", "failed"):
         return Claim.FINISHED
     if data is not None and data.get("status") == "running" and not _claim_lapsed(
-            data, state.message_id):
+            data, job.message_id):
         return Claim.WAIT
-    return claim(storage, state, worker_id=worker_id, lease_seconds=lease_seconds)
+    return claim(storage, job, worker_id=worker_id, lease_seconds=lease_seconds)
 
 
-def release_claim(storage: S3Storage, state: JobState) -> None:
+def release_claim(storage: S3Storage, job: FleetJob) -> None:
     """Drop this delivery's running record (the job is released for a retry)."""
-    if state.claimed:
-        storage.delete(state.result_location())
-        state.claimed = False
+    if job.claimed:
+        storage.delete(job.result_location())
+        job.claimed = False
 
 
-def _running_record(state: JobState, worker_id: str, lease_seconds: float) -> ResultRecord:
-    job = state.job
+def _running_record(job: FleetJob, worker_id: str, lease_seconds: float) -> ResultRecord:
     now = datetime.now(timezone.utc)
     return ResultRecord(
-        job_id=job.job_id, batch_id=job.batch_id, status="running", input=job.input.uri,
-        model=job.model, prompt=job.prompt, seed=state.seed, worker=worker_id,
+        job_id=job.job_id, batch_id=job.batch_id, status="running", input=job.source,
+        model=job.params.model, prompt=job.params.prompt, seed=job.seed, worker=worker_id,
         finished_at=now, claimed_until=now + timedelta(seconds=lease_seconds),
-        message_id=state.message_id or None)
+        message_id=job.message_id or None)
 
 
 def _claim_lapsed(data: dict, message_id: str) -> bool:
@@ -166,88 +169,74 @@ def _claim_lapsed(data: dict, message_id: str) -> bool:
 
 # -- input -------------------------------------------------------------------------------
 
-def read_and_prepare(storage: S3Storage, state: JobState, settings: WorkerSettings,
+def read_and_prepare(storage: S3Storage, job: FleetJob, settings: WorkerSettings,
                      budget: PixelBudget | None = None) -> None:
     started = time.perf_counter()
-    stored = storage.read_object(state.job.input)
-    if state.from_event and JOB_ID_METADATA in stored.metadata:
-        raise OwnOutput(f"{state.job.input.uri} was written by job "
+    stored = storage.read_object(job.job.input)
+    if job.from_event and JOB_ID_METADATA in stored.metadata:
+        raise OwnOutput(f"{job.source} was written by job "
                         f"{stored.metadata[JOB_ID_METADATA]}: an output, not an input")
     downloaded = time.perf_counter()
-    state.prepared = decode_and_prepare(
-        stored.body, max_pixels=settings.max_input_pixels, max_side=state.job.max_side,
-        size_bucket=settings.size_bucket, name=state.job.input.uri, budget=budget)
-    state.timings["download"] = downloaded - started
-    state.timings["decode"] = time.perf_counter() - downloaded
+    job.prepared = decode_and_prepare(
+        stored.body, max_pixels=settings.max_input_pixels, max_side=job.params.max_side,
+        size_bucket=settings.size_bucket, name=job.source, budget=budget)
+    job.timings["download"] = downloaded - started
+    job.timings["decode"] = time.perf_counter() - downloaded
 
 
 # -- outcomes ----------------------------------------------------------------------------
 
-def write_output(storage: S3Storage, state: JobState, output: Image.Image,
+def write_output(storage: S3Storage, job: FleetJob, output: Image.Image,
                  worker_id: str) -> ResultRecord:
     """Conditional PUT of the output, then the done record and the batch marker.
 
     When the output key is taken, the object must be this job's (an earlier delivery
     that ended before its record); anything else there is an OutputConflict.
     """
-    job = state.job
-    assert state.prepared is not None
+    wire = job.job
+    assert job.prepared is not None
     started = time.perf_counter()
-    data = encode_image(restore_size(output, state.prepared, job.keep_size), job.output_format)
+    data = encode_image(restore_size(output, job.prepared, wire.keep_size), wire.output_format)
     encoded = time.perf_counter()
-    written = storage.put_if_absent(job.output, data, job.output_format.content_type,
+    written = storage.put_if_absent(wire.output, data, wire.output_format.content_type,
                                     metadata={JOB_ID_METADATA: job.job_id})
     if not written:
-        owner = (storage.head_metadata(job.output) or {}).get(JOB_ID_METADATA)
+        owner = (storage.head_metadata(wire.output) or {}).get(JOB_ID_METADATA)
         if owner != job.job_id:
             raise OutputConflict(
-                f"output {job.output.uri} already holds an object "
+                f"output {wire.output.uri} already holds an object "
                 f"{'of job ' + owner if owner else 'not written by any job'}; this job "
                 "does not overwrite it")
-    state.timings["encode"] = encoded - started
-    state.timings["upload"] = time.perf_counter() - encoded
-    record = done_record(state, worker_id)
-    storage.put(state.result_location(), record.to_json().encode(), JSON)
-    state.claimed = False
-    write_marker(storage, job.output, job.batch_id, job.job_id, "done")
+    job.timings["encode"] = encoded - started
+    job.timings["upload"] = time.perf_counter() - encoded
+    record = job.done_record(wire.output.uri, worker_id)
+    storage.put(job.result_location(), record.to_json().encode(), JSON)
+    job.claimed = False
+    write_marker(storage, wire.output, job.batch_id, job.job_id, "done")
     return record
 
 
-def done_record(state: JobState, worker_id: str) -> ResultRecord:
-    job = state.job
-    return ResultRecord(
-        job_id=job.job_id, batch_id=job.batch_id, status="done", input=job.input.uri,
-        output=job.output.uri, model=job.model, prompt=job.prompt, seed=state.seed,
-        seconds=round(time.monotonic() - state.received_at, 4),
-        timings={k: round(v, 4) for k, v in state.timings.items()}, worker=worker_id)
-
-
-def write_failure(storage: S3Storage, *, job_id: str, batch_id: str | None,
-                  input_uri: str, output: S3Location, error: BaseException,
-                  worker_id: str, seconds: float, model: str | None = None,
-                  prompt: str | None = None, seed: int | None = None,
-                  claimed: bool = True) -> ResultRecord | None:
+def write_failure(storage: S3Storage, record: ResultRecord, output: S3Location, *,
+                  claimed: bool) -> bool:
     """The failed record at ``<output key>.json`` and the batch marker.
 
-    Unclaimed (a message that failed validation), the record is written only where
-    there is none yet; returns None when one was there (nothing is overwritten).
+    Unclaimed (a message that failed validation, a job refused before its claim), the
+    record is written only where there is none yet: returns False when one was there
+    (nothing is overwritten).
     """
-    record = ResultRecord(
-        job_id=job_id, batch_id=batch_id, status="failed", input=input_uri, output=None,
-        error=ErrorInfo.from_exception(error), model=model, prompt=prompt, seed=seed,
-        seconds=round(seconds, 4), worker=worker_id)
     body = record.to_json().encode()
     if claimed:
         storage.put(record_location(output), body, JSON)
     elif not storage.put_if_absent(record_location(output), body, JSON):
-        return None
-    if batch_id:
-        write_marker(storage, output, batch_id, job_id, "failed")
-    return record
+        return False
+    if record.batch_id:
+        write_marker(storage, output, record.batch_id, record.job_id, "failed")
+    return True
 
 
-def write_marker(storage: S3Storage, output: S3Location, batch_id: str, job_id: str,
+def write_marker(storage: S3Storage, output: S3Location, batch_id: str | None, job_id: str,
                  status: str) -> None:
-    storage.put(S3Location(bucket=output.bucket,
-                           key=batch_marker_key(output.key, batch_id, job_id, status)),
-                b"", "application/octet-stream")
+    if batch_id:
+        storage.put(S3Location(bucket=output.bucket,
+                               key=batch_marker_key(output.key, batch_id, job_id, status)),
+                    b"", "application/octet-stream")

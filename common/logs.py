@@ -30,6 +30,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
+def log_extra(job: Any) -> dict[str, Any]:
+    """The fields a job's log lines carry (``extra=``): its job and batch ids."""
+    return {"job_id": getattr(job, "job_id", None), "batch_id": getattr(job, "batch_id", None)}
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Only CLIs call this. Quietens the libraries' own progress bars and chatter."""
     handler = logging.StreamHandler(sys.stderr)

@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from producer.aws import s3_client, sqs_client
-from producer.embedded import create_fleet_resources, start_moto_server
+from common.aws import s3_client, sqs_client
+from local_fleet.embedded_aws import create_fleet_resources, start_moto_server
 
 BATCH_ID = "local-fleet"
 UPLOAD_PREFIX = "inputs/"

@@ -1,0 +1,85 @@
+"""A job on its way through the worker, whatever its source (the fleet or a folder),
+and what it can end as. Records are built here, once, for both."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+from contract.job import GenerationParams
+from contract.result import ErrorInfo, ResultRecord
+from worker.batching import BatchKey, GenerationItem
+from worker.images import PreparedImage
+
+
+@dataclass(eq=False)
+class Job:
+    job_id: str  # may be known only once the input is read (a local file's content)
+    params: GenerationParams
+    source: str  # the input, as records and logs name it (s3:// URI or a path)
+    batch_id: str | None = None
+    received_at: float = field(default_factory=time.monotonic)
+    prepared: PreparedImage | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.params.effective_seed(self.job_id)
+
+    @property
+    def batch_key(self) -> BatchKey:
+        assert self.prepared is not None, "only prepared jobs are batched"
+        return BatchKey.of(self.params, self.prepared.size)
+
+    def generation_item(self) -> GenerationItem:
+        assert self.prepared is not None
+        return GenerationItem(self.prepared.image, self.params.prompt,
+                              self.params.negative_prompt, self.seed)
+
+    def seconds(self) -> float:
+        return round(time.monotonic() - self.received_at, 4)
+
+    def done_record(self, output: str, worker: str) -> ResultRecord:
+        return ResultRecord(
+            job_id=self.job_id, batch_id=self.batch_id, status="done", input=self.source,
+            output=output, model=self.params.model, prompt=self.params.prompt,
+            seed=self.seed, seconds=self.seconds(),
+            timings={k: round(v, 4) for k, v in self.timings.items()}, worker=worker)
+
+    def failed_record(self, error: BaseException, worker: str) -> ResultRecord:
+        return ResultRecord(
+            job_id=self.job_id or "-", batch_id=self.batch_id, status="failed",
+            input=self.source, output=None, error=ErrorInfo.from_exception(error),
+            model=self.params.model, prompt=self.params.prompt,
+            seed=self.seed if self.job_id else None, seconds=self.seconds(), worker=worker)
+
+
+class Status(str, Enum):
+    DONE = "done"  # output written, done record
+    FAILED = "failed"  # permanent error, failed record
+    DUPLICATE = "duplicate"  # another delivery of the same job ended it
+    SKIPPED = "skipped"  # not a job to run (an S3 notification for our own output)
+    RETRY = "retry"  # transient: hand the job back for a later attempt
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended (or, for RETRY, why it goes back): the data every counter,
+    metric, log line and queue settlement is derived from."""
+
+    status: Status
+    record: ResultRecord | None = None
+    retry_after: int | None = None  # RETRY: seconds; None: back off by receive count
+    reason: str = ""
+
+    @classmethod
+    def retry(cls, reason: str, retry_after: int | None = None) -> Outcome:
+        return cls(Status.RETRY, retry_after=retry_after, reason=reason)
+
+
+class Readiness(str, Enum):
+    """What a source's ``prepare`` says when the job has not ended."""
+
+    READY = "ready"  # input decoded: the job may be batched
+    DEFERRED = "deferred"  # the source keeps the job and submits it again later
