@@ -1,13 +1,17 @@
-"""The generation flags both CLIs take, declared once so their names, help and
-defaults (those of GenerationParams) cannot drift apart."""
+"""The flags both CLIs take, declared once so their names, help and defaults (those of
+GenerationParams) cannot drift apart."""
 
 from __future__ import annotations
 
+from importlib import metadata
 from typing import Annotated
 
 import typer
 
 from contract.job import GenerationParams, OutputFormat
+from contract.job import Scheduler as SchedulerName
+
+DISTRIBUTION = "img2img-fleet"
 
 _DEFAULTS = {name: field.default for name, field in GenerationParams.model_fields.items()}
 
@@ -17,19 +21,21 @@ Models = Annotated[list[str] | None, typer.Option(
 Prompts = Annotated[list[str] | None, typer.Option(
     "--prompt", "-p", help="Prompt; repeat for a random pick per image. Default: "
     "IMG2IMG_DEFAULT_PROMPTS.")]
-NegativePrompt = Annotated[str, typer.Option()]
+NegativePrompt = Annotated[str, typer.Option(
+    help="What the images should not show (ignored at guidance scale 1 or below).")]
 Strength = Annotated[float, typer.Option(help="How much to change the image, (0, 1].")]
 Steps = Annotated[int, typer.Option(help="Scheduler steps; int(steps * strength) run.")]
-GuidanceScale = Annotated[float, typer.Option()]
+GuidanceScale = Annotated[float, typer.Option(
+    help="Classifier-free guidance, 0..30: how closely to follow the prompt.")]
 Seed = Annotated[int | None, typer.Option(
     help="Seed for every image and for the model/prompt picks (default: per image, "
     "derived from its job id).")]
 MaxSide = Annotated[int, typer.Option(help="Long side the model sees (multiple of 8).")]
 KeepSize = Annotated[bool, typer.Option(
     "--keep-size/--no-keep-size", help="Resize outputs back to the input's size.")]
-Format = Annotated[OutputFormat, typer.Option("--format")]
-Scheduler = Annotated[str, typer.Option(
-    help="dpmsolver++, euler, euler-ancestral, ddim, pndm, lcm, or model (its own).")]
+Format = Annotated[OutputFormat, typer.Option("--format", help="Output image format.")]
+Scheduler = Annotated[SchedulerName, typer.Option(
+    help="Denoising scheduler; 'model' keeps the one the checkpoint ships with.")]
 
 NEGATIVE_PROMPT: str = _DEFAULTS["negative_prompt"]
 STRENGTH: float = _DEFAULTS["strength"]
@@ -38,4 +44,23 @@ GUIDANCE_SCALE: float = _DEFAULTS["guidance_scale"]
 MAX_SIDE: int = _DEFAULTS["max_side"]
 KEEP_SIZE: bool = _DEFAULTS["keep_size"]
 FORMAT: OutputFormat = _DEFAULTS["output_format"]
-SCHEDULER: str = _DEFAULTS["scheduler"]
+SCHEDULER: SchedulerName = _DEFAULTS["scheduler"]
+
+
+def package_version() -> str:
+    """The installed distribution's version (pyproject's), 'unknown' when not installed."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"{DISTRIBUTION} {package_version()}")
+        raise typer.Exit()
+
+
+Version = Annotated[bool, typer.Option(
+    "--version", help="Print the version and exit.", callback=_print_version,
+    is_eager=True, expose_value=False)]

@@ -116,6 +116,9 @@ def result_key(output_key_: str) -> str:
 # reading every result record. Layout: <output dir>/_batches/<batch_id>/<job_id>.<status>
 BATCHES_FOLDER = "_batches"
 MANIFEST_NAME = "manifest.json"
+# The batch's jobs as enqueued, one JSON message per line: what each job asked for
+# (strength, steps, ...), which result records do not repeat.
+JOBS_NAME = "jobs.jsonl"
 
 
 def output_dir(output_key_: str) -> str:
@@ -158,3 +161,7 @@ def batch_cancel_key(output_dir_: str, batch_id: str) -> str:
 
 def batch_complete_key(output_dir_: str, batch_id: str) -> str:
     return batch_prefix(output_dir_, batch_id) + COMPLETE_NAME
+
+
+def batch_jobs_key(output_dir_: str, batch_id: str) -> str:
+    return batch_prefix(output_dir_, batch_id) + JOBS_NAME

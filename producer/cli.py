@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +14,7 @@ import typer
 from common import cli_options as opt
 from common.cli import clear_errors, progress_bars, run_app
 from contract.errors import InvalidJob
-from contract.locations import S3_SCHEME, S3Location, parse_s3_uri
+from contract.locations import S3_SCHEME, parse_s3_uri
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Enqueue img2img jobs on SQS and follow them.")
@@ -25,12 +24,35 @@ QueueOpt = Annotated[str | None, typer.Option(
     help="The job queue's URL. Default: IMG2IMG_QUEUE_URL.")]
 
 
-@app.callback()
-def _group(log_level: Annotated[str, typer.Option(help="Python log level.")] = "WARNING"
-           ) -> None:
-    """Enqueue img2img jobs on SQS and follow them."""
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_at(level: str | None) -> str | None:
+    """Configure logging on stderr at ``level`` (None: leave it as it is)."""
+    if level is None:
+        return None
+    if level.upper() not in LOG_LEVELS:
+        raise typer.BadParameter(f"{level!r} is not one of {', '.join(LOG_LEVELS)}")
+    logging.basicConfig(stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level.upper())
+    return level
+
+
+# Each command takes --log-level too (after its name); it takes effect as it is parsed,
+# so the commands never read it.
+LogLevel = Annotated[str | None, typer.Option(
+    "--log-level", help="Python log level (DEBUG, INFO, WARNING, ...), on stderr.",
+    callback=_log_at, expose_value=False)]
+
+
+@app.callback()
+def _group(log_level: Annotated[str, typer.Option(
+               help="Python log level (DEBUG, INFO, WARNING, ...), on stderr; also "
+               "accepted after the command.")] = "WARNING",
+           version: opt.Version = False) -> None:
+    """Enqueue img2img jobs on SQS and follow them."""
+    _log_at(log_level)
 
 
 class Priority(str, Enum):
@@ -105,6 +127,7 @@ def enqueue(
         help="POST each job's end event here (the workers' IMG2IMG_ALLOWED_CALLBACKS must "
         "admit it).")] = None,
     list_page_size: Annotated[int, typer.Option(hidden=True, min=1, max=1000)] = 1000,
+    log_level: LogLevel = None,
 ) -> None:
     """Turn images into jobs on the queue: 10 per SendMessageBatch, in parallel."""
     from common import aws
@@ -121,7 +144,8 @@ def enqueue(
                         output_format=output_format.value, keep_size=keep_size,
                         scheduler=scheduler),
             controls=JobControls.of(ttl_seconds=ttl, timeout_seconds=timeout,
-                                    callback_url=callback_url))
+                                    callback_url=callback_url),
+            allowed_models=settings.allowed_models)
         options = EnqueueOptions(
             source=source, jobs_file=jobs, bucket=settings.bucket,
             upload_prefix=upload_prefix or settings.upload_prefix, output=output,
@@ -157,129 +181,61 @@ def enqueue(
         raise typer.Exit(1)
 
 
-def _output_location(output: str | None, settings: Any) -> S3Location:
-    if output:
-        if not output.startswith(S3_SCHEME):
-            raise InvalidJob(f"--output must be s3://bucket/prefix/: {output!r}")
-        return parse_s3_uri(output, prefix=True)
-    if not settings.bucket:
-        raise InvalidJob("where are the outputs? pass --output s3://bucket/prefix/ or set "
-                         "IMG2IMG_BUCKET")
-    return parse_s3_uri(f"{S3_SCHEME}{settings.bucket}/{settings.output_prefix}", prefix=True)
-
-
 @app.command()
 def status(
-    batch_id: Annotated[str | None, typer.Option(help="Show this batch's progress.")] = None,
+    batch_id: Annotated[str | None, typer.Option(
+        help="Show this batch's progress. Without it: the queue and the recent batches.")
+    ] = None,
     output: Annotated[str | None, typer.Option(
-        help="The batch's output prefix, s3://bucket/prefix/. Default: IMG2IMG_BUCKET + "
+        help="The output prefix, s3://bucket/prefix/. Default: IMG2IMG_BUCKET + "
         "IMG2IMG_OUTPUT_PREFIX.")] = None,
     queue_url: QueueOpt = None,
     watch: Annotated[bool, typer.Option(
-        "--watch", help="Show a live progress bar until every job is done or failed "
-        "(exit 0 either way; failures are counted).")] = False,
+        "--watch", help="Show a live progress bar until every job of --batch-id is done or "
+        "failed (exit 0; failures are counted), or without --batch-id until the queue is "
+        "drained. Exit 1 when it stops short: --timeout, or jobs left only in the DLQ.")
+    ] = False,
     interval: Annotated[float, typer.Option(help="Seconds between polls with --watch.",
                                             min=0.05)] = 5.0,
     failures: Annotated[bool, typer.Option(
         "--failures", help="List the failed jobs' errors (reads their result records).")
     ] = False,
     timeout: Annotated[float | None, typer.Option(
-        help="Give up watching after this many seconds (exit 1). A job whose message went "
-        "to the DLQ has no marker, so without this a watch can wait forever.", min=0)
-    ] = None,
+        help="Give up watching after this many seconds (exit 1).", min=0)] = None,
+    dlq_grace: Annotated[float, typer.Option(
+        help="With --watch: stop (exit 1) once the batch is unfinished, the queue empty "
+        "and the DLQ not, for this many seconds (SQS's counts lag).", min=0)] = 60.0,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object (queue, dlq, batch or batches, failures) "
+        "instead of lines.")] = False,
+    limit: Annotated[int, typer.Option(
+        help="Batches listed without --batch-id, newest first.", min=1)] = 10,
+    log_level: LogLevel = None,
 ) -> None:
     """Queue depth (visible, in flight, delayed, DLQ) and a batch's done/failed/rate/ETA."""
     from common import aws
-    from producer.queues import queue_depth
-    from producer.status import batch_progress, failed_records
+    from producer.output_prefix import output_location
+    from producer.status_report import StatusRequest, collect_status
+    from producer.watch import batch_bar, queue_bar
 
     with clear_errors():
         settings = _settings(queue_url=queue_url)
-        if (watch or failures) and not batch_id:
-            raise InvalidJob("--watch and --failures need --batch-id")
-        progress = None
-        if batch_id:
-            location = _output_location(output, settings)
-            s3 = aws.s3_client()
-            progress = batch_progress(s3, location, batch_id)
-            if progress.manifest is None and watch:
-                raise InvalidJob(f"no manifest for batch {batch_id} under {location.uri}: "
-                                 "check --batch-id and --output")
-        url = settings.queue_url or (progress.manifest.queue_url
-                                     if progress and progress.manifest else None)
-        if not url and not batch_id:
-            raise InvalidJob("no queue URL: pass --queue-url or set IMG2IMG_QUEUE_URL")
-        for shown in [u for u in (settings.priority_queue_url, url) if u]:
-            depth = queue_depth(aws.sqs_client(), shown)
-            q = depth.queue
-            typer.echo(f"queue {shown}: visible {q.visible}, in flight {q.in_flight}, "
-                       f"delayed {q.delayed}")
-            if depth.dlq is not None:
-                typer.echo(f"dlq {depth.dlq_url}: {depth.dlq.visible} messages "
-                           f"({depth.dlq.in_flight} in flight)")
-            else:
-                typer.echo("dlq: none (the queue has no RedrivePolicy)")
-        if progress is not None:
-            if watch and not progress.complete:
-                progress = _watch(s3, location, batch_id, interval, timeout)
-            typer.echo(_batch_line(progress))
-            if failures and progress.failed_job_ids:
-                for record in failed_records(s3, location, progress.failed_job_ids):
-                    error = record.error
-                    typer.echo(f"  failed {record.job_id} {record.input}: "
-                               f"{error.type if error else '?'}: "
-                               f"{error.message if error else ''}")
-    if watch and progress is not None and not progress.complete:
-        typer.echo(f"gave up after {timeout} s; is the DLQ holding some of its jobs?", err=True)
-        raise typer.Exit(1)
-
-
-def _batch_line(progress: Any) -> str:
-    from producer.status import format_seconds, utc_now
-
-    now = utc_now()
-    total = "unknown (no manifest)" if progress.total is None else str(progress.total)
-    rate = progress.rate(now)
-    state = "finished" if progress.complete else f"eta {format_seconds(progress.eta_seconds(now))}"
-    not_run = "".join(f", {name} {getattr(progress, name)}"
-                      for name in ("cancelled", "expired") if getattr(progress, name))
-    costs = progress.costs
-    cost = "" if costs is None or not costs.gpu_seconds else (
-        f", gpu {costs.gpu_seconds:.1f} s" + (f" (${costs.cost_usd:.4f})"
-                                               if costs.cost_usd else ""))
-    return (f"batch {progress.batch_id}: done {progress.done}, failed {progress.failed}"
-            f"{not_run}, total {total}, rate "
-            f"{'unknown' if rate is None else f'{rate:.2f} jobs/s'}{cost}, {state}")
-
-
-def _watch(s3: Any, location: S3Location, batch_id: str, interval: float,
-           timeout: float | None) -> Any:
-    """Poll the markers and draw a bar until done + failed reaches the total."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    from producer.status import batch_progress
-
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("done {task.fields[done]} failed {task.fields[failed]}"),
-               TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bars:
-        progress = batch_progress(s3, location, batch_id)
-        task = bars.add_task(batch_id, total=progress.total, completed=progress.finished,
-                             done=progress.done, failed=progress.failed)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not progress.complete and (deadline is None or time.monotonic() < deadline):
-            time.sleep(interval)
-            progress = batch_progress(s3, location, batch_id)
-            bars.update(task, total=progress.total, completed=progress.finished,
-                        done=progress.done, failed=progress.failed)
-    return progress
+        request = StatusRequest(
+            batch_id=batch_id, output=output_location(output, settings.bucket,
+                                                      settings.output_prefix),
+            queue_url=settings.queue_url, priority_queue_url=settings.priority_queue_url,
+            watch=watch, failures=failures, interval=interval,
+            timeout=timeout, dlq_grace=dlq_grace, limit=limit)
+        report = collect_status(request, make_s3=aws.s3_client, make_sqs=aws.sqs_client,
+                                batch_display=batch_bar, queue_display=queue_bar)
+    if as_json:
+        typer.echo(report.to_json())
+    else:
+        for line in report.lines():
+            typer.echo(line)
+    for problem in report.problems():
+        typer.echo(problem, err=True)
+    raise typer.Exit(report.exit_code)
 
 
 @app.command()
@@ -293,6 +249,7 @@ def redrive(
     move_task: Annotated[bool, typer.Option(
         "--move-task", help="Use SQS's StartMessageMoveTask: server-side and fast, but it "
         "moves everything, bodies that are not jobs included.")] = False,
+    log_level: LogLevel = None,
 ) -> None:
     """Move jobs from the dead-letter queue back to the job queue, each at most once.
 
@@ -353,10 +310,12 @@ def cancel(
     """Cancel a batch (or some of its jobs): jobs not yet started end as cancelled."""
     from common import aws
     from producer.cancel import cancel as write_cancel
+    from producer.output_prefix import output_location, require_output
 
     with clear_errors():
         settings = _settings()
-        location = _output_location(output, settings)
+        location = require_output(output_location(output, settings.bucket,
+                                                  settings.output_prefix))
         result = write_cancel(aws.s3_client(), location, batch_id, job_ids=job_id,
                               reason=reason)
     if result.order is None:
@@ -369,11 +328,105 @@ def cancel(
 
 
 @app.command()
-def schema() -> None:
+def schema(log_level: LogLevel = None) -> None:
     """Print the job message's JSON Schema (for other producers)."""
     from contract.job import job_json_schema
 
     typer.echo(json.dumps(job_json_schema(), indent=2))
+
+
+# -- a batch's results: fetch and gallery ----------------------------------------------
+
+BatchIdOpt = Annotated[str, typer.Option(help="The batch (enqueue prints its id).")]
+OutputOpt = Annotated[str | None, typer.Option(
+    help="The batch's output prefix, s3://bucket/prefix/. Default: IMG2IMG_BUCKET + "
+    "IMG2IMG_OUTPUT_PREFIX.")]
+ConcurrencyOpt = Annotated[int | None, typer.Option(
+    help="Parallel S3 calls. Default: IMG2IMG_CONCURRENCY (8).", min=1, max=64)]
+
+
+@app.command()
+def fetch(
+    dest: Annotated[Path, typer.Argument(help="Local folder for the outputs and records.")],
+    batch_id: BatchIdOpt,
+    output: OutputOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    log_level: LogLevel = None,
+) -> None:
+    """Download a batch's outputs and result records, in parallel; files already there
+    with the same size and ETag are skipped, so a second run fetches only what is new."""
+    from common import aws
+    from producer.fetch import fetch_batch
+    from producer.output_prefix import output_location, require_output
+
+    with clear_errors():
+        settings = _settings(concurrency=concurrency)
+        location = require_output(output_location(output, settings.bucket,
+                                                  settings.output_prefix))
+        s3 = aws.s3_client(max_pool_connections=settings.concurrency + 4)
+        with progress_bars() as bars:
+            summary = fetch_batch(s3, location, batch_id, dest,
+                                  concurrency=settings.concurrency, progress=bars)
+    typer.echo(summary.line())
+    _report_downloads(summary.report.failed)
+    if summary.no_record:
+        typer.echo(f"  {len(summary.no_record)} finished job(s) have no result record "
+                   f"under {location.uri}", err=True)
+    if summary.report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def gallery(
+    batch_id: BatchIdOpt,
+    to: Annotated[str, typer.Option(
+        help="A local folder (the pages plus copies of the inputs and outputs) or "
+        "s3://bucket/prefix/ (the pages only, linking the images by presigned URL).")],
+    output: OutputOpt = None,
+    expires: Annotated[int, typer.Option(
+        help="With --to s3://: seconds the presigned links work, at most 604800 (7 days; "
+        "less with temporary credentials).")] = 7 * 24 * 3600,
+    page_size: Annotated[int, typer.Option(help="Jobs per page.", min=1)] = 100,
+    concurrency: ConcurrencyOpt = None,
+    log_level: LogLevel = None,
+) -> None:
+    """An HTML gallery of a batch: each input beside its output, failures first."""
+    from common import aws
+    from producer.gallery_export import gallery_to_bucket, gallery_to_folder
+    from producer.output_prefix import output_location, require_output
+
+    with clear_errors():
+        settings = _settings(concurrency=concurrency)
+        location = require_output(output_location(output, settings.bucket,
+                                                  settings.output_prefix))
+        s3 = aws.s3_client(max_pool_connections=settings.concurrency + 4)
+        if to.startswith(S3_SCHEME):
+            from botocore.config import Config
+
+            presigner = aws.make_session().client("s3", config=Config(signature_version="s3v4"))
+            summary = gallery_to_bucket(s3, location, batch_id, parse_s3_uri(to, prefix=True),
+                                        presigner=presigner, concurrency=settings.concurrency,
+                                        expires=expires, page_size=page_size)
+        else:
+            with progress_bars() as bars:
+                summary = gallery_to_folder(s3, location, batch_id, Path(to),
+                                            concurrency=settings.concurrency, progress=bars,
+                                            page_size=page_size)
+    typer.echo(summary.line())
+    typer.echo(f"open: {summary.index}")
+    _report_downloads(summary.downloads.failed)
+    if summary.unreadable:
+        typer.echo(f"  {summary.unreadable} record(s) could not be read and are left out",
+                   err=True)
+    if summary.downloads.failed:
+        raise typer.Exit(1)
+
+
+def _report_downloads(failed: list[str], limit: int = 20) -> None:
+    for failure in failed[:limit]:
+        typer.echo(f"  not downloaded: {failure}", err=True)
+    if len(failed) > limit:
+        typer.echo(f"  ... and {len(failed) - limit} more not downloaded", err=True)
 
 
 def main() -> None:

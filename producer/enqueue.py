@@ -13,7 +13,8 @@ from typing import Any
 from common.folders import scan_images
 from contract.errors import InvalidJob
 from contract.job import JobMessage
-from contract.locations import S3_SCHEME, S3Location, parse_s3_uri
+from contract.locations import S3_SCHEME, S3Location, is_image_key, output_dir, parse_s3_uri
+from producer.batch_jobs import write_batch_jobs
 from producer.jobs_file import JobRow, JobsFileError, read_jobs_file
 from producer.listing import (
     MAX_KEYS_PER_LIST,
@@ -58,6 +59,7 @@ class Source:
     prefix: S3Location
     folder: Path | None
     described: str  # what the batch id and the manifest record as the source
+    single: S3Location | None = None  # SOURCE named one image object: only it is enqueued
 
 
 @dataclass
@@ -89,6 +91,13 @@ def as_prefix(bucket: str, prefix: str) -> S3Location:
 def resolve_source(options: EnqueueOptions) -> Source:
     """The S3 prefix the inputs live under; InvalidJob names what is missing."""
     text = options.source
+    if text and text.startswith(S3_SCHEME) and not text.endswith("/") and is_image_key(text):
+        single = parse_s3_uri(text)
+        if options.jobs_file is not None:
+            raise InvalidJob(f"with --jobs, SOURCE is the prefix rows are relative to, not "
+                             f"one image: {text!r}")
+        return Source(prefix=as_prefix(single.bucket, output_dir(single.key)), folder=None,
+                      described=single.uri, single=single)
     if text and text.startswith(S3_SCHEME):
         prefix = parse_s3_uri(text, prefix=True)
         if not prefix.bucket:
@@ -217,11 +226,22 @@ class Enqueuer:
                     for f in files]
         if not listing:
             return []
+        if source.single is not None:
+            return [self._single_object(source.single, prefix)]
         exclude = (output.key,) if output.bucket == prefix.bucket and output.key else ()
         found = list_images(self.s3, prefix, exclude_prefixes=exclude,
                             page_size=self.options.page_size)
         summary.skipped += found.ignored
         return found.images
+
+    def _single_object(self, location: S3Location, prefix: S3Location) -> SourceObject:
+        """The one image SOURCE names, with its ETag; InvalidJob when it is not there."""
+        etag = head_etags(self.s3, [location], concurrency=1)[location]
+        if not isinstance(etag, str):
+            raise InvalidJob(f"{describe_head_error(location, etag)} (a SOURCE that ends "
+                             "with an image extension is one object; end a prefix with '/')")
+        return SourceObject(location=location, etag=etag,
+                            relative=location.key[len(prefix.key):])
 
     def _row_inputs(self, rows: list[JobRow], base: S3Location, known: list[SourceObject],
                     problems: list[str]) -> list[PlannedInput]:
@@ -257,6 +277,7 @@ class Enqueuer:
                                      j.job_id for j in jobs))
         # Written first, so ``status`` knows the total while the jobs are still going out.
         summary.manifest = write_manifest(self.s3, summary.output, manifest)
+        write_batch_jobs(self.s3, summary.output, summary.batch_id, jobs)
         sender = BatchSender(self.sqs, options.queue_url, concurrency=options.concurrency)
         report = sender.send_all((Outgoing(j.job_id, j.to_json()) for j in jobs),
                                  on_done=self.progress("enqueue", len(jobs)))

@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from contract.errors import InvalidJob
+from contract.errors import InvalidJob, ModelNotAllowed
 from contract.job import JobMessage, validate_params
 from contract.locations import S3Location
+from contract.model_names import check_allowed
 from contract.picks import pick_model_and_prompt
 from producer.listing import SourceObject
 
@@ -47,6 +48,9 @@ class Defaults:
     prompts: list[str]
     common: dict[str, Any]  # every other GenerationParams field
     controls: JobControls = JobControls()
+    # The fleet's IMG2IMG_ALLOWED_MODELS when the producer is given it too: a model the
+    # workers would refuse is refused here, before anything is sent. None: no check.
+    allowed_models: list[str] | None = None
 
     @property
     def choice_seed(self) -> int | None:
@@ -59,8 +63,14 @@ class Defaults:
                              "IMG2IMG_DEFAULT_MODELS/IMG2IMG_DEFAULT_PROMPTS")
         for model in self.models:
             validate_params(model=model, prompt=self.prompts[0], **self.common)
+            self.check_model(model)
         for prompt in self.prompts:
             validate_params(model=self.models[0], prompt=prompt, **self.common)
+
+    def check_model(self, model: str) -> None:
+        """ModelNotAllowed when the fleet's allow-list (if known) refuses ``model``."""
+        if self.allowed_models is not None:
+            check_allowed(model, self.allowed_models)
 
 
 @dataclass(frozen=True)
@@ -94,10 +104,11 @@ def plan_jobs(inputs: list[PlannedInput], defaults: Defaults, *, output: S3Locat
         values = {**defaults.common, "model": model, "prompt": prompt, **item.overrides}
         try:
             params = validate_params(**values)
+            defaults.check_model(params.model)
             job = JobMessage.create(input=item.source.location, input_etag=item.source.etag,
                                     output_prefix=output, params=params, batch_id=batch_id,
                                     **asdict(defaults.controls))
-        except InvalidJob as exc:
+        except (InvalidJob, ModelNotAllowed) as exc:
             if item.line is None:
                 plan.skipped.append(_shorten(str(exc), 400))
             else:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
-from contract.settings import CommonSettings
+from contract.settings import CommonSettings, split_list
 
 
 class ProducerSettings(CommonSettings):
@@ -16,3 +17,11 @@ class ProducerSettings(CommonSettings):
     upload_prefix: str = "inputs/"
     output_prefix: str = "outputs/"
     concurrency: Annotated[int, Field(ge=1, le=64)] = 8
+    # The workers' IMG2IMG_ALLOWED_MODELS, when set for the producer too: enqueue then
+    # refuses models the fleet would refuse. Unset: no check here (the workers still do).
+    allowed_models: Annotated[list[str] | None, NoDecode] = None
+
+    @field_validator("allowed_models", mode="before")
+    @classmethod
+    def _split_allowed(cls, value: Any) -> Any:
+        return split_list(value)

@@ -63,6 +63,44 @@ class BatchProgress:
             return None
         return max(self.total - self.finished, 0) / rate
 
+    @property
+    def exists(self) -> bool:
+        """False when neither a manifest nor a marker is there: an unknown batch id."""
+        return self.manifest is not None or self.finished > 0
+
+    def line(self, now: datetime) -> str:
+        """One line for people: counts, rate, and the ETA or 'finished'."""
+        total = "unknown (no manifest)" if self.total is None else str(self.total)
+        rate = self.rate(now)
+        state = "finished" if self.complete else f"eta {format_seconds(self.eta_seconds(now))}"
+        not_run = "".join(f", {name} {getattr(self, name)}"
+                          for name in (CANCELLED, EXPIRED) if getattr(self, name))
+        costs = self.costs
+        cost = "" if costs is None or not costs.gpu_seconds else (
+            f", gpu {costs.gpu_seconds:.1f} s"
+            + (f" (${costs.cost_usd:.4f})" if costs.cost_usd else ""))
+        return (f"batch {self.batch_id}: done {self.done}, failed {self.failed}{not_run}, "
+                f"total {total}, rate {'unknown' if rate is None else f'{rate:.2f} jobs/s'}"
+                f"{cost}, {state}")
+
+    def to_dict(self, now: datetime) -> dict[str, Any]:
+        """The same facts for programs (``status --json``); unknowns are null."""
+        rate = self.rate(now)
+        eta = self.eta_seconds(now)
+        return {
+            "batch_id": self.batch_id, "total": self.total, "done": self.done,
+            "failed": self.failed, "cancelled": self.cancelled, "expired": self.expired,
+            "finished": self.finished, "complete": self.complete,
+            "gpu_seconds": self.costs.gpu_seconds if self.costs else None,
+            "cost_usd": self.costs.cost_usd if self.costs else None,
+            "rate_jobs_per_second": None if rate is None else round(rate, 4),
+            "eta_seconds": None if eta is None else round(eta, 1),
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "has_manifest": self.manifest is not None,
+            "source": self.manifest.source if self.manifest else None,
+            "output": self.manifest.output if self.manifest else None,
+        }
+
 
 def batch_progress(s3: Any, output: S3Location, batch_id: str, *,
                    page_size: int = MAX_KEYS_PER_LIST) -> BatchProgress:

@@ -108,7 +108,8 @@ def test_mixed_run_outputs_have_input_size_and_name(mixed_run: Run) -> None:
     # clash.jpg and clash.png both want clash.png: both are kept, with distinct names.
     clash_outputs = sorted(p.name for p in out.glob("clash*"))
     assert len(clash_outputs) == 2 and "clash.png" in clash_outputs
-    images = [p for p in out.rglob("*") if p.is_file() and p.name != "results.jsonl"]
+    images = [p for p in out.rglob("*")
+              if p.is_file() and p.name not in ("results.jsonl", "index.html")]
     assert len(images) == 5
 
 

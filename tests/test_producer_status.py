@@ -104,10 +104,26 @@ def test_watch_gives_up_after_its_timeout(fleet, s3):
     assert "done 1, failed 0, total 2" in result.stdout and "gave up" in result.stderr
 
 
-def test_watch_needs_a_known_batch(fleet):
-    result = runner.invoke(app, ["status", "--batch-id", "b-nosuchbatch", "--output",
-                                 f"s3://{fleet.bucket}/outputs/", "--watch"])
-    assert result.exit_code == 2 and "no manifest for batch b-nosuchbatch" in result.stderr
+def test_an_unknown_batch_is_an_error_watched_or_not(fleet):
+    for extra in ([], ["--watch"], ["--json"]):
+        result = runner.invoke(app, ["status", "--batch-id", "b-nosuchbatch", "--output",
+                                     f"s3://{fleet.bucket}/outputs/", *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        assert f"no batch b-nosuchbatch under s3://{fleet.bucket}/outputs/" in result.stderr
+        assert not result.stdout
+
+
+def test_a_batch_without_manifest_is_shown_but_cannot_be_watched(fleet, s3):
+    s3.put_object(Bucket=fleet.bucket, Key="outputs/_batches/other/j1.done", Body=b"")
+
+    shown = runner.invoke(app, ["status", "--batch-id", "other", "--output",
+                                f"s3://{fleet.bucket}/outputs/"])
+    watched = runner.invoke(app, ["status", "--batch-id", "other", "--output",
+                                  f"s3://{fleet.bucket}/outputs/", "--watch"])
+
+    assert shown.exit_code == 0, shown.output
+    assert "batch other: done 1, failed 0, total unknown (no manifest)" in shown.stdout
+    assert watched.exit_code == 2 and "no manifest for batch other" in watched.stderr
 
 
 def test_failures_lists_the_failed_jobs_errors(fleet, s3):

@@ -12,12 +12,13 @@ from common.cli import fail, run_app
 from contract.errors import Img2ImgError, InvalidJob
 from contract.job import validate_params
 from contract.settings import load_settings
+from worker.settings import MemoryMode
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Stable Diffusion img2img worker: a local folder or the SQS fleet.")
 
 @app.callback()
-def _group() -> None:
+def _group(version: opt.Version = False) -> None:
     """Stable Diffusion img2img worker: a local folder or the SQS fleet."""
 
 
@@ -40,9 +41,10 @@ def run(
     scheduler: opt.Scheduler = opt.SCHEDULER,
     batch_size: Annotated[int | None, typer.Option(
         help="Images per pipeline call (default IMG2IMG_MAX_BATCH_SIZE).")] = None,
-    memory_mode: Annotated[str | None, typer.Option(
-        help="fast | balanced | lean (default IMG2IMG_MEMORY_MODE).")] = None,
-    log_level: Annotated[str, typer.Option()] = "WARNING",
+    memory_mode: Annotated[MemoryMode | None, typer.Option(
+        help="fast: all on the GPU; balanced: model CPU offload; lean: sequential offload "
+        "(default IMG2IMG_MEMORY_MODE).")] = None,
+    log_level: Annotated[str, typer.Option(help="Python log level, on stderr.")] = "WARNING",
 ) -> None:
     """Process a local folder or files with no AWS at all; writes results.jsonl."""
     from worker.settings import WorkerSettings
@@ -98,7 +100,18 @@ def run(
                              on_result=lambda r: progress.advance(task))
         summary = runner.run(jobs)
     summary.skipped = len(skipped)
-    typer.echo(f"{summary.line()}; results in {output_dir / RESULTS_FILE}")
+    from common.failures import failure_lines
+    from common.gallery import write_gallery
+    from common.results_file import read_results
+
+    results = read_results(output_dir / RESULTS_FILE)
+    asked = {str(j.input_path): {"strength": j.params.strength, "steps": j.params.steps}
+             for j in jobs}  # records do not carry these; the gallery shows them
+    gallery = write_gallery([{**asked.get(r.get("input"), {}), **r} for r in results],
+                            output_dir, title=f"img2img: {output_dir}")
+    typer.echo(f"{summary.line()}; results in {output_dir / RESULTS_FILE}; gallery {gallery}")
+    for line in failure_lines(results, more=f"all in {output_dir / RESULTS_FILE}"):
+        typer.echo(line, err=True)
     if summary.failed:
         raise typer.Exit(1)
 
@@ -109,7 +122,8 @@ def serve(
         help="Exit after this many seconds with nothing received or held.")] = None,
     max_jobs: Annotated[int | None, typer.Option(
         help="Exit after finishing this many jobs.")] = None,
-    log_level: Annotated[str, typer.Option(envvar="IMG2IMG_LOG_LEVEL")] = "INFO",
+    log_level: Annotated[str, typer.Option(
+        envvar="IMG2IMG_LOG_LEVEL", help="Python log level of the JSON log lines.")] = "INFO",
 ) -> None:
     """Long-poll IMG2IMG_QUEUE_URL, run batches, write results to S3, until stopped."""
     from common.logs import configure_logging
