@@ -138,7 +138,8 @@ def test_sigkill_mid_batch_then_another_worker_finishes_everything_once(
     time.sleep(0.5)
     first.signal(signal.SIGKILL)
     assert first.wait() == -signal.SIGKILL
-    second = WorkerProcess(env, "--exit-when-idle", "14")
+    # It ends once the four jobs are done (idle exit only as a safety net).
+    second = WorkerProcess(env, "--max-jobs", "4", "--exit-when-idle", "30")
     assert second.wait(timeout=240) == 0, "\n".join(second.lines[-20:])
     for job in jobs:
         assert record_of(s3, job)["status"] == "done"

@@ -138,7 +138,7 @@ def test_a_message_that_bounces_back_is_moved_once_and_the_run_ends(fleet, sqs):
         moved_ids.extend(ok["MessageId"] for ok in parsed.get("Successful", []))
         for _ in range(fleet.max_receive_count + 1):
             other.receive_message(QueueUrl=fleet.queue_url, MaxNumberOfMessages=10,
-                                  VisibilityTimeout=0)
+                                  VisibilityTimeout=0, WaitTimeSeconds=0)
 
     other = sqs_client(endpoint_url=fleet.endpoint_url)
 
