@@ -27,7 +27,7 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
 @contextmanager
 def clear_errors() -> Iterator[None]:
     """Our errors and AWS's, as one line naming the problem (exit 2 for bad input)."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
     from common.aws_errors import describe, is_configuration_error
 
@@ -35,6 +35,13 @@ def clear_errors() -> Iterator[None]:
         yield
     except Img2ImgError as exc:
         raise fail(str(exc)) from None
+    except NoRegionError:
+        raise fail("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or a profile "
+                   "with a region)") from None
+    except NoCredentialsError:
+        raise fail("no AWS credentials: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+                   "AWS_SECRET_ACCESS_KEY, or run where an instance/task role applies"
+                   ) from None
     except ClientError as exc:
         code = EXIT_BAD_INPUT if is_configuration_error(exc) else EXIT_FAILED
         raise fail(describe(exc), code) from None

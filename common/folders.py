@@ -31,3 +31,20 @@ def scan_images(root: Path) -> tuple[list[LocalImage], list[Path]]:
         else:
             others.append(path)
     return images, others
+
+
+def output_name(relative: Path, extension: str, taken: set[Path]) -> Path:
+    """Where the output of the input at ``relative`` goes (its relative path with the
+    output's extension), kept apart from outputs already ``taken``: a.png and a.jpg
+    both make a.png, so the second becomes a_jpg.png (then a_jpg_2.png ...). Adds the
+    name to ``taken``."""
+    out = relative.with_suffix("." + extension)
+    if out in taken:
+        base = f"{relative.stem}_{relative.suffix.lstrip('.')}"
+        out = out.with_name(f"{base}{out.suffix}")
+        counter = 2
+        while out in taken:
+            out = out.with_name(f"{base}_{counter}{out.suffix}")
+            counter += 1
+    taken.add(out)
+    return out

@@ -47,7 +47,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "filelock", "PIL"):
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "filelock", "PIL",
+                  "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     quiet_libraries()
 
@@ -61,6 +62,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*torchvision.*")
+    warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
     try:
         from diffusers.utils import logging as diffusers_logging
     except ImportError:  # the producer's light install has no diffusers

@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 
 from common.aws import s3_client, sqs_client
+from common.folders import output_name
+from common.gallery import write_gallery
+from contract.result import FINAL_STATUSES
 from local_fleet.embedded_aws import create_fleet_resources, start_moto_server
 
 BATCH_ID = "local-fleet"
@@ -41,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--strength", type=float, default=0.75)
+    parser.add_argument("--max-side", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args(argv)
@@ -78,7 +82,7 @@ def _run_fleet(args: argparse.Namespace, models: list[str], endpoint: str) -> in
                "--bucket", resources.bucket, "--upload-prefix", UPLOAD_PREFIX,
                "--output", f"s3://{resources.bucket}/{OUTPUT_PREFIX}",
                "--batch-id", BATCH_ID, "--steps", str(args.steps),
-               "--strength", str(args.strength)]
+               "--strength", str(args.strength), "--max-side", str(args.max_side)]
     for model in models:
         enqueue += ["--model", model]
     for prompt in args.prompt or []:
@@ -108,18 +112,21 @@ def _run_fleet(args: argparse.Namespace, models: list[str], endpoint: str) -> in
             worker.terminate()
             worker.wait(timeout=120)
     seconds = time.monotonic() - started
-    done, failed = _collect(s3, resources.bucket, args.output)
+    done, failed = _collect(s3, resources.bucket, args.output, args.input)
     dlq = int(sqs.get_queue_attributes(QueueUrl=resources.dlq_url, AttributeNames=[
         "ApproximateNumberOfMessages"])["Attributes"]["ApproximateNumberOfMessages"])
     print(f"fleet of {args.workers} worker(s): done {done}, failed {failed}, in DLQ {dlq}, "
           f"{seconds:.1f} s; outputs and results.jsonl in {args.output}")
+    print(f"gallery: {args.output / 'index.html'}")
     return 0 if (watch.returncode == 0 and failed == 0 and dlq == 0) else 1
 
 
-def _collect(s3, bucket: str, output_dir: Path) -> tuple[int, int]:
-    """Copy outputs (named after their inputs) and write results.jsonl from the records."""
+def _collect(s3, bucket: str, output_dir: Path, input_dir: Path) -> tuple[int, int]:
+    """Copy outputs (named after their inputs, as the local folder mode names them) and
+    write results.jsonl from the records, and the gallery next to them."""
     output_dir.mkdir(parents=True, exist_ok=True)
     done = failed = 0
+    taken: set[Path] = set()
     records = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
                                                              Prefix=OUTPUT_PREFIX):
@@ -127,18 +134,23 @@ def _collect(s3, bucket: str, output_dir: Path) -> tuple[int, int]:
             if obj["Key"].endswith(".json") and "/_batches/" not in obj["Key"]:
                 records.append(json.loads(
                     s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()))
-    records = [r for r in records if r.get("status") in ("done", "failed")]
+    records = sorted((r for r in records if r.get("status") in FINAL_STATUSES),
+                     key=lambda r: r["input"])
     with (output_dir / "results.jsonl").open("w") as results:
-        for record in sorted(records, key=lambda r: r["input"]):
+        for record in records:
+            relative = Path(record["input"].split("/", 3)[3].removeprefix(UPLOAD_PREFIX))
+            record["local_input"] = str(input_dir / relative)
             if record["status"] == "done":
                 done += 1
                 key = record["output"].split("/", 3)[3]
-                name = Path(record["input"]).stem + Path(key).suffix
-                s3.download_file(bucket, key, str(output_dir / name))
-                record["local_output"] = str(output_dir / name)
+                local = output_dir / output_name(relative, Path(key).suffix.lstrip("."), taken)
+                local.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(bucket, key, str(local))
+                record["local_output"] = str(local)
             else:
                 failed += 1
             results.write(json.dumps(record) + "\n")
+    write_gallery(records, output_dir, title="img2img fleet: local run")
     return done, failed
 
 

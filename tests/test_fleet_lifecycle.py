@@ -126,3 +126,14 @@ def test_serve_on_a_queue_that_does_not_exist_stops_with_a_clear_error(fleet, mo
                             timeout=120)
     assert result.returncode == 2
     assert "cannot receive from" in result.stderr and "-missing" in result.stderr
+
+
+def test_serve_without_an_aws_region_says_so(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")}
+    env.update(IMG2IMG_QUEUE_URL="https://sqs.us-east-1.amazonaws.com/123456789012/q",
+               AWS_CONFIG_FILE=str(tmp_path / "no-config"))
+    result = subprocess.run([WORKER_BIN, "serve"], env=env, capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode == 2 and "no AWS region" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,6 +243,38 @@ def test_bad_option_exits_2_naming_it(args: list[str], env: dict[str, str], name
     assert run.returncode == 2, (run.stdout, run.stderr)
     assert named in run.stderr
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "env", "message"),
+    [
+        ("output-file", {}, "is a file, not a folder"),
+        ("empty", {}, "no images in"),
+        ("gpu", {"IMG2IMG_DEVICE": "gpu"}, "IMG2IMG_DEVICE"),
+        ("missing-model", {"IMG2IMG_ALLOWED_MODELS": "org/*", "HF_HUB_OFFLINE": "1"},
+         "is not in the Hugging Face cache"),
+    ],
+)
+def test_mistakes_are_one_line_before_any_image_is_tried(case: str, env: dict[str, str],
+                                                         message: str, model_cache: Path,
+                                                         tmp_path: Path) -> None:
+    """Not a traceback, and not after loading a model and 'succeeding' at nothing."""
+    source = tmp_path / "in"
+    source.mkdir()
+    if case != "empty":
+        (source / "a.png").write_bytes(png_bytes(pattern_rgb(32, 32)))
+    out = tmp_path / "out"
+    if case == "output-file":
+        out.write_text("not a folder")
+    model = "org/missing" if case == "missing-model" else "tiny"
+    started = time.monotonic()
+    run = run_cli([str(source), "-m", model, "--output-dir", str(out)], cwd=tmp_path,
+                  model_cache=model_cache, env=env, timeout=120)
+    assert run.returncode == 2, (run.stdout, run.stderr)
+    assert message in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) <= 2, run.stderr
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "out").is_dir() or not (out / "results.jsonl").exists()
 
 
 def test_unknown_format_is_a_usage_error(model_cache: Path, tmp_path: Path) -> None:

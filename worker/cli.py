@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from common import cli_options as opt
-from common.cli import fail, run_app
+from common.cli import clear_errors, fail, run_app
 from contract.errors import Img2ImgError, InvalidJob
 from contract.job import validate_params
 from contract.settings import load_settings
@@ -67,6 +67,7 @@ def run(
                     "IMG2IMG_DEFAULT_MODELS/IMG2IMG_DEFAULT_PROMPTS")
 
     from common.logs import configure_logging
+    from contract.locations import IMAGE_EXTENSIONS
     from worker.local_run import RESULTS_FILE, LocalRunner, collect_inputs, plan_jobs
     from worker.model_refs import check_allowed
 
@@ -81,7 +82,16 @@ def run(
     missing = [str(p) for p in roots if not p.exists()]
     if missing:
         raise fail(f"no such file or folder: {', '.join(missing)}")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise fail(f"--output-dir {output_dir} is a file, not a folder")
     files, skipped = collect_inputs(roots)
+    if not files:
+        raise fail(f"no images in {', '.join(map(str, roots))} (looked for "
+                   f"{', '.join(sorted(IMAGE_EXTENSIONS))}; {len(skipped)} other files)")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(f"--output-dir {output_dir}: {exc.strerror or exc}") from None
     jobs = plan_jobs(files, output_dir, models=models, prompts=prompts, choice_seed=seed,
                      make_params=lambda m, p: validate_params(model=m, prompt=p, **common))
     from rich.progress import Progress
@@ -90,6 +100,8 @@ def run(
 
     try:
         engine = Engine(settings)
+        for m in dict.fromkeys(j.params.model for j in jobs):
+            engine.model(m)  # every model loads once, up front: a missing one fails here
     except Img2ImgError as exc:
         raise fail(str(exc)) from None
     with Progress(transient=False) as progress:
@@ -134,13 +146,11 @@ def serve(
     from worker.service import build_worker, install_signal_handlers
     from worker.settings import WorkerSettings
 
-    try:
+    with clear_errors():
         settings = load_settings(WorkerSettings)
         if not settings.queue_url:
             raise InvalidJob("IMG2IMG_QUEUE_URL is not set: the worker needs a queue")
         worker = build_worker(settings)
-    except Img2ImgError as exc:
-        raise fail(str(exc)) from None
     install_signal_handlers(worker, (signal.SIGTERM, signal.SIGINT))
     worker.run(exit_when_idle=exit_when_idle, max_jobs=max_jobs)
     typer.echo(worker.summary_line(), err=True)

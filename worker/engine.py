@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # Fraction of the GPU the warm cache may fill before evicting the least recently used.
 GPU_CACHE_FRACTION = 0.8
+# A model that failed to load is not tried again for this long.
+MODEL_RETRY_SECONDS = 60.0
 
 
 class GenerationInterrupted(Interrupted):
@@ -102,6 +104,7 @@ class Engine:
             memory_in_use=self._memory_in_use,
             memory_budget=budget,
         )
+        self._failed_loads: dict[tuple[str, str], tuple[float, Exception]] = {}
 
     # -- models ---------------------------------------------------------------------
 
@@ -110,8 +113,19 @@ class Engine:
         check_allowed(reference, self.settings.allowed_models)
 
     def model(self, reference: str, mode: str | None = None) -> LoadedModel:
+        """The warm model; a model that just failed to load fails again at once for
+        MODEL_RETRY_SECONDS instead of every job paying for the attempt."""
         self.check_model(reference)
-        return self.cache.get((reference, mode or self.mode))
+        key = (reference, mode or self.mode)
+        failed = self._failed_loads.get(key)
+        if failed is not None and time.monotonic() - failed[0] < MODEL_RETRY_SECONDS:
+            raise type(failed[1])(f"{failed[1]} (failed {time.monotonic() - failed[0]:.0f} s "
+                                  f"ago; tried again after {MODEL_RETRY_SECONDS:.0f} s)")
+        try:
+            return self.cache.get(key)
+        except (ModelNotFound, StorageUnavailable) as exc:
+            self._failed_loads[key] = (time.monotonic(), exc)
+            raise
 
     def _load(self, key: tuple[str, str]) -> LoadedModel:
         reference, mode = key
@@ -268,10 +282,14 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype) -> Any:
     from diffusers import AutoPipelineForImage2Image
 
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
-    if source.is_local:
-        kwargs["local_files_only"] = True
-    attempts = [dict(kwargs, variant="fp16"), kwargs] if (
+    variants = [dict(kwargs, variant="fp16"), kwargs] if (
         not source.is_local and dtype == torch.float16) else [kwargs]
+    # The cache first (a hub model is usually there: baked in, or downloaded before);
+    # the hub only when it is not, and only when the hub can be reached at all, so a
+    # missing model fails in a second rather than after the hub client's retries.
+    attempts = [dict(v, local_files_only=True) for v in variants]
+    if not source.is_local and hub_reachable():
+        attempts += variants
     last_error: Exception | None = None
     for attempt in attempts:
         try:
@@ -280,10 +298,34 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype) -> Any:
             return pipe
         except (OSError, ValueError) as exc:
             last_error = exc
+    if not source.is_local and not hub_reachable():
+        raise ModelNotFound(f"model {source.reference!r} is not in the Hugging Face cache "
+                            f"(HF_HOME) and {_hub_host()} cannot be reached") from last_error
     if last_error is not None and _is_network_error(last_error):
         raise StorageUnavailable(f"model {source.reference!r}: {last_error}") from last_error
     raise ModelNotFound(f"model {source.reference!r} could not be loaded from "
                         f"{source.location}: {last_error}") from last_error
+
+
+def _hub_host() -> str:
+    import os
+    from urllib.parse import urlsplit
+
+    return urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or ""
+
+
+def hub_reachable() -> bool:
+    """False when downloads are off (HF_HUB_OFFLINE) or the hub's name does not resolve."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        socket.getaddrinfo(_hub_host(), 443)
+    except OSError:
+        return False
+    return True
 
 
 def _is_network_error(exc: BaseException) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from common.folders import scan_images
+from common.folders import output_name, scan_images
 from contract.errors import Img2ImgError, InputNotFound
 from contract.job import GenerationParams, derive_job_id
 from contract.picks import pick_model_and_prompt
@@ -85,17 +85,9 @@ def plan_jobs(files: list[tuple[Path, Path]], output_dir: Path, *, models: list[
         model, prompt = pick_model_and_prompt(models, prompts, seed=choice_seed,
                                               name=relative.as_posix())
         params = make_params(model, prompt)
-        out = output_dir / relative.with_suffix("." + params.output_format.extension)
-        if out in taken:  # a.png and a.jpg both -> a.png: keep both
-            base = f"{relative.stem}_{relative.suffix.lstrip('.')}"
-            out = out.with_name(f"{base}{out.suffix}")
-            counter = 2
-            while out in taken:
-                out = out.with_name(f"{base}_{counter}{out.suffix}")
-                counter += 1
+        out = output_dir / output_name(relative, params.output_format.extension, taken)
         if not out.resolve().is_relative_to(output_dir.resolve()):
             raise InputNotFound(f"{path}: its output {out} would leave {output_dir}")
-        taken.add(out)
         jobs.append(FileJob(job_id="", params=params, source=str(path), input_path=path,
                             output_path=out))
     return jobs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -107,6 +108,13 @@ class WorkerSettings(CommonSettings):
         bad = [v for v in value if not v.startswith("s3://") or len(v) <= len("s3://")]
         if bad:
             raise ValueError(f"each entry must be an S3 URI prefix like s3://bucket/in/: {bad}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", value):
+            raise ValueError("use auto, cpu, cuda, cuda:N (a GPU index), mps or xpu")
         return value
 
     @field_validator("webhook_url")
