@@ -56,9 +56,10 @@ class StopTimings:
 
 
 def fleet_config(**context: Any) -> FleetConfig:
-    """The stack's configuration: its defaults, with CDK context keys (``maxTasks``) or
-    field names (``max_tasks``) as overrides, validated as ``cdk synth`` would."""
-    return FleetConfig.model_validate(dict(context))
+    """The stack's configuration: its defaults with CDK context keys (``maxTasks=8``) as
+    overrides, validated as ``cdk synth`` validates them (``infra.config.ContextError``,
+    a ValueError naming the key)."""
+    return FleetConfig.from_context(context)
 
 
 def scaling_policy_of(config: FleetConfig) -> ScalingPolicy:
