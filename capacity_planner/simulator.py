@@ -13,7 +13,9 @@ What is modelled, and how (docs/scaling.md has the reasoning):
   tasks not yet running first, then idle ones; a busy task is protected (the worker
   sets ECS task protection) and stops once idle.
 - A running worker holds up to ``prefetch_jobs`` jobs waiting for the engine, each ready
-  ``prepare_seconds`` after it was received; the engine takes up to ``max_batch_size``
+  ``prepare_seconds`` after it was received. New jobs go to the workers' waiting
+  receives, the longest-waiting first, one receive (up to 10) at a time; a worker whose
+  room opens receives at once. The engine takes up to ``max_batch_size``
   ready jobs, giving a partial batch ``batch_fill_wait`` to fill while others are still
   being prepared; results count ``write_seconds`` after the batch.
 - SIGTERM (Spot reclaim): stop receiving, release what has not started (visible again at
@@ -127,6 +129,7 @@ class _Task:
     writing: int = 0
     fill_deadline: float | None = None
     stop_when_idle: bool = False
+    last_receive: float = float("-inf")
 
     @property
     def idle(self) -> bool:
@@ -144,7 +147,8 @@ class FleetSimulator:
                  spot: SpotInterruptions | None = None, warm_tasks: int = 0,
                  horizon_seconds: float = DEFAULT_HORIZON_SECONDS) -> None:
         """``policy`` None: a fixed fleet of ``warm_tasks`` tasks, running at t=0.
-        Otherwise the stack's scaling, from ``warm_tasks`` running tasks (0: cold)."""
+        Otherwise the stack's scaling, from ``warm_tasks`` running tasks (0: cold) or
+        the policy's minimum, whichever is more: a minimum is a warm pool."""
         if policy is None and warm_tasks < 1:
             raise ValueError("a fixed fleet needs at least one task")
         self.workload = workload
@@ -156,7 +160,7 @@ class FleetSimulator:
         self.spot = spot or SpotInterruptions()
         self.horizon = horizon_seconds
         self.autoscaler = Autoscaler(policy) if policy else None
-        self.desired = warm_tasks
+        self.desired = max(warm_tasks, policy.min_tasks if policy else 0)
         self.now = 0.0
         self.queue = _Queue()
         self.instances: list[_Instance] = []
@@ -219,9 +223,15 @@ class FleetSimulator:
         self._serve_all()
 
     def _serve_all(self) -> None:
-        for task in list(self.running):
-            if self.queue.visible == 0:
-                break
+        """New visible jobs. Every running worker with room has a receive waiting, and
+        SQS answers waiting receives: the one waiting longest first (the worker that
+        received least recently), one receive's worth each, round after round, until
+        the jobs or the room run out."""
+        order = sorted(self.running, key=lambda t: (t.last_receive, t.id))
+        dealt = True
+        while dealt and self.queue.visible:
+            dealt = any([self._receive(task, once=True) for task in order])
+        for task in order:
             self._serve(task)
 
     # -- scaling ----------------------------------------------------------------------
@@ -440,17 +450,26 @@ class FleetSimulator:
         if task.stop_when_idle and task.idle:
             self._stopped(task)
 
-    def _receive(self, task: _Task) -> None:
+    def _receive(self, task: _Task, *, once: bool = False) -> int:
+        """Receive until the worker's prefetch is full (``once``: one receive); returns
+        the jobs taken. They are ready ``prepare_seconds`` later."""
+        if task.state is not TaskState.RUNNING:
+            return 0
         room = self.worker.prefetch_jobs - task.held_count
-        if room <= 0 or self.queue.visible == 0:
-            return
         ready_at = self.now + self.worker.prepare_seconds
+        taken = 0
         while room > 0 and self.queue.visible > 0:
             for enqueued_at, count in self.queue.take(min(room, self.worker.receive_max)):
                 task.held.append([enqueued_at, count, ready_at])
                 task.held_count += count
                 room -= count
-        self._at(ready_at, self._serve, task)
+                taken += count
+            if once:
+                break
+        if taken:
+            task.last_receive = self.now
+            self._at(ready_at, self._serve, task)
+        return taken
 
     def _try_batch(self, task: _Task) -> None:
         if task.batch_end is not None or not task.held:

@@ -139,3 +139,26 @@ def test_the_planner_imports_no_torch_boto3_cdk_or_worker() -> None:
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_new_jobs_go_to_the_waiting_workers_in_turn() -> None:
+    """Two jobs a second into 4 idle workers of 1 s per image: each second's pair goes
+    to the next worker (one receive), which runs it as a batch of 2 in 2 s; no worker
+    falls behind, so every job takes prepare + 2 s + write."""
+    r = fixed(Workload(40, rate_per_second=2), 4, batch=8,
+              engine=EngineSpeed(per_image_seconds=1.0), prepare=0.3, write=0.3)
+    assert r.latency_p50 == pytest.approx(2.6) and r.latency_max == pytest.approx(2.6)
+
+
+def test_a_minimum_of_tasks_is_a_warm_pool() -> None:
+    import dataclasses
+
+    from capacity_planner.stack_policy import fleet_config, scaling_policy_of
+
+    warm = dataclasses.replace(scaling_policy_of(fleet_config()), min_tasks=1)
+    r = FleetSimulator(Workload.burst(8), engine=EngineSpeed(per_image_seconds=1.0),
+                       worker=WorkerPipeline(prepare_seconds=0.3, write_seconds=0.3),
+                       stop=STOP, policy=warm).run()
+    assert r.cold_start.start_decision is None  # nothing to start: it already runs
+    assert r.first_result_seconds == pytest.approx(0.3 + 8 + 0.3)
+    assert r.complete and r.peak_tasks == 1
