@@ -81,7 +81,7 @@ def policy_what_ifs() -> str:
     trickle = Workload(3600, rate_per_second=1.0)  # a steady hour, one image a second
     burst = Workload.burst(10_000)
     rows = [
-        ("latency: a steady hour at 1 image/s", "the stack as deployed", trickle, base, None),
+        ("a steady hour at 1 image/s", "the stack as deployed", trickle, base, None),
         ("", "one task always warm (min tasks 1)", trickle,
          dataclasses.replace(base, min_tasks=1), None),
         ("", "backlogPerTask 8", trickle,
@@ -104,7 +104,7 @@ def policy_what_ifs() -> str:
         r = _run(workload, policy, start_up)
         # A warm task is billed here for the run only (docs/scaling.md says so).
         billed = r.gpu_hours.billed
-        per_1000 = 1000 * billed * PRICE / workload.images
+        per_1000 = 1000 * (r.cost(PRICE) or 0.0) / workload.images
         lines.append(f"| {label} | {name} | {duration(r.drain_seconds)} | "
                      f"{duration(r.latency_p50)} / {duration(r.latency_p99)} | "
                      f"{billed:.2f} ({r.gpu_hours.busy:.2f}) | ${per_1000:.3f} |")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from capacity_planner.autoscaling import Decision
 
@@ -14,7 +15,7 @@ def weighted_percentile(samples: Iterable[tuple[float, int]], q: float) -> float
     total = sum(n for _, n in ordered)
     if not total:
         return None
-    rank = max(1, min(total, int(-(-q * total // 1))))  # ceil(q * total), within 1..total
+    rank = max(1, min(total, math.ceil(q * total)))
     seen = 0
     for value, count in ordered:
         seen += count
@@ -81,13 +82,3 @@ class SimulationResult:
     def cost(self, price_per_hour: float | None) -> float | None:
         """Dollars for the instance-hours billed at ``price_per_hour`` (None: unknown)."""
         return None if price_per_hour is None else self.gpu_hours.billed * price_per_hour
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["decisions"] = [{"at": d.at, "action": d.action.value,
-                              "desired_before": d.desired_before,
-                              "desired_after": d.desired_after, "metric": d.metric}
-                             for d in self.decisions]
-        data["gpu_hours"]["idle"] = self.gpu_hours.idle
-        data["gpu_hours"]["waiting"] = self.gpu_hours.waiting
-        return data
