@@ -19,6 +19,15 @@ from infra.metrics import (
     service_metric,
 )
 from infra.queues import JobQueues
+from infra.scaling_policy import (
+    MIN_TASKS,
+    START_ALARM_EVALUATION_PERIODS,
+    START_ALARM_PERIOD_SECONDS,
+    START_COOLDOWN_SECONDS,
+    START_TASKS,
+    TRACKING_SCALE_IN_COOLDOWN_SECONDS,
+    TRACKING_SCALE_OUT_COOLDOWN_SECONDS,
+)
 
 _Query = appscaling.CfnScalingPolicy.TargetTrackingMetricDataQueryProperty
 
@@ -31,7 +40,7 @@ def scale_on_queue_depth(scope: Construct, config: FleetConfig, *, queues: JobQu
         service_namespace=appscaling.ServiceNamespace.ECS,
         resource_id=f"service/{cluster.cluster_name}/{service.service_name}",
         scalable_dimension="ecs:service:DesiredCount",
-        min_capacity=0,
+        min_capacity=MIN_TASKS,
         max_capacity=config.max_tasks,
     )
     _track_backlog_per_task(scope, config, target, queues, cluster, service)
@@ -88,8 +97,8 @@ def _track_backlog_per_task(scope: Construct, config: FleetConfig,
         target_tracking_scaling_policy_configuration=(
             appscaling.CfnScalingPolicy.TargetTrackingScalingPolicyConfigurationProperty(
                 target_value=config.backlog_per_task,
-                scale_out_cooldown=60,
-                scale_in_cooldown=300,
+                scale_out_cooldown=TRACKING_SCALE_OUT_COOLDOWN_SECONDS,
+                scale_in_cooldown=TRACKING_SCALE_IN_COOLDOWN_SECONDS,
                 customized_metric_specification=(
                     appscaling.CfnScalingPolicy.CustomizedMetricSpecificationProperty(
                         metrics=metrics)),
@@ -125,18 +134,18 @@ def _start_from_zero(scope: Construct, target: appscaling.ScalableTarget, queues
                 "desired": service_metric(cluster, service, "DesiredTaskCount"),
             },
             label="Waiting jobs with no worker",
-            period=Duration.minutes(1),
+            period=Duration.seconds(START_ALARM_PERIOD_SECONDS),
         ),
         threshold=1,
         comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-        evaluation_periods=1,
+        evaluation_periods=START_ALARM_EVALUATION_PERIODS,
         treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
     )
     start = appscaling.StepScalingAction(
         scope, "StartFromZeroAction",
         scaling_target=target,
         adjustment_type=appscaling.AdjustmentType.EXACT_CAPACITY,
-        cooldown=Duration.minutes(2),
+        cooldown=Duration.seconds(START_COOLDOWN_SECONDS),
     )
-    start.add_adjustment(adjustment=1, lower_bound=0)
+    start.add_adjustment(adjustment=START_TASKS, lower_bound=0)
     alarm.add_alarm_action(cw_actions.ApplicationScalingAction(start))

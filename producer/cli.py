@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from common import cli_options as opt
-from common.cli import clear_errors, progress_bars, run_app
+from common.cli import clear_errors, fail, progress_bars, run_app
 from contract.errors import InvalidJob
 from contract.locations import S3_SCHEME, parse_s3_uri
 
@@ -306,6 +306,7 @@ def cancel(
         "--job-id", help="Cancel only this job of the batch (repeatable).")] = None,
     reason: Annotated[str, typer.Option(help="Recorded in each cancelled job's record.")
                       ] = "cancelled",
+    log_level: LogLevel = None,
 ) -> None:
     """Cancel a batch (or some of its jobs): jobs not yet started end as cancelled."""
     from common import aws
@@ -325,6 +326,49 @@ def cancel(
     what = "every job" if result.order.all_jobs else f"{len(result.order.job_ids)} job(s)"
     typer.echo(f"batch {batch_id}: {what} not yet started will end as cancelled "
                f"({result.finished} of {result.total} ended already)")
+
+
+@app.command()
+def plan(
+    images: Annotated[int, typer.Option(help="Images to process.", min=1)],
+    rate: Annotated[float | None, typer.Option(
+        help="They arrive at this many per second (default: all at once).", min=0.001)
+    ] = None,
+    seconds_per_image: Annotated[float | None, typer.Option(
+        help="GPU seconds per image in a full batch (default: an assumption, shown).",
+        min=0.001)] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="IMG2IMG_MAX_BATCH_SIZE (default: the worker's).", min=1, max=64)] = None,
+    max_tasks: Annotated[int | None, typer.Option(
+        help="The stack's maxTasks (default: the stack's).", min=1)] = None,
+    backlog_per_task: Annotated[int | None, typer.Option(
+        help="The stack's backlogPerTask (default: the stack's).", min=1)] = None,
+    instance_type: Annotated[str | None, typer.Option(
+        help="A g5/g6/g6e type (default: the stack's first).")] = None,
+    spot: Annotated[bool, typer.Option("--spot", help="Spot capacity, with reclaims.")
+                    ] = False,
+    price_per_hour: Annotated[float | None, typer.Option(
+        help="Your price per instance-hour for the chosen capacity (default: the "
+        "project's dated list prices).", min=0)] = None,
+    interruptions_per_hour: Annotated[float | None, typer.Option(
+        help="Spot reclaims per instance-hour (default with --spot: an assumption).",
+        min=0)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")
+                       ] = False,
+    log_level: LogLevel = None,
+) -> None:
+    """Drain time, latency, GPU-hours and cost: the stack's scaling policy simulated."""
+    from capacity_planner.plan import PlanRequest, make_plan
+
+    try:
+        made = make_plan(PlanRequest(
+            images=images, rate_per_second=rate, seconds_per_image=seconds_per_image,
+            batch_size=batch_size, max_tasks=max_tasks, backlog_per_task=backlog_per_task,
+            instance_type=instance_type, spot=spot, price_per_hour=price_per_hour,
+            interruptions_per_hour=interruptions_per_hour))
+    except ValueError as exc:  # a setting the stack or the model refuses
+        raise fail(str(exc)) from None
+    typer.echo(json.dumps(made.to_dict(), indent=2) if as_json else made.text())
 
 
 @app.command()
