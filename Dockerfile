@@ -102,6 +102,8 @@ COPY contract/ contract/
 COPY common/ common/
 COPY worker/ worker/
 COPY producer/ producer/
+COPY capacity_planner/ capacity_planner/
+COPY infra/ infra/
 RUN pip install --no-deps --no-build-isolation --no-index . \
  && pip check
 
