@@ -3,9 +3,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch goes in first; on a GPU machine use e.g. TORCH_SPEC="torch==2.13.0"
-# with the CUDA index of your choice (see docs/deploy.md for the worker image).
+# torch goes in first, from PyTorch's CPU index: on Linux, PyPI's torch is the CUDA build
+# (gigabytes of NVIDIA libraries), the CPU index's is a few hundred MB. Where that index
+# does not resolve, pip's own configuration (a find-links folder, a mirror) serves it.
+# On a GPU machine: make TORCH_INDEX=https://download.pytorch.org/whl/cu130 ...
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 MODEL ?= tiny
 WORKERS ?= 1
 ARGS ?=
@@ -17,7 +20,14 @@ $(BIN)/python:
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
 
 $(VENV)/.run-deps: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	if $(BIN)/python -c "import socket, urllib.parse as u; \
+	    socket.getaddrinfo(u.urlsplit('$(TORCH_INDEX)').hostname, 443)" 2>/dev/null; then \
+	  $(BIN)/pip install -q --disable-pip-version-check --extra-index-url "$(TORCH_INDEX)" \
+	    "$(TORCH_SPEC)"; \
+	else \
+	  echo "$(TORCH_INDEX) is out of reach: torch comes from pip's configured sources"; \
+	  $(BIN)/pip install -q --disable-pip-version-check "$(TORCH_SPEC)"; \
+	fi
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[worker,local]"
 	touch $@
 
