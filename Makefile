@@ -41,9 +41,12 @@ run: $(VENV)/.run-deps
 		--output data/output_images --model $(MODEL) --workers $(WORKERS) $(ARGS)
 
 ## The whole test suite (unit, engine, fleet integration, deployment artefacts) and the linter.
+## Test files run in parallel processes (most of their time is waiting on worker
+## processes and the S3/SQS server); a file's tests stay together, so a shared worker
+## run is made once.
 test: $(VENV)/.test-deps
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n auto --maxprocesses 4 --dist loadfile
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .

@@ -8,10 +8,10 @@ and ``{"requestID", "error": {"Arn", "Code", "Message"}}``.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.local_http import LocalServer, Request
 
 TASK_ARN = "arn:aws:ecs:us-east-1:111122223333:task/fleet/0123456789abcdef0"
 TASK_PATH = "/api/task-1"  # ECS_AGENT_URI already ends in the task's own path
@@ -32,34 +32,20 @@ class AgentStandIn:
         self.bodies: list[dict[str, Any]] = []
         self.other_paths: list[str] = []
         self.answer = answer
-        agent = self
+        self._server = LocalServer(self._respond)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if self.path == f"{TASK_PATH}/task-protection/v1/state":
-                    agent.bodies.append(body)
-                else:
-                    agent.other_paths.append(self.path)
-                status, payload = agent.answer(body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _respond(self, request: Request) -> tuple[int, bytes]:
+        body = json.loads(request.body)
+        if request.path == f"{TASK_PATH}/task-protection/v1/state":
+            self.bodies.append(body)
+        else:
+            self.other_paths.append(request.path)
+        status, payload = self.answer(body)
+        return status, json.dumps(payload).encode()
 
     @property
     def uri(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}{TASK_PATH}"
+        return self._server.base_url + TASK_PATH
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.close()

@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from contract.batches import BatchManifest, CancelOrder
 from contract.errors import CallbackNotAllowed
 from contract.locations import S3Location, batch_cancel_key, batch_manifest_key
 from contract.result import ResultRecord
+from tests.local_http import LocalServer, Request
 from worker.batch_progress import BatchProgress
 from worker.cancels import CancelWatch
 from worker.events import SIGNATURE_HEADER, Notifier, check_callback, job_event
@@ -131,32 +131,20 @@ class _Hook:
     """A local webhook receiver that fails the first ``fail`` requests with 500."""
 
     def __init__(self, fail: int = 0) -> None:
-        self.received: list[tuple[Any, bytes]] = []
+        self.received: list[tuple[Any, bytes]] = []  # (headers, case-insensitive; body)
         self.fail = fail
-        hook = self
+        self._server = LocalServer(self._respond)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if hook.fail > 0:
-                    hook.fail -= 1
-                    self.send_response(500)
-                    self.end_headers()
-                    return
-                hook.received.append((self.headers, body))  # case-insensitive
-                self.send_response(204)
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _respond(self, request: Request) -> tuple[int, bytes]:
+        if self.fail > 0:
+            self.fail -= 1
+            return 500, b""
+        self.received.append((request.headers, request.body))
+        return 204, b""
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/hook"
+        return self._server.base_url + "/hook"
 
 
 def _record() -> ResultRecord:

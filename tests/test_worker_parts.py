@@ -129,9 +129,11 @@ def test_hub_id_loads_from_the_hub_cache_offline(model_cache, tmp_path):
     missing = subprocess.run([*common, "-m", "acme/not-cached", "--output-dir",
                               str(tmp_path / "b")], env=env, capture_output=True, text=True,
                              timeout=300)
-    assert missing.returncode == 1
-    (line,) = (tmp_path / "b" / "results.jsonl").read_text().splitlines()
-    assert json.loads(line)["error"]["type"] == "ModelNotFound"
+    # A model neither cached nor downloadable is one error, up front, before any image.
+    assert missing.returncode == 2
+    assert "acme/not-cached" in missing.stderr and "not in the Hugging Face cache" in (
+        missing.stderr)
+    assert not (tmp_path / "b" / "results.jsonl").exists()
 
 
 # -- VAE tiling and warm-up --------------------------------------------------------------

@@ -1,0 +1,56 @@
+"""A local HTTP server for the tests: each request is answered by a plain function."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    headers: Message  # case-insensitive lookups
+    body: bytes
+
+
+Respond = Callable[[Request], tuple[int, bytes]]
+
+
+class LocalServer:
+    """Serves on 127.0.0.1 (a free port) until ``close``; ``respond`` gives each answer."""
+
+    def __init__(self, respond: Respond) -> None:
+        answer = respond
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                request = Request(self.command, self.path, self.headers,
+                                  self.rfile.read(length) if length else b"")
+                status, payload = answer(request)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_PUT = do_POST = _handle  # noqa: N815 - http.server's naming
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
