@@ -35,7 +35,7 @@ def chromium_or_skip() -> str:
     reason = "Chromium is not installed (apt-get install chromium)"
     if os.environ.get("IMG2IMG_TEST_BROWSER") == "required":
         pytest.fail(reason + "; IMG2IMG_TEST_BROWSER=required")
-    pytest.skip(reason)
+    pytest.skip(reason=reason)
 
 
 def _run(chromium: str, url: str, *extra: str, window: str) -> subprocess.CompletedProcess:
