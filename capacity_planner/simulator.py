@@ -28,10 +28,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from capacity_planner.autoscaling import Action, Autoscaler, Datapoint, Decision
@@ -41,6 +38,7 @@ from capacity_planner.fleet_inputs import (
     StartUp,
     WorkerPipeline,
 )
+from capacity_planner.fleet_state import FleetQueue, Instance, Task, TaskState
 from capacity_planner.outcome import (
     ColdStartTimes,
     GpuHours,
@@ -48,99 +46,14 @@ from capacity_planner.outcome import (
     weighted_percentile,
 )
 from capacity_planner.stack_policy import ScalingPolicy, StopTimings
+from capacity_planner.worker_loop import WorkerLoop
 from capacity_planner.workload import Workload
 
-_EPS = 1e-9
 # A run that has not ended after this long (simulated) stops and says so.
 DEFAULT_HORIZON_SECONDS = 90 * 24 * 3600.0
 
 
-class _Queue:
-    """The visible messages, oldest first, as [enqueued_at, count] groups."""
-
-    def __init__(self) -> None:
-        self.groups: deque[list[float]] = deque()
-        self.visible = 0
-
-    def push(self, enqueued_at: float, count: int) -> None:
-        self.groups.append([enqueued_at, count])
-        self.visible += count
-
-    def push_front(self, groups: list[tuple[float, int]]) -> None:
-        """Released jobs: visible again at once, ahead of newer ones."""
-        for enqueued_at, count in reversed(groups):
-            self.groups.appendleft([enqueued_at, count])
-            self.visible += count
-
-    def take(self, wanted: int) -> list[tuple[float, int]]:
-        taken: list[tuple[float, int]] = []
-        while wanted > 0 and self.groups:
-            group = self.groups[0]
-            n = min(wanted, int(group[1]))
-            taken.append((group[0], n))
-            group[1] -= n
-            wanted -= n
-            self.visible -= n
-            if group[1] == 0:
-                self.groups.popleft()
-        return taken
-
-
-class TaskState(str, Enum):
-    WAITING = "waiting for an instance"
-    STARTING = "pulling the image, loading the model"
-    RUNNING = "running"
-    DRAINING = "draining after SIGTERM"
-    STOPPED = "stopped"
-
-
-@dataclass(eq=False)
-class _Instance:
-    id: int
-    launched_at: float | None = None
-    ready_at: float | None = None
-    terminated_at: float | None = None
-    reclaim_at: float | None = None
-    launch_cancelled: bool = False
-    task: _Task | None = None
-    has_image: bool = False
-    idle_token: int = 0
-    tasks_started: int = 0
-    startup_seconds: float = 0.0
-
-    @property
-    def alive(self) -> bool:
-        return self.terminated_at is None and not self.launch_cancelled
-
-
-@dataclass(eq=False)
-class _Task:
-    id: int
-    state: TaskState
-    instance: _Instance | None = None
-    placed_at: float = 0.0
-    held: deque[list[float]] = field(default_factory=deque)  # [enqueued, count, ready_at]
-    held_count: int = 0
-    batch: list[tuple[float, int]] = field(default_factory=list)
-    batch_size: int = 0
-    batch_started: float = 0.0
-    batch_end: float | None = None
-    batch_token: int = 0
-    writing: int = 0
-    fill_deadline: float | None = None
-    stop_when_idle: bool = False
-    last_receive: float = float("-inf")
-
-    @property
-    def idle(self) -> bool:
-        return self.held_count == 0 and self.batch_end is None
-
-    @property
-    def in_flight(self) -> int:
-        return self.held_count + self.batch_size + self.writing
-
-
-class FleetSimulator:
+class FleetSimulator(WorkerLoop):
     def __init__(self, workload: Workload, *, engine: EngineSpeed,
                  worker: WorkerPipeline, stop: StopTimings,
                  policy: ScalingPolicy | None = None, start_up: StartUp | None = None,
@@ -162,10 +75,10 @@ class FleetSimulator:
         self.autoscaler = Autoscaler(policy) if policy else None
         self.desired = max(warm_tasks, policy.min_tasks if policy else 0)
         self.now = 0.0
-        self.queue = _Queue()
-        self.instances: list[_Instance] = []
-        self.tasks: list[_Task] = []
-        self.running: list[_Task] = []
+        self.queue = FleetQueue()
+        self.instances: list[Instance] = []
+        self.tasks: list[Task] = []
+        self.running: list[Task] = []
         self.decisions: list[Decision] = []
         self._events: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = itertools.count()
@@ -279,23 +192,23 @@ class FleetSimulator:
     # -- instances and tasks ----------------------------------------------------------
 
     def _start_warm_task(self) -> None:
-        instance = _Instance(next(self._ids), launched_at=0.0, ready_at=0.0, has_image=True)
+        instance = Instance(next(self._ids), launched_at=0.0, ready_at=0.0, has_image=True)
         self.instances.append(instance)
-        task = _Task(next(self._ids), TaskState.STARTING, instance=instance)
+        task = Task(next(self._ids), TaskState.STARTING, instance=instance)
         instance.task = task
         self.tasks.append(task)
         self._schedule_interruption(instance)
         self._at(0.0, self._task_running, task)
 
     def _start_task(self) -> None:
-        task = _Task(next(self._ids), TaskState.WAITING)
+        task = Task(next(self._ids), TaskState.WAITING)
         self.tasks.append(task)
         free = [i for i in self.instances if i.alive and i.task is None and i.reclaim_at is None]
         free.sort(key=lambda i: (i.ready_at is None, i.launched_at is None, i.id))
         if free:
             instance = free[0]
         else:
-            instance = _Instance(next(self._ids))
+            instance = Instance(next(self._ids))
             self.instances.append(instance)
             self._at(self.now + self.start_up.capacity, self._launch, instance)
         instance.task, task.instance = task, instance
@@ -303,7 +216,7 @@ class FleetSimulator:
         if instance.ready_at is not None:
             self._place(task)
 
-    def _launch(self, instance: _Instance) -> None:
+    def _launch(self, instance: Instance) -> None:
         if instance.launch_cancelled:
             return
         instance.launched_at = self.now
@@ -311,7 +224,7 @@ class FleetSimulator:
         self._schedule_interruption(instance)
         self._at(self.now + self.start_up.boot, self._instance_ready, instance)
 
-    def _instance_ready(self, instance: _Instance) -> None:
+    def _instance_ready(self, instance: Instance) -> None:
         if not instance.alive:
             return
         instance.ready_at = self.now
@@ -321,7 +234,7 @@ class FleetSimulator:
         else:
             self._idle(instance)
 
-    def _place(self, task: _Task) -> None:
+    def _place(self, task: Task) -> None:
         assert task.instance is not None
         task.state = TaskState.STARTING
         task.placed_at = self.now
@@ -331,7 +244,7 @@ class FleetSimulator:
             task.instance.has_image = True
         self._at(self.now + delay, self._task_running, task)
 
-    def _task_running(self, task: _Task) -> None:
+    def _task_running(self, task: Task) -> None:
         if task.state is not TaskState.STARTING or task.instance is None:
             return
         instance = task.instance
@@ -346,13 +259,13 @@ class FleetSimulator:
         self.first.setdefault("task_running", self.now)
         self._serve(task)
 
-    def _scale_in(self, task: _Task) -> None:
+    def _scale_in(self, task: Task) -> None:
         if task.state is TaskState.RUNNING and not task.idle:
             task.stop_when_idle = True  # protected while busy
             return
         self._stopped(task)
 
-    def _stopped(self, task: _Task) -> None:
+    def _stopped(self, task: Task) -> None:
         if task.state is TaskState.STOPPED:
             return
         if task in self.running:
@@ -367,17 +280,17 @@ class FleetSimulator:
         elif instance.reclaim_at is None and instance.ready_at is not None:
             self._idle(instance)
 
-    def _idle(self, instance: _Instance) -> None:
+    def _idle(self, instance: Instance) -> None:
         instance.idle_token += 1
         if self.policy is not None:
             self._at(self.now + self.start_up.instance_scale_in, self._scale_in_instance,
                      instance, instance.idle_token)
 
-    def _scale_in_instance(self, instance: _Instance, token: int) -> None:
+    def _scale_in_instance(self, instance: Instance, token: int) -> None:
         if instance.alive and instance.task is None and instance.idle_token == token:
             self._terminate(instance)
 
-    def _terminate(self, instance: _Instance) -> None:
+    def _terminate(self, instance: Instance) -> None:
         if not instance.alive:
             return
         instance.terminated_at = self.now
@@ -391,12 +304,12 @@ class FleetSimulator:
 
     # -- Spot -------------------------------------------------------------------------
 
-    def _schedule_interruption(self, instance: _Instance) -> None:
+    def _schedule_interruption(self, instance: Instance) -> None:
         if self.spot.per_instance_hour > 0:
             after = self._rng.expovariate(self.spot.per_instance_hour / 3600.0)
             self._at(self.now + after, self._interrupt, instance)
 
-    def _interrupt(self, instance: _Instance) -> None:
+    def _interrupt(self, instance: Instance) -> None:
         if not instance.alive or instance.reclaim_at is not None:
             return
         self.interruptions += 1
@@ -411,7 +324,7 @@ class FleetSimulator:
         self._reconcile()  # the service replaces the task, elsewhere
         self._serve_all()
 
-    def _sigterm(self, task: _Task) -> None:
+    def _sigterm(self, task: Task) -> None:
         if task in self.running:
             self.running.remove(task)
         task.state = TaskState.DRAINING
@@ -422,14 +335,14 @@ class FleetSimulator:
             self._at(self.now + self.stop_timings.stop_deadline, self._abort_batch, task,
                      task.batch_token)
 
-    def _release_held(self, task: _Task) -> None:
+    def _release_held(self, task: Task) -> None:
         if task.held_count:
             self.queue.push_front([(e, int(n)) for e, n, _ in task.held])
             self.jobs_rerun += task.held_count
             task.held.clear()
             task.held_count = 0
 
-    def _abort_batch(self, task: _Task, token: int) -> None:
+    def _abort_batch(self, task: Task, token: int) -> None:
         if task.batch_token != token or task.batch_end is None:
             return
         self.lost_seconds += self.now - task.batch_started
@@ -439,100 +352,6 @@ class FleetSimulator:
         task.batch_token += 1
         self._stopped(task)
         self._serve_all()
-
-    # -- a worker's loop --------------------------------------------------------------
-
-    def _serve(self, task: _Task) -> None:
-        if task.state is not TaskState.RUNNING:
-            return
-        self._receive(task)
-        self._try_batch(task)
-        if task.stop_when_idle and task.idle:
-            self._stopped(task)
-
-    def _receive(self, task: _Task, *, once: bool = False) -> int:
-        """Receive until the worker's prefetch is full (``once``: one receive); returns
-        the jobs taken. They are ready ``prepare_seconds`` later."""
-        if task.state is not TaskState.RUNNING:
-            return 0
-        room = self.worker.prefetch_jobs - task.held_count
-        ready_at = self.now + self.worker.prepare_seconds
-        taken = 0
-        while room > 0 and self.queue.visible > 0:
-            for enqueued_at, count in self.queue.take(min(room, self.worker.receive_max)):
-                task.held.append([enqueued_at, count, ready_at])
-                task.held_count += count
-                room -= count
-                taken += count
-            if once:
-                break
-        if taken:
-            task.last_receive = self.now
-            self._at(ready_at, self._serve, task)
-        return taken
-
-    def _try_batch(self, task: _Task) -> None:
-        if task.batch_end is not None or not task.held:
-            return
-        ready = 0
-        for _, count, ready_at in task.held:
-            if ready_at > self.now + _EPS:
-                break
-            ready += int(count)
-        if not ready:
-            return  # a wake-up is due when the first one is ready
-        size = self.worker.max_batch_size
-        filling = ready < size and ready < task.held_count
-        if filling and task.fill_deadline is None:
-            task.fill_deadline = self.now + self.worker.batch_fill_wait
-            self._at(task.fill_deadline, self._serve, task)
-            return
-        if filling and self.now < task.fill_deadline - _EPS:
-            return
-        self._start_batch(task, min(size, ready))
-
-    def _start_batch(self, task: _Task, size: int) -> None:
-        taken: list[tuple[float, int]] = []
-        left = size
-        while left:
-            group = task.held[0]
-            n = min(left, int(group[1]))
-            taken.append((group[0], n))
-            group[1] -= n
-            left -= n
-            if group[1] == 0:
-                task.held.popleft()
-        task.held_count -= size
-        task.batch, task.batch_size = taken, size
-        task.batch_started = self.now
-        task.batch_end = self.now + self.engine.batch_seconds(size)
-        task.fill_deadline = None
-        self.batches += 1
-        self.first.setdefault("batch", self.now)
-        self._at(task.batch_end, self._batch_done, task, task.batch_token)
-        self._receive(task)  # room opened for more
-
-    def _batch_done(self, task: _Task, token: int) -> None:
-        if task.batch_token != token:
-            return
-        self.busy_seconds += self.now - task.batch_started
-        groups, size = task.batch, task.batch_size
-        task.batch, task.batch_size, task.batch_end = [], 0, None
-        task.writing += size
-        self._at(self.now + self.worker.write_seconds, self._written, task, groups, size)
-        if task.state is TaskState.DRAINING:
-            self._stopped(task)
-        else:
-            self._serve(task)
-
-    def _written(self, task: _Task, groups: list[tuple[float, int]], size: int) -> None:
-        task.writing -= size
-        for enqueued_at, count in groups:
-            self.latencies.append((self.now - enqueued_at, count))
-        self.completed += size
-        self.last_result = self.now
-        self.first.setdefault("result", self.now)
-        self._maybe_finish()
 
     # -- the result -------------------------------------------------------------------
 

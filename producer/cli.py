@@ -1,10 +1,9 @@
-"""``img2img-producer``: enqueue jobs, watch a batch, redrive the DLQ, print the schema."""
+"""``img2img-producer``: enqueue jobs, follow them (status), print the schema; the other
+commands live in producer/cli_queue.py and producer/cli_results.py."""
 
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,47 +11,9 @@ from typing import Annotated, Any
 import typer
 
 from common import cli_options as opt
-from common.cli import clear_errors, fail, progress_bars, run_app
+from common.cli import clear_errors, progress_bars, run_app
 from contract.errors import InvalidJob
-from contract.locations import S3_SCHEME, parse_s3_uri
-
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Enqueue img2img jobs on SQS and follow them.")
-log = logging.getLogger("producer")
-
-QueueOpt = Annotated[str | None, typer.Option(
-    help="The job queue's URL. Default: IMG2IMG_QUEUE_URL.")]
-
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def _log_at(level: str | None) -> str | None:
-    """Configure logging on stderr at ``level`` (None: leave it as it is)."""
-    if level is None:
-        return None
-    if level.upper() not in LOG_LEVELS:
-        raise typer.BadParameter(f"{level!r} is not one of {', '.join(LOG_LEVELS)}")
-    logging.basicConfig(stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(level.upper())
-    return level
-
-
-# Each command takes --log-level too (after its name); it takes effect as it is parsed,
-# so the commands never read it.
-LogLevel = Annotated[str | None, typer.Option(
-    "--log-level", help="Python log level (DEBUG, INFO, WARNING, ...), on stderr.",
-    callback=_log_at, expose_value=False)]
-
-
-@app.callback()
-def _group(log_level: Annotated[str, typer.Option(
-               help="Python log level (DEBUG, INFO, WARNING, ...), on stderr; also "
-               "accepted after the command.")] = "WARNING",
-           version: opt.Version = False) -> None:
-    """Enqueue img2img jobs on SQS and follow them."""
-    _log_at(log_level)
+from producer.cli_base import LogLevel, QueueOpt, app, settings_from
 
 
 class Priority(str, Enum):
@@ -67,14 +28,6 @@ def _queue_for(priority: Priority, settings: Any) -> str | None:
         raise InvalidJob("--priority high needs IMG2IMG_PRIORITY_QUEUE_URL (the high-"
                          "priority queue)")
     return settings.priority_queue_url
-
-
-def _settings(**overrides: Any) -> Any:
-    from contract.settings import load_settings
-    from producer.settings import ProducerSettings
-
-    return load_settings(ProducerSettings,
-                         **{k: v for k, v in overrides.items() if v is not None})
 
 
 @app.command()
@@ -135,7 +88,7 @@ def enqueue(
     from producer.planning import Defaults, JobControls
 
     with clear_errors():
-        settings = _settings(queue_url=queue_url, bucket=bucket, concurrency=concurrency)
+        settings = settings_from(queue_url=queue_url, bucket=bucket, concurrency=concurrency)
         defaults = Defaults(
             models=list(model or settings.default_models),
             prompts=list(prompt or settings.default_prompts),
@@ -219,7 +172,7 @@ def status(
     from producer.watch import batch_bar, queue_bar
 
     with clear_errors():
-        settings = _settings(queue_url=queue_url)
+        settings = settings_from(queue_url=queue_url)
         request = StatusRequest(
             batch_id=batch_id, output=output_location(output, settings.bucket,
                                                       settings.output_prefix),
@@ -239,139 +192,6 @@ def status(
 
 
 @app.command()
-def redrive(
-    queue_url: QueueOpt = None,
-    max_messages: Annotated[int | None, typer.Option(
-        "--max", min=1, help="Move at most this many (default: the DLQ's depth now).")
-    ] = None,
-    timeout: Annotated[float, typer.Option(
-        help="Stop after this many seconds.", min=1)] = 300.0,
-    move_task: Annotated[bool, typer.Option(
-        "--move-task", help="Use SQS's StartMessageMoveTask: server-side and fast, but it "
-        "moves everything, bodies that are not jobs included.")] = False,
-    log_level: LogLevel = None,
-) -> None:
-    """Move jobs from the dead-letter queue back to the job queue, each at most once.
-
-    Bodies that are not jobs stay in the DLQ and are listed. Bounded by --max and
-    --timeout, so it ends even while workers send failing messages back.
-    """
-    from common import aws
-    from producer.redrive import redrive as move
-
-    with clear_errors():
-        settings = _settings(queue_url=queue_url)
-        if not settings.queue_url:
-            raise InvalidJob("no queue URL: pass --queue-url or set IMG2IMG_QUEUE_URL")
-        urls = [u for u in (settings.priority_queue_url, settings.queue_url) if u]
-        reports = [(url, move(aws.sqs_client(), url, max_messages=max_messages,
-                              timeout=timeout, use_move_task=move_task,
-                              probe=aws.sqs_client(max_attempts=1))) for url in urls]
-    failed = False
-    for url, report in reports:
-        _print_redrive(url, report, timeout)
-        failed = failed or report.failed > 0
-    if failed:
-        raise typer.Exit(1)
-
-
-def _print_redrive(queue_url: str, report: Any, timeout: float) -> None:
-    if report.method == "move-task":
-        typer.echo(f"started SQS move task {report.task_handle}: about {report.moved} "
-                   f"messages from {report.dlq_url} to {queue_url}")
-        return
-    stopped = {"empty": "the DLQ is empty", "limit": "--max reached",
-               "all": "every message that was in the DLQ at the start was handled",
-               "time": f"time limit ({timeout:.0f} s) reached"}.get(report.stopped, "")
-    typer.echo(f"moved {report.moved} messages from {report.dlq_url} to {queue_url}; "
-               f"{stopped}")
-    if report.failed:
-        typer.echo(f"{report.failed} failed to send and stay in the DLQ", err=True)
-    if report.bounced:
-        typer.echo(f"{report.bounced} moved by this run came back to the DLQ already and "
-                   "stay there (failing again: look at the workers' logs)", err=True)
-    if report.not_jobs:
-        typer.echo(f"{report.not_jobs} bodies that are not jobs stay in the DLQ:", err=True)
-        for reason in report.reasons:
-            typer.echo(f"  {reason}", err=True)
-
-
-@app.command()
-def cancel(
-    batch_id: Annotated[str, typer.Option(help="The batch to cancel.")],
-    output: Annotated[str | None, typer.Option(
-        help="The batch's output prefix, s3://bucket/prefix/. Default: IMG2IMG_BUCKET + "
-        "IMG2IMG_OUTPUT_PREFIX.")] = None,
-    job_id: Annotated[list[str] | None, typer.Option(
-        "--job-id", help="Cancel only this job of the batch (repeatable).")] = None,
-    reason: Annotated[str, typer.Option(help="Recorded in each cancelled job's record.")
-                      ] = "cancelled",
-    log_level: LogLevel = None,
-) -> None:
-    """Cancel a batch (or some of its jobs): jobs not yet started end as cancelled."""
-    from common import aws
-    from producer.cancel import cancel as write_cancel
-    from producer.output_prefix import output_location, require_output
-
-    with clear_errors():
-        settings = _settings()
-        location = require_output(output_location(output, settings.bucket,
-                                                  settings.output_prefix))
-        result = write_cancel(aws.s3_client(), location, batch_id, job_ids=job_id,
-                              reason=reason)
-    if result.order is None:
-        typer.echo(f"batch {batch_id} has already ended ({result.finished} of "
-                   f"{result.total} jobs): nothing to cancel")
-        return
-    what = "every job" if result.order.all_jobs else f"{len(result.order.job_ids)} job(s)"
-    typer.echo(f"batch {batch_id}: {what} not yet started will end as cancelled "
-               f"({result.finished} of {result.total} ended already)")
-
-
-@app.command()
-def plan(
-    images: Annotated[int, typer.Option(help="Images to process.", min=1)],
-    rate: Annotated[float | None, typer.Option(
-        help="They arrive at this many per second (default: all at once).", min=0.001)
-    ] = None,
-    seconds_per_image: Annotated[float | None, typer.Option(
-        help="GPU seconds per image in a full batch (default: an assumption, shown).",
-        min=0.001)] = None,
-    batch_size: Annotated[int | None, typer.Option(
-        help="IMG2IMG_MAX_BATCH_SIZE (default: the worker's).", min=1, max=64)] = None,
-    max_tasks: Annotated[int | None, typer.Option(
-        help="The stack's maxTasks (default: the stack's).", min=1)] = None,
-    backlog_per_task: Annotated[int | None, typer.Option(
-        help="The stack's backlogPerTask (default: the stack's).", min=1)] = None,
-    instance_type: Annotated[str | None, typer.Option(
-        help="A g5/g6/g6e type (default: the stack's first).")] = None,
-    spot: Annotated[bool, typer.Option("--spot", help="Spot capacity, with reclaims.")
-                    ] = False,
-    price_per_hour: Annotated[float | None, typer.Option(
-        help="Your price per instance-hour for the chosen capacity (default: the "
-        "project's dated list prices).", min=0)] = None,
-    interruptions_per_hour: Annotated[float | None, typer.Option(
-        help="Spot reclaims per instance-hour (default with --spot: an assumption).",
-        min=0)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")
-                       ] = False,
-    log_level: LogLevel = None,
-) -> None:
-    """Drain time, latency, GPU-hours and cost: the stack's scaling policy simulated."""
-    from capacity_planner.plan import PlanRequest, make_plan
-
-    try:
-        made = make_plan(PlanRequest(
-            images=images, rate_per_second=rate, seconds_per_image=seconds_per_image,
-            batch_size=batch_size, max_tasks=max_tasks, backlog_per_task=backlog_per_task,
-            instance_type=instance_type, spot=spot, price_per_hour=price_per_hour,
-            interruptions_per_hour=interruptions_per_hour))
-    except ValueError as exc:  # a setting the stack or the model refuses
-        raise fail(str(exc)) from None
-    typer.echo(json.dumps(made.to_dict(), indent=2) if as_json else made.text())
-
-
-@app.command()
 def schema(log_level: LogLevel = None) -> None:
     """Print the job message's JSON Schema (for other producers)."""
     from contract.job import job_json_schema
@@ -379,103 +199,12 @@ def schema(log_level: LogLevel = None) -> None:
     typer.echo(json.dumps(job_json_schema(), indent=2))
 
 
-# -- a batch's results: fetch and gallery ----------------------------------------------
-
-BatchIdOpt = Annotated[str, typer.Option(help="The batch (enqueue prints its id).")]
-OutputOpt = Annotated[str | None, typer.Option(
-    help="The batch's output prefix, s3://bucket/prefix/. Default: IMG2IMG_BUCKET + "
-    "IMG2IMG_OUTPUT_PREFIX.")]
-ConcurrencyOpt = Annotated[int | None, typer.Option(
-    help="Parallel S3 calls. Default: IMG2IMG_CONCURRENCY (8).", min=1, max=64)]
-
-
-@app.command()
-def fetch(
-    dest: Annotated[Path, typer.Argument(help="Local folder for the outputs and records.")],
-    batch_id: BatchIdOpt,
-    output: OutputOpt = None,
-    concurrency: ConcurrencyOpt = None,
-    log_level: LogLevel = None,
-) -> None:
-    """Download a batch's outputs and result records, in parallel; files already there
-    with the same size and ETag are skipped, so a second run fetches only what is new."""
-    from common import aws
-    from producer.fetch import fetch_batch
-    from producer.output_prefix import output_location, require_output
-
-    with clear_errors():
-        settings = _settings(concurrency=concurrency)
-        location = require_output(output_location(output, settings.bucket,
-                                                  settings.output_prefix))
-        s3 = aws.s3_client(max_pool_connections=settings.concurrency + 4)
-        with progress_bars() as bars:
-            summary = fetch_batch(s3, location, batch_id, dest,
-                                  concurrency=settings.concurrency, progress=bars)
-    typer.echo(summary.line())
-    _report_downloads(summary.report.failed)
-    if summary.no_record:
-        typer.echo(f"  {len(summary.no_record)} finished job(s) have no result record "
-                   f"under {location.uri}", err=True)
-    if summary.report.failed:
-        raise typer.Exit(1)
-
-
-@app.command()
-def gallery(
-    batch_id: BatchIdOpt,
-    to: Annotated[str, typer.Option(
-        help="A local folder (the pages plus copies of the inputs and outputs) or "
-        "s3://bucket/prefix/ (the pages only, linking the images by presigned URL).")],
-    output: OutputOpt = None,
-    expires: Annotated[int, typer.Option(
-        help="With --to s3://: seconds the presigned links work, at most 604800 (7 days; "
-        "less with temporary credentials).")] = 7 * 24 * 3600,
-    page_size: Annotated[int, typer.Option(help="Jobs per page.", min=1)] = 100,
-    concurrency: ConcurrencyOpt = None,
-    log_level: LogLevel = None,
-) -> None:
-    """An HTML gallery of a batch: each input beside its output, failures first."""
-    from common import aws
-    from producer.gallery_export import gallery_to_bucket, gallery_to_folder
-    from producer.output_prefix import output_location, require_output
-
-    with clear_errors():
-        settings = _settings(concurrency=concurrency)
-        location = require_output(output_location(output, settings.bucket,
-                                                  settings.output_prefix))
-        s3 = aws.s3_client(max_pool_connections=settings.concurrency + 4)
-        if to.startswith(S3_SCHEME):
-            from botocore.config import Config
-
-            presigner = aws.make_session().client("s3", config=Config(signature_version="s3v4"))
-            summary = gallery_to_bucket(s3, location, batch_id, parse_s3_uri(to, prefix=True),
-                                        presigner=presigner, concurrency=settings.concurrency,
-                                        expires=expires, page_size=page_size)
-        else:
-            with progress_bars() as bars:
-                summary = gallery_to_folder(s3, location, batch_id, Path(to),
-                                            concurrency=settings.concurrency, progress=bars,
-                                            page_size=page_size)
-    typer.echo(summary.line())
-    typer.echo(f"open: {summary.index}")
-    _report_downloads(summary.downloads.failed)
-    if summary.unreadable:
-        typer.echo(f"  {summary.unreadable} record(s) could not be read and are left out",
-                   err=True)
-    if summary.downloads.failed:
-        raise typer.Exit(1)
-
-
-def _report_downloads(failed: list[str], limit: int = 20) -> None:
-    for failure in failed[:limit]:
-        typer.echo(f"  not downloaded: {failure}", err=True)
-    if len(failed) > limit:
-        typer.echo(f"  ... and {len(failed) - limit} more not downloaded", err=True)
-
-
 def main() -> None:
     run_app(app)
 
+
+# The other commands register themselves on the same app when imported.
+from producer import cli_queue, cli_results  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()
