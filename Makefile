@@ -95,10 +95,21 @@ BUILD_SECRETS = $(if $(CA_BUNDLE),--secret id=ca$(comma)src=$(CA_BUNDLE)) \
 comma := ,
 
 ## The CPU worker image ($(IMAGE)) and the local fleet's S3+SQS emulator ($(EMULATOR_IMAGE)).
+## An image a rebuild replaces is removed (unless a container uses it): each one left
+## behind keeps gigabytes on disk, whole copies per layer on the vfs storage driver.
 image: base-image wheelhouse-torch
-	DOCKER_BUILDKIT=1 $(DOCKER) build $(CPU_BUILD_ARGS) $(BUILD_SECRETS) --target runtime -t $(IMAGE) .
-	DOCKER_BUILDKIT=1 $(DOCKER) build $(CPU_BUILD_ARGS) $(BUILD_SECRETS) --target emulator \
-		-t $(EMULATOR_IMAGE) .
+	$(call build_replacing,$(IMAGE),runtime)
+	$(call build_replacing,$(EMULATOR_IMAGE),emulator)
+
+# build_replacing TAG,TARGET: build TARGET as TAG, then remove the image TAG named before.
+define build_replacing
+	@old=$$($(DOCKER) image inspect -f '{{.Id}}' $(1) 2>/dev/null || true); \
+	DOCKER_BUILDKIT=1 $(DOCKER) build $(CPU_BUILD_ARGS) $(BUILD_SECRETS) --target $(2) -t $(1) . \
+	&& new=$$($(DOCKER) image inspect -f '{{.Id}}' $(1)) \
+	&& if [ -n "$$old" ] && [ "$$old" != "$$new" ]; then \
+	  $(DOCKER) image rm "$$old" >/dev/null 2>&1 && echo "removed the replaced $(1) ($$old)" \
+	  || echo "kept the replaced $(1) ($$old): a container still uses it"; fi
+endef
 
 ## A Debian base with Python, made from Debian packages (no registry), unless it exists.
 base-image:
