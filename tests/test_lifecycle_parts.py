@@ -15,12 +15,18 @@ import pytest
 from common.aws import client
 from contract.batches import BatchManifest, CancelOrder
 from contract.errors import CallbackNotAllowed
-from contract.locations import S3Location, batch_cancel_key, batch_manifest_key
+from contract.locations import (
+    S3Location,
+    batch_cancel_key,
+    batch_complete_key,
+    batch_manifest_key,
+)
 from contract.result import ResultRecord
 from tests.local_http import LocalServer, Request
 from worker.batch_progress import BatchProgress
 from worker.cancels import CancelWatch
 from worker.events import SIGNATURE_HEADER, Notifier, check_callback, job_event
+from worker.lifecycle import JobLifecycle
 from worker.storage import S3Storage
 
 OUT = "out/"
@@ -81,6 +87,53 @@ def test_a_job_counted_twice_does_not_end_its_batch_early(fleet, s3):
     completed = progress.count(output, "twice", job_ids[1], "failed")
     assert completed is not None and completed.total == 2
     assert progress.count(output, "twice", job_ids[1], "failed") is None, "announced once"
+
+
+def _claim_of(s3, bucket: str, batch_id: str) -> dict:
+    return json.loads(s3.get_object(Bucket=bucket, Key=batch_complete_key(OUT, batch_id))
+                      ["Body"].read())
+
+
+def test_a_claim_its_worker_died_on_is_announced_by_the_redelivery(fleet, s3):
+    """The worker that claimed the batch died before announcing it: the redelivery of
+    the same message announces it; another message, or one after the announcement, not."""
+    job_ids = ["aaaaaaaa0001"]
+    _manifest(s3, fleet.bucket, "died", job_ids)
+    output = S3Location(bucket=fleet.bucket, key=f"{OUT}x.png")
+    _marker(s3, fleet.bucket, "died", job_ids[0], "done")
+    first = BatchProgress(S3Storage(s3), "w1").count(output, "died", job_ids[0], "done",
+                                                     message_id="m1")
+    assert first is not None and _claim_of(s3, fleet.bucket, "died")["announced"] is False
+    # ...w1 dies here. Another message of the same job (enqueued twice) does not take over:
+    other = BatchProgress(S3Storage(s3), "w2")
+    assert other.count(output, "died", job_ids[0], "done", message_id="m9") is None
+    again = other.count(output, "died", job_ids[0], "done", message_id="m1")
+    assert again is not None and again.counts.done >= 1
+    assert _claim_of(s3, fleet.bucket, "died")["announced_by"] == "w2"
+    other.announced(again)
+    claim = _claim_of(s3, fleet.bucket, "died")
+    assert claim["announced"] is True and claim["total"] == 1
+    assert other.count(output, "died", job_ids[0], "done", message_id="m1") is None
+
+
+def test_the_end_of_a_batch_waits_for_its_event_then_marks_it_announced(fleet, s3):
+    """The last job's message is settled only after batch.complete was delivered."""
+    _manifest(s3, fleet.bucket, "wait", ["aaaaaaaa0001"])
+    _marker(s3, fleet.bucket, "wait", "aaaaaaaa0001", "done")
+    hook = _Hook(fail=2)  # delivered on the third try
+    notifier = Notifier(topic_arn=None, sns_client=None, webhook_url=hook.url,
+                        webhook_secret=None, allowed_callbacks=[], sleep=lambda s: None)
+    progress = BatchProgress(S3Storage(s3), "w")
+    lifecycle = JobLifecycle(notifier, progress, CancelWatch(S3Storage(s3), max_age=5),
+                             worker_id="w", allowed_callbacks=[])
+    completed = progress.count(S3Location(bucket=fleet.bucket, key=f"{OUT}x.png"), "wait",
+                               "aaaaaaaa0001", "done", message_id="m1")
+    assert completed is not None
+    lifecycle.announce(completed)  # returns once delivered: no close() in between
+    (_, body), = hook.received
+    assert json.loads(body)["type"] == "batch.complete"
+    assert _claim_of(s3, fleet.bucket, "wait")["announced"] is True
+    notifier.close()
 
 
 def test_a_batch_without_shard_totals_is_never_announced(fleet, s3):

@@ -1,16 +1,18 @@
 """The job life cycle end to end: real worker processes, a moto S3/SQS/SNS over HTTP,
 a real SNS -> SQS subscription, a real local webhook server.
 
-Three shared runs keep this quick: two workers on batches whose events are watched
+Four shared runs keep this quick: two workers on batches whose events are watched
 (done, failed, expired, refused callbacks, costs, exactly one batch.complete each);
 one worker whose batch is cancelled half way and whose job runs over its timeout; one
 worker between a steady high-priority queue and a normal one, with every event
-endpoint down.
+endpoint down; a worker killed while it announces a batch, and the one after it.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +25,9 @@ from common.aws import client, s3_client, sqs_client
 from local_fleet.embedded_aws import create_fleet_resources
 from producer.cli import app
 from tests.fleet_helpers import WorkerProcess, png_bytes, put_job, queue_counts, worker_env
+from tests.local_http import Request
 from tests.test_lifecycle_parts import _Hook
+from worker.events import EVENT_HEADER
 
 pytestmark = pytest.mark.timeout(600)
 runner = CliRunner()
@@ -305,3 +309,67 @@ def test_event_outages_never_fail_or_repeat_a_job(priority_run):
     sqs, resources, high = priority_run["sqs"], priority_run["resources"], priority_run["high"]
     assert queue_counts(sqs, resources.queue_url) == (0, 0)
     assert queue_counts(sqs, high.queue_url) == (0, 0)
+
+
+# -- run 4: the worker that ends a batch dies while announcing it ---------------------------
+
+class _HeldHook(_Hook):
+    """A webhook that holds every batch.complete request until ``release`` (a worker
+    stuck delivering it); job events are answered at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = threading.Event()
+        self._release = threading.Event()
+
+    def _respond(self, request: Request) -> tuple[int, bytes]:
+        if request.headers.get(EVENT_HEADER) == "batch.complete" and not self._release.is_set():
+            self.holding.set()
+            self._release.wait(30)
+            return 503, b""
+        return super()._respond(request)
+
+    def release(self) -> None:
+        self._release.set()
+
+
+@pytest.fixture(scope="module")
+def killed_announcer_run(moto_endpoint: str, model_cache: Path, tmp_path_factory):
+    resources, s3, sqs = _fleet(moto_endpoint, "ka")
+    tmp = tmp_path_factory.mktemp("killed")
+    _enqueue(resources, _images(tmp / "one", 1), "one")
+    hook = _HeldHook()
+    env = worker_env(resources, model_cache, tmp, webhook_url=hook.url,
+                     visibility_timeout=10)
+    first = WorkerProcess(env)
+    held = hook.holding.wait(240)
+    first.signal(signal.SIGKILL)  # dies between claiming the batch and announcing it
+    first.wait(timeout=30)
+    claim = json.loads(s3.get_object(Bucket=resources.bucket,
+                                     Key="out/_batches/one/complete.json")["Body"].read())
+    hook.release()
+    second = WorkerProcess(env, "--exit-when-idle", "15")  # the message is back within 10 s
+    code = second.wait(timeout=240)
+    return {"held": held, "claim": claim, "code": code, "hook": hook, "second": second,
+            "after": json.loads(s3.get_object(Bucket=resources.bucket,
+                                              Key="out/_batches/one/complete.json")[
+                "Body"].read()),
+            "records": _records(s3, resources.bucket), "sqs": sqs, "resources": resources}
+
+
+def test_a_batch_whose_announcer_died_is_announced_by_the_next_worker(killed_announcer_run):
+    run = killed_announcer_run
+    assert run["held"], "the first worker reached the batch's announcement"
+    assert run["claim"]["announced"] is False, "claimed, not yet announced, when killed"
+    assert run["code"] == 0, run["second"].summary()
+    announced = [json.loads(body) for _, body in run["hook"].received
+                 if json.loads(body)["type"] == "batch.complete"]
+    assert len(announced) == 1 and announced[0]["done"] >= 1, announced
+    assert run["after"]["announced"] is True
+    (record,) = run["records"]
+    assert record["status"] == "done"
+    logs = run["second"].logs()
+    assert not [e for e in logs if e.get("status") == "done"], "the job did not run again"
+    assert any("announcing it again" in e.get("message", "") for e in logs)
+    resources = run["resources"]
+    assert queue_counts(run["sqs"], resources.queue_url) == (0, 0)

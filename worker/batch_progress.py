@@ -6,7 +6,13 @@ the jobs of the same shard. When a shard reaches the number of jobs the manifest
 it, the worker reads the other shards; when all are full it counts the batch's markers
 once (a LIST, so a job counted twice after a crash cannot end a batch early) and claims
 ``complete.json`` with a conditional PUT. Exactly one worker wins that claim, whichever
-ends the last job, and announces the batch.
+ends the last job, and announces the batch, then marks the claim ``announced``.
+
+The claim names the message of the job that won it, and that message is deleted only
+after the announcement: a worker that dies in between leaves an unannounced claim, and the
+message's redelivery (the job counts again, the batch is full again) takes the claim over
+and announces. So a crash can repeat a ``batch.complete`` (subscribers deduplicate by
+``batch_id``, as SNS delivers at least once anyway) but cannot lose it.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class Completed:
     output_prefix: str  # s3://bucket/<output dir>
     total: int
     counts: BatchCounts
+    claim: S3Location  # complete.json
 
 
 class BatchProgress:
@@ -61,9 +68,10 @@ class BatchProgress:
         self._lock = threading.Lock()
 
     def count(self, output: S3Location, batch_id: str | None, job_id: str,
-              status: FinalStatus, gpu_seconds: float = 0.0,
-              cost_usd: float = 0.0) -> Completed | None:
-        """Count one ended job; a ``Completed`` when it completed the batch for us."""
+              status: FinalStatus, gpu_seconds: float = 0.0, cost_usd: float = 0.0,
+              message_id: str = "") -> Completed | None:
+        """Count one ended job; a ``Completed`` when it completed the batch for us
+        (``message_id``: the delivery that ended it, named in the claim)."""
         if not batch_id:
             return None
         folder = output_dir(output.key)
@@ -79,10 +87,18 @@ class BatchProgress:
         total = self._all_shards(output.bucket, folder, batch_id, manifest)
         if total is None or self._markers(output.bucket, folder, batch_id) < manifest.total:
             return None
-        if not self._claim(output.bucket, folder, batch_id):
+        claim = S3Location(bucket=output.bucket, key=batch_complete_key(folder, batch_id))
+        if not self._claim(claim, batch_id, message_id):
             return None
         return Completed(batch_id=batch_id, output_prefix=f"s3://{output.bucket}/{folder}",
-                         total=manifest.total, counts=total)
+                         total=manifest.total, counts=total, claim=claim)
+
+    def announced(self, completed: Completed) -> None:
+        """Mark the batch announced: its claim is no longer taken over."""
+        body = json.dumps({"announced_by": self.worker_id, "announced": True, "at": _now(),
+                           "total": completed.total,
+                           **completed.counts.model_dump()}).encode()
+        self.storage.put(completed.claim, body, JSON)
 
     def _manifest(self, bucket: str, folder: str, batch_id: str) -> BatchManifest | None:
         key = (bucket, folder, batch_id)
@@ -145,8 +161,22 @@ class BatchProgress:
                     jobs.add(job_id)
         return len(jobs)
 
-    def _claim(self, bucket: str, folder: str, batch_id: str) -> bool:
-        body = json.dumps({"announced_by": self.worker_id,
-                           "at": datetime.now(timezone.utc).isoformat()}).encode()
-        return self.storage.put_if_absent(
-            S3Location(bucket=bucket, key=batch_complete_key(folder, batch_id)), body, JSON)
+    def _claim(self, location: S3Location, batch_id: str, message_id: str) -> bool:
+        """Win the batch's announcement: the first claim, or an unannounced one that this
+        very message made in an earlier delivery (whose worker died before announcing)."""
+        body = json.dumps({"announced_by": self.worker_id, "announced": False,
+                           "message_id": message_id, "at": _now()}).encode()
+        if self.storage.put_if_absent(location, body, JSON):
+            return True
+        data, etag = self.storage.read_json(location)
+        if (not message_id or not data or data.get("announced")
+                or data.get("message_id") != message_id or not etag):
+            return False
+        log.warning("batch %s: announcing it again; the earlier delivery of its last job "
+                    "(worker %s) claimed it and ended before announcing", batch_id,
+                    data.get("announced_by"), extra={"batch_id": batch_id})
+        return self.storage.put_if_match(location, body, JSON, etag)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()

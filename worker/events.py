@@ -22,7 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,6 +40,9 @@ WEBHOOK_ATTEMPTS = 4  # the first try included; backoff 0.5, 1, 2 s between
 WEBHOOK_BACKOFF_S = 0.5
 MAX_QUEUED_EVENTS = 10_000  # past this, events are dropped (and counted), never waited on
 SENDER_THREADS = 4
+# How long the end of a batch waits for its event: the webhook's worst case (four tries of
+# 5 s and 3.5 s of backoff) plus room for events queued ahead of it.
+DELIVERY_WAIT_S = 60.0
 # Cloud metadata endpoints: never a callback, whatever the allow-list says.
 _METADATA_HOSTS = {"metadata.google.internal", "metadata", "metadata.azure.com"}
 _METADATA_ADDRESSES = {ipaddress.ip_address("169.254.169.254"),
@@ -121,7 +124,11 @@ class Notifier:
     def enabled(self) -> bool:
         return bool(self.topic_arn or self.webhook_url or self.allowed_callbacks)
 
-    def publish(self, event: dict[str, Any], callback_url: str | None = None) -> None:
+    def publish(self, event: dict[str, Any], callback_url: str | None = None
+                ) -> list[Future[None]]:
+        """Queue the event for each target; the futures end when each delivery ended,
+        delivered or counted as undelivered (they never raise)."""
+        futures: list[Future[None]] = []
         targets: list[tuple[str, Callable[[bytes], None]]] = []
         if self.topic_arn:
             targets.append(("sns", lambda body: self._to_sns(event, body)))
@@ -139,7 +146,13 @@ class Notifier:
             if full:
                 self._count_undelivered(name, event, "the event queue is full")
                 continue
-            self._pool.submit(self._deliver, name, send, body, event)
+            futures.append(self._pool.submit(self._deliver, name, send, body, event))
+        return futures
+
+    @staticmethod
+    def wait(futures: list[Future[None]], timeout: float = DELIVERY_WAIT_S) -> bool:
+        """Whether every delivery ended within ``timeout`` seconds."""
+        return not futures or not wait(futures, timeout=timeout).not_done
 
     def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued, waiting at most ``timeout`` seconds."""

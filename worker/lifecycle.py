@@ -1,6 +1,9 @@
 """A fleet job's life cycle around the pipeline: what stops it from running (expired,
 cancelled, a callback the fleet refuses) and what is announced when it ends (its event,
-its batch's running totals, the one ``batch.complete``)."""
+its batch's running totals, the one ``batch.complete``).
+
+``ended`` runs on an I/O thread before the job's message is settled; it blocks only at the
+end of a batch, for the delivery of ``batch.complete``."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from datetime import datetime, timezone
 from common.logs import log_extra
 from contract.errors import Cancelled, Expired
 from contract.result import FINAL_STATUSES, ResultRecord
-from worker.batch_progress import BatchProgress
+from worker.batch_progress import BatchProgress, Completed
 from worker.cancels import CancelWatch
 from worker.events import Notifier, batch_event, check_callback, job_event
 from worker.fleet_jobs import FleetJob
@@ -59,7 +62,8 @@ class JobLifecycle:
         try:
             completed = self.progress.count(
                 wire.output, job.batch_id, job.job_id, record.status,  # type: ignore[arg-type]
-                gpu_seconds=record.gpu_seconds or 0.0, cost_usd=record.cost_usd or 0.0)
+                gpu_seconds=record.gpu_seconds or 0.0, cost_usd=record.cost_usd or 0.0,
+                message_id=job.message_id)
         except Exception as exc:  # noqa: BLE001 - the job is done; its count is not vital
             log.warning("job %s: could not count it in its batch: %r", job.job_id, exc,
                         extra=log_extra(job))
@@ -68,8 +72,24 @@ class JobLifecycle:
             return
         log.info("batch %s complete: %s", completed.batch_id,
                  completed.counts.model_dump(), extra={"batch_id": completed.batch_id})
-        self.notifier.publish(batch_event(completed.batch_id, completed.output_prefix,
-                                          completed.total, completed.counts, self.worker_id))
+        self.announce(completed)
+
+    def announce(self, completed: Completed) -> None:
+        """Publish ``batch.complete`` and wait for its delivery before the last job's
+        message is settled: were this worker to die first, the message's redelivery
+        announces the batch (see batch_progress)."""
+        delivered = self.notifier.wait(self.notifier.publish(batch_event(
+            completed.batch_id, completed.output_prefix, completed.total, completed.counts,
+            self.worker_id)))
+        if not delivered:
+            log.warning("batch %s: its event is still being delivered; not marked announced",
+                        completed.batch_id, extra={"batch_id": completed.batch_id})
+            return
+        try:
+            self.progress.announced(completed)
+        except Exception as exc:  # noqa: BLE001 - a later redelivery may announce it again
+            log.warning("batch %s: could not mark it announced: %r", completed.batch_id, exc,
+                        extra={"batch_id": completed.batch_id})
 
     def tick(self) -> None:
         """Periodic work (the waiter loop): read stale cancel orders of active batches."""
