@@ -22,7 +22,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from datetime import datetime, timezone
 from typing import Any
 
@@ -150,9 +151,10 @@ class Notifier:
         return futures
 
     @staticmethod
-    def wait(futures: list[Future[None]], timeout: float = DELIVERY_WAIT_S) -> bool:
-        """Whether every delivery ended within ``timeout`` seconds."""
-        return not futures or not wait(futures, timeout=timeout).not_done
+    def all_ended(futures: list[Future[None]], timeout: float = DELIVERY_WAIT_S) -> bool:
+        """Whether every delivery ended (delivered or counted undelivered) within
+        ``timeout`` seconds."""
+        return not futures or not wait_futures(futures, timeout=timeout).not_done
 
     def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued, waiting at most ``timeout`` seconds."""

@@ -78,10 +78,10 @@ class JobLifecycle:
         """Publish ``batch.complete`` and wait for its delivery before the last job's
         message is settled: were this worker to die first, the message's redelivery
         announces the batch (see batch_progress)."""
-        delivered = self.notifier.wait(self.notifier.publish(batch_event(
+        ended = self.notifier.all_ended(self.notifier.publish(batch_event(
             completed.batch_id, completed.output_prefix, completed.total, completed.counts,
             self.worker_id)))
-        if not delivered:
+        if not ended:
             log.warning("batch %s: its event is still being delivered; not marked announced",
                         completed.batch_id, extra={"batch_id": completed.batch_id})
             return
