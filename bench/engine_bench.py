@@ -219,7 +219,7 @@ def run_original(work: Workload, items: list, *, memory_efficient: bool,
 
 def make_engine(work: Workload, model_dir: Path, mode: str, *, compile: bool = False,
                 max_batch: int = 64, lean_offload: str = "sequential"):
-    from worker.engine import Engine
+    from worker.engine.engine import Engine
     from worker.settings import WorkerSettings
 
     settings = WorkerSettings(
@@ -475,7 +475,7 @@ class Bench:
                 try:
                     pipe = eng.model(work.folder).pipeline
                     if production:
-                        r.notes.append("worker.memory_modes path (IMG2IMG_COMPILE=true)")
+                        r.notes.append("worker.engine.memory_modes path (IMG2IMG_COMPILE=true)")
                     elif mode == "eager-backend":
                         pipe.unet = torch.compile(pipe.unet, backend="eager")
                         r.notes.append("dynamo with the eager backend: exercises the "
@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> dict:
         work = Workload("sd15", str(folder), args.size, args.steps, args.strength,
                         args.guidance)
     else:
-        from worker.tiny_model import ensure_tiny_model
+        from worker.engine.tiny_model import ensure_tiny_model
 
         folder = ensure_tiny_model(model_dir)
         work = Workload("tiny", str(folder), args.size, args.steps, args.strength,

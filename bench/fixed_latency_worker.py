@@ -1,6 +1,6 @@
 """One fleet worker in its own process, with bench/overlap_bench.py's fixed-latency engine.
 
-Everything but the GPU is the production path: ``worker.service.Worker`` with its
+Everything but the GPU is the production path: ``worker.fleet.service.Worker`` with its
 receiver, I/O threads, batcher, conditional PUTs, records and batched deletes, against
 the S3+SQS at ``--endpoint``. Several of these are the "real fleet" the capacity
 planner is checked against (bench/planner_check.py). On exit it writes a JSON report:
@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.overlap_bench import FixedLatencyEngine, timed_queue_class
     from common.aws import s3_client, sqs_client
-    from worker.service import Worker
+    from worker.fleet.service import Worker
+    from worker.fleet.storage import S3Storage
     from worker.settings import WorkerSettings
-    from worker.storage import S3Storage
 
     state = Path(tempfile.mkdtemp(prefix="fixed-latency-worker-"))
     settings = WorkerSettings(

@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from worker.tiny_model import save_pipeline_atomically
+from worker.engine.tiny_model import save_pipeline_atomically
 
 # Bumped when a config below changes, so a stale build is not reused.
 BENCH_MODELS_VERSION = "v1"
@@ -49,7 +49,7 @@ def _tokenizer():
     # The same in-memory CLIP tokenizer as the tiny model: a character vocabulary and no
     # merges. Prompts tokenise to different ids than with the real vocabulary, but every
     # prompt is padded to 77 tokens, so the compute is the same.
-    from worker.tiny_model import character_tokenizer
+    from worker.engine.tiny_model import character_tokenizer
 
     return character_tokenizer()[0]
 

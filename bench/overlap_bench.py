@@ -1,7 +1,7 @@
 """Fleet overlap benchmark: does the worker keep the engine busy, and what does the
 plumbing around each job cost?
 
-The real ``worker.service.Worker`` runs in-process against a moto S3+SQS server, with
+The real ``worker.fleet.service.Worker`` runs in-process against a moto S3+SQS server, with
 the engine replaced by a test double of fixed latency (it sleeps ``latency`` seconds per
 batch, whatever the batch size, and returns the input images). Everything else is the
 production path: SQS long polls, the I/O thread pool downloading and decoding PNGs, the
@@ -50,7 +50,7 @@ MAX_VISIBLE = 40
 # -- the test doubles and timing wrappers -----------------------------------------------
 
 class FixedLatencyEngine:
-    """Stands in for worker.engine.Engine: one batch takes ``latency`` s, any size."""
+    """Stands in for worker.engine.engine.Engine: one batch takes ``latency`` s, any size."""
 
     def __init__(self, latency: float) -> None:
         self.latency = latency
@@ -60,7 +60,7 @@ class FixedLatencyEngine:
         return None
 
     def generate(self, key, items, on_step=None):
-        from worker.engine import BatchStats, GenerationResult
+        from worker.engine.engine import BatchStats, GenerationResult
 
         started = time.perf_counter()
         time.sleep(self.latency)
@@ -73,7 +73,7 @@ class FixedLatencyEngine:
 
 
 def timed_queue_class():
-    from worker.sqs_queue import SqsQueue
+    from worker.fleet.sqs_queue import SqsQueue
 
     class TimedQueue(SqsQueue):
         """Records (start, end, messages) of every receive and delete call."""
@@ -105,7 +105,7 @@ def timed_queue_class():
 
 
 def timed_storage_class():
-    from worker.storage import S3Storage
+    from worker.fleet.storage import S3Storage
 
     class TimedStorage(S3Storage):
         """Records the seconds (wall, and this thread's CPU) of every S3 request by kind."""
@@ -308,7 +308,7 @@ def feed_in_subprocess(endpoint: str, queue_url: str, bodies: list[str]) -> None
 
 class ImageCpuMeter:
     """Counts the thread CPU seconds of the worker's image work (decode, resize, encode)
-    by wrapping the functions ``worker.fleet_jobs`` calls, for the length of the run."""
+    by wrapping the functions ``worker.fleet.fleet_jobs`` calls, for the length of the run."""
 
     NAMES = {"decode_and_prepare": "decode", "encode_image": "encode",
              "restore_size": "encode"}
@@ -329,7 +329,7 @@ class ImageCpuMeter:
 
     @contextlib.contextmanager
     def installed(self):
-        from worker import fleet_jobs
+        from worker.fleet import fleet_jobs
 
         originals = {name: getattr(fleet_jobs, name) for name in self.NAMES}
         try:
@@ -360,7 +360,7 @@ def run_overlap(*, jobs: int = 400, latency: float = 0.2, batch: int = 8, size: 
                 output_format: str = "png", input_format: str = "png") -> dict[str, Any]:
     from common.aws import s3_client, sqs_client
     from local_fleet.embedded_aws import create_fleet_resources
-    from worker.service import Worker
+    from worker.fleet.service import Worker
     from worker.settings import WorkerSettings
 
     if io_threads is None:

@@ -1,7 +1,7 @@
 """Does the capacity planner drain a queue as fast as real workers do?
 
 Real: ``--workers`` processes of bench/fixed_latency_worker.py (the real
-``worker.service.Worker``, only the GPU replaced by a fixed latency per batch) against
+``worker.fleet.service.Worker``, only the GPU replaced by a fixed latency per batch) against
 an embedded moto S3+SQS (local_fleet/embedded_aws.py). The jobs go out on a schedule
 fixed in advance (all at once, or ``--rate`` per second), so what the workers do cannot
 change when jobs arrive. The drain is measured from the first send to the last delete.

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 # The worker's own numbers. The planner runs in the producer's light install, which
 # never imports the worker, so they are restated here and
-# tests/test_capacity_planner_model.py keeps them equal to the worker's:
+# tests/capacity_planner/test_model.py keeps them equal to the worker's:
 # worker/settings.py defaults (IMG2IMG_MAX_BATCH_SIZE, IMG2IMG_PREFETCH_BATCHES),
-# worker/sqs_queue.py MAX_RECEIVE_MESSAGES, worker/pipeline.py BATCH_FILL_WAIT_SECONDS.
+# worker/fleet/sqs_queue.py MAX_RECEIVE_MESSAGES, worker/job_pipeline.py BATCH_FILL_WAIT_SECONDS.
 WORKER_MAX_BATCH_SIZE = 8
 WORKER_PREFETCH_BATCHES = 2
 MAX_RECEIVE_MESSAGES = 10
@@ -53,7 +53,7 @@ class WorkerPipeline:
     A worker holds at most ``max_batch_size * prefetch_batches`` jobs waiting for the
     engine (received, being prepared, or ready), takes up to ``receive_max`` per
     receive, and gives a partial batch ``batch_fill_wait`` seconds to fill while jobs
-    are still being prepared (worker/pipeline.py).
+    are still being prepared (worker/job_pipeline.py).
     """
 
     max_batch_size: int = WORKER_MAX_BATCH_SIZE

@@ -4,10 +4,10 @@
 reads them; an explicit ``endpoint_url`` (the embedded fleet) overrides.
 
 One retry layer per call, and the code says which:
-- the worker's S3 calls (``worker.storage.S3Storage``): tenacity, 4 tries, on
+- the worker's S3 calls (``worker.fleet.storage.S3Storage``): tenacity, 4 tries, on
   ``common.aws_errors.is_transient`` (body reads included); the client itself does not
   retry (``max_attempts=1``);
-- the worker's SQS calls (``worker.consumer``): botocore's standard mode, 5 tries;
+- the worker's SQS calls (``worker.fleet.consumer``): botocore's standard mode, 5 tries;
 - the producer's S3 and SQS calls: botocore's adaptive mode, 5 tries, with client-side
   rate limiting;
 - SendMessageBatch entries that SQS refused (a partial failure botocore does not see):

@@ -48,7 +48,7 @@ class CommonSettings(BaseSettings):
 
     queue_url: str | None = None
     # The high-priority job queue: producers send --priority high jobs there; workers
-    # ask it first (worker/consumer.py states the fair-share rule).
+    # ask it first (worker/fleet/consumer.py states the fair-share rule).
     priority_queue_url: str | None = None
     default_models: CommaList = ["sd15"]
     default_prompts: CommaList = DEFAULT_PROMPTS

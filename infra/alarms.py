@@ -15,7 +15,7 @@ from infra.metrics import queue_metric
 from infra.queues import JobQueues
 
 # The worker's CloudWatch EMF namespace and its task-protection failure metric
-# (common/logs.py, worker/task_protection.py).
+# (common/logs.py, worker/fleet/task_protection.py).
 WORKER_METRICS_NAMESPACE = "Img2ImgFleet"
 PROTECTION_FAILURE_METRIC = "TaskProtectionFailures"
 
@@ -48,7 +48,7 @@ def fleet_alarms(scope: Construct, config: FleetConfig, *, queues: JobQueues) ->
         ))
     alarms.append(
         # The worker emits this EMF metric on every failed call to the agent's task
-        # protection endpoint (worker/task_protection.py): scale-in may stop busy tasks.
+        # protection endpoint (worker/fleet/task_protection.py): scale-in may stop busy tasks.
         cloudwatch.Alarm(
             scope, "TaskProtectionFailingAlarm",
             alarm_description="Workers cannot set ECS task scale-in protection (see the "

@@ -12,8 +12,6 @@ import pytest
 from common.aws import s3_client, sqs_client
 from local_fleet.embedded_aws import FleetResources, create_fleet_resources, start_moto_server
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -68,8 +68,8 @@ def run(
 
     from common.logs import configure_logging
     from contract.locations import IMAGE_EXTENSIONS
+    from worker.engine.model_refs import check_allowed
     from worker.local_run import RESULTS_FILE, LocalRunner, collect_inputs, plan_jobs
-    from worker.model_refs import check_allowed
 
     try:
         for m in models:
@@ -96,7 +96,7 @@ def run(
                      make_params=lambda m, p: validate_params(model=m, prompt=p, **common))
     from rich.progress import Progress
 
-    from worker.engine import Engine
+    from worker.engine.engine import Engine
 
     try:
         engine = Engine(settings)
@@ -143,7 +143,7 @@ def serve(
     configure_logging(log_level, fmt="json")
     import signal
 
-    from worker.service import build_worker, install_signal_handlers
+    from worker.fleet.service import build_worker, install_signal_handlers
     from worker.settings import WorkerSettings
 
     with clear_errors():

@@ -1,6 +1,6 @@
 """Local folder mode: images from disk in, images and results.jsonl out, no AWS.
 
-The same job pipeline as the fleet (worker/pipeline.py), with a folder as the source
+The same job pipeline as the fleet (worker/job_pipeline.py), with a folder as the source
 and sink: files are read and decoded ahead in I/O threads, batches run on the engine,
 outputs are written while the next batch computes.
 """
@@ -23,10 +23,10 @@ from contract.job import GenerationParams, derive_job_id
 from contract.picks import pick_model_and_prompt
 from contract.result import ResultRecord
 from worker.batching import BatchKey
-from worker.engine import BatchStats, Engine
+from worker.engine.engine import BatchStats, Engine
 from worker.images import PixelBudget, decode_and_prepare, encode_image, restore_size
+from worker.job_pipeline import JobPipeline
 from worker.jobs import Job, Outcome, Readiness, Status
-from worker.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class LocalRunner:
                                   size_bucket=settings.size_bucket,
                                   pixels=PixelBudget(settings.decode_pixel_budget),
                                   on_result=self.on_result)
-            pipeline: Pipeline[FileJob] = Pipeline(
+            pipeline: JobPipeline[FileJob] = JobPipeline(
                 self.engine, source, max_batch_size=self.max_batch_size,
                 io_threads=self.io_threads,
                 prefetch_jobs=max(self.max_batch_size * PREFETCH_BATCHES, PREFETCH_MIN),
@@ -207,7 +207,7 @@ class LocalRunner:
         return source.summary
 
     @staticmethod
-    def _feed(pipeline: Pipeline[FileJob], jobs: list[FileJob]) -> None:
+    def _feed(pipeline: JobPipeline[FileJob], jobs: list[FileJob]) -> None:
         """Submit jobs as the prefetch has room, so reading stays ahead of the engine."""
         for job in jobs:
             while pipeline.wait_for_capacity(give_up=lambda: False) <= 0:

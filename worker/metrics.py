@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from common.logs import emit_metrics
 from worker.batching import BatchKey
-from worker.engine import BatchStats
+from worker.engine.engine import BatchStats
 from worker.jobs import Job
 
 SECONDS, BYTES, COUNT = "Seconds", "Bytes", "Count"

@@ -1,0 +1,102 @@
+"""``img2img-producer plan``: numbers a reader can check by hand, from the real command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from capacity_planner.prices import ON_DEMAND_USD_PER_HOUR, PRICES_DATE, PRICES_REGION
+from tests.support.paths import REPO
+
+
+def plan(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "producer.cli", "plan", *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def plan_json(*args: str) -> dict:
+    done = plan(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_steady_drain_is_images_times_seconds_over_tasks_plus_the_cold_start() -> None:
+    images, seconds, tasks = 100_000, 1.5, 4
+    p = plan_json("--images", str(images), "--seconds-per-image", str(seconds),
+                  "--max-tasks", str(tasks), "--batch-size", "8",
+                  "--instance-type", "g5.xlarge")
+    assert p["inputs"]["max_tasks"] == tasks and p["inputs"]["batch_size"] == 8
+    # GPU time at the full fleet: N * s / T.
+    gpu = images * seconds / tasks
+    assert p["steady_state"]["gpu_seconds_at_full_fleet"] == pytest.approx(gpu)
+    # Cold start: the start alarm reads the first minute's datapoint a metric delay
+    # after it, then capacity, boot, image pull and model load, each as listed.
+    s = p["start_up_seconds"]
+    cold = p["cold_start_seconds"]
+    assert cold["start_decision"] == 60 + s["metric_delay"]
+    assert cold["task_running"] == pytest.approx(
+        cold["start_decision"] + s["capacity"] + s["boot"] + s["image_pull"]
+        + s["model_load"])
+    # Drain = N * s / T + cold start, plus the minutes one task works alone before the
+    # others join (under 2 % of this drain).
+    drain = p["drain_seconds"]
+    assert drain == pytest.approx(gpu + cold["task_running"], rel=0.02)
+    assert drain > gpu + cold["task_running"]
+    assert p["dominated_by"] == "gpu time"
+    # Every image costs exactly s of engine time; cost = GPU-hours billed x price.
+    hours = p["gpu_hours"]
+    assert hours["busy"] == pytest.approx(images * seconds / 3600, rel=1e-9)
+    assert hours["billed"] == pytest.approx(
+        hours["busy"] + hours["startup"] + hours["waiting"] + hours["tail_after_last_result"])
+    cost = p["cost"]["on_demand"]
+    assert cost["usd_per_hour"] == ON_DEMAND_USD_PER_HOUR["g5.xlarge"] == 1.006
+    assert cost["total_usd"] == pytest.approx(hours["billed"] * 1.006, rel=1e-9)
+    assert cost["per_1000_images_usd"] == pytest.approx(1000 * cost["total_usd"] / images)
+    assert PRICES_DATE in cost["source"] and PRICES_REGION in cost["source"]
+    assert p["cost"]["spot"] is None  # no Spot price is known, none is made up
+
+
+def test_a_small_batch_is_dominated_by_the_cold_start_and_the_idle_tail() -> None:
+    p = plan_json("--images", "500", "--seconds-per-image", "1")
+    assert p["dominated_by"] == "cold start"
+    hours = p["gpu_hours"]
+    # After the last result the fleet waits 15 datapoints to scale in, then the
+    # instance 15 more minutes: far more than 500 s of work.
+    assert hours["tail_after_last_result"] > hours["busy"]
+
+
+def test_spot_with_a_given_price() -> None:
+    p = plan_json("--images", "20000", "--spot", "--price-per-hour", "0.4",
+                  "--interruptions-per-hour", "0.5", "--max-tasks", "8")
+    assert p["inputs"]["spot"] is True and p["inputs"]["interruptions_per_hour"] == 0.5
+    spot = p["cost"]["spot"]
+    assert spot["usd_per_hour"] == 0.4 and "--price-per-hour" in spot["source"]
+    assert spot["total_usd"] == pytest.approx(p["gpu_hours"]["billed"] * 0.4, rel=1e-9)
+    assert p["fleet"]["complete"] and p["fleet"]["peak_tasks"] == 8
+
+
+def test_a_rate_is_planned_for_latency() -> None:
+    p = plan_json("--images", "7200", "--rate", "2", "--seconds-per-image", "1")
+    # 2 images/s need 2 tasks at 1 s each; the fleet keeps up once started, so the
+    # arrivals' own span (an hour) dominates and half the jobs wait under a minute.
+    assert p["dominated_by"] == "arrivals"
+    assert p["latency_seconds"]["p50"] < 60
+    assert any("scale-in" in d for d in p["decisions"])
+
+
+def test_the_text_names_what_dominates_and_the_assumptions() -> None:
+    done = plan("--images", "1000", "--instance-type", "g6e.2xlarge", "--spot")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "dominated by" in out and "cold start" in out
+    assert "no price for g6e.2xlarge: pass --price-per-hour with --spot" in out
+    assert "assumption:" in out and "not measured" in out
+
+
+def test_a_setting_the_stack_refuses_is_one_line() -> None:
+    done = plan("--images", "10", "--instance-type", "p4d.24xlarge")
+    assert done.returncode == 2
+    assert "instanceTypes" in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,93 @@
+"""Both CLIs: every flag has help, choices are checked by the flag, --version, and the
+producer's --log-level after the command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from contract.job import Scheduler
+from producer.cli import app as producer_app
+from tests.support.paths import REPO
+from worker.cli import app as worker_app
+from worker.settings import MemoryMode
+
+runner = CliRunner()
+
+
+def visible_parameters(app: typer.Typer) -> list[tuple[str, Any]]:
+    """(command name, parameter) for every parameter --help shows."""
+    group = typer.main.get_command(app)
+    found = [("", p) for p in group.params]
+    for name, command in group.commands.items():
+        found += [(name, p) for p in command.params]
+    return [(name, p) for name, p in found if not getattr(p, "hidden", False)]
+
+
+def quoted(choices: tuple[str, ...]) -> str:
+    return ", ".join(f"'{c}'" for c in choices)
+
+
+def flat(output: str) -> str:
+    """The CLI's output without the error box and line wrapping."""
+    return " ".join(output.replace("│", " ").split())
+
+
+@pytest.mark.parametrize("app", [producer_app, worker_app], ids=["producer", "worker"])
+def test_every_visible_flag_and_argument_has_help(app):
+    parameters = visible_parameters(app)
+    missing = [f"{command} {p.opts[0]}" for command, p in parameters
+               if not (getattr(p, "help", None) or "").strip()]
+
+    assert len(parameters) > 15
+    assert not missing, f"no help text: {missing}"
+
+
+def test_memory_mode_and_scheduler_errors_name_the_flag_and_its_choices():
+    turbo = runner.invoke(worker_app, ["run", "--memory-mode", "turbo"])
+    worker_scheduler = runner.invoke(worker_app, ["run", "--scheduler", "karras"])
+    producer_scheduler = runner.invoke(producer_app, ["enqueue", "s3://b/in/",
+                                                      "--scheduler", "karras"])
+
+    assert turbo.exit_code == 2 and "--memory-mode" in turbo.output, turbo.output
+    assert "IMG2IMG_MEMORY_MODE" not in turbo.output
+    # The choices are the settings' and the contract's own types, so they cannot drift.
+    assert f"'turbo' is not one of {quoted(MemoryMode.__args__)}" in flat(turbo.output)
+    for result in (worker_scheduler, producer_scheduler):
+        assert result.exit_code == 2 and "--scheduler" in result.output, result.output
+        assert f"'karras' is not one of {quoted(Scheduler.__args__)}" in flat(result.output)
+
+
+@pytest.mark.parametrize("script", ["img2img-producer", "img2img-worker"])
+def test_version_comes_from_the_package_metadata(script):
+    done = subprocess.run([str(Path(sys.executable).with_name(script)), "--version"],
+                          capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"img2img-fleet {metadata.version('img2img-fleet')}"
+
+
+def test_producer_log_level_works_after_the_command(fleet):
+    env = {**os.environ, **fleet.environment(), "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "producer.cli", "status"]
+
+    quiet = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    after = subprocess.run(command + ["--log-level", "debug"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    before = subprocess.run(command[:3] + ["--log-level", "DEBUG", "status"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(command + ["--log-level", "loud"], env=env, capture_output=True,
+                         text=True, timeout=120)
+
+    assert quiet.returncode == after.returncode == before.returncode == 0, after.stderr
+    assert "DEBUG botocore" not in quiet.stderr
+    assert "DEBUG botocore" in after.stderr and "DEBUG botocore" in before.stderr
+    assert bad.returncode == 2 and "--log-level" in bad.stderr and "'loud'" in bad.stderr

@@ -1,0 +1,221 @@
+"""The job life cycle's parts against real things: batch totals and the one
+batch.complete on a moto S3, events through a real SNS -> SQS subscription and a real
+local webhook server, callback checks, cancel orders."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+
+import pytest
+
+from common.aws import client
+from contract.batches import BatchManifest, CancelOrder
+from contract.errors import CallbackNotAllowed
+from contract.locations import (
+    S3Location,
+    batch_cancel_key,
+    batch_complete_key,
+    batch_manifest_key,
+)
+from contract.result import ResultRecord
+from tests.support.webhook import WebhookReceiver
+from worker.fleet.batch_progress import BatchProgress
+from worker.fleet.cancels import CancelWatch
+from worker.fleet.events import SIGNATURE_HEADER, Notifier, check_callback, job_event
+from worker.fleet.lifecycle import JobLifecycle
+from worker.fleet.storage import S3Storage
+
+OUT = "out/"
+
+
+def _manifest(s3, bucket: str, batch_id: str, job_ids: list[str]) -> None:
+    manifest = BatchManifest(batch_id=batch_id, total=len(job_ids), queue_url="q",
+                             source="s", output=f"s3://{bucket}/{OUT}",
+                             shard_totals=BatchManifest.shard_totals_of(job_ids))
+    s3.put_object(Bucket=bucket, Key=batch_manifest_key(OUT, batch_id),
+                  Body=manifest.model_dump_json())
+
+
+def _marker(s3, bucket: str, batch_id: str, job_id: str, status: str) -> None:
+    s3.put_object(Bucket=bucket, Key=f"{OUT}_batches/{batch_id}/{job_id}.{status}", Body=b"")
+
+
+def test_racing_workers_announce_a_batch_exactly_once(fleet, s3):
+    """Eight threads (eight workers' I/O threads) end the last jobs of a batch at once:
+    exactly one of them wins the batch, with the right totals."""
+    job_ids = [f"job{i:04d}aaaa" for i in range(24)]
+    _manifest(s3, fleet.bucket, "race", job_ids)
+    output = S3Location(bucket=fleet.bucket, key=f"{OUT}x.png")
+    won = []
+    start = threading.Barrier(8)
+
+    def worker(index: int) -> None:
+        progress = BatchProgress(S3Storage(s3), f"w{index}")
+        start.wait()
+        for job_id in job_ids[index::8]:
+            _marker(s3, fleet.bucket, "race", job_id, "done")
+            completed = progress.count(output, "race", job_id, "done", gpu_seconds=0.5,
+                                       cost_usd=0.001)
+            if completed is not None:
+                won.append(completed)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(won) == 1, won
+    (completed,) = won
+    assert completed.total == 24 and completed.counts.done == 24
+    assert completed.counts.gpu_seconds == pytest.approx(12.0)
+    assert completed.counts.cost_usd == pytest.approx(0.024)
+
+
+def test_a_job_counted_twice_does_not_end_its_batch_early(fleet, s3):
+    job_ids = ["aaaaaaaa0001", "bbbbbbbb0002"]
+    _manifest(s3, fleet.bucket, "twice", job_ids)
+    output = S3Location(bucket=fleet.bucket, key=f"{OUT}x.png")
+    progress = BatchProgress(S3Storage(s3), "w")
+    _marker(s3, fleet.bucket, "twice", job_ids[0], "done")
+    for _ in range(2):  # a crash between the count and the message's delete
+        assert progress.count(output, "twice", job_ids[0], "done") is None
+    _marker(s3, fleet.bucket, "twice", job_ids[1], "failed")
+    completed = progress.count(output, "twice", job_ids[1], "failed")
+    assert completed is not None and completed.total == 2
+    assert progress.count(output, "twice", job_ids[1], "failed") is None, "announced once"
+
+
+def _claim_of(s3, bucket: str, batch_id: str) -> dict:
+    return json.loads(s3.get_object(Bucket=bucket, Key=batch_complete_key(OUT, batch_id))
+                      ["Body"].read())
+
+
+def test_a_claim_its_worker_died_on_is_announced_by_the_redelivery(fleet, s3):
+    """The worker that claimed the batch died before announcing it: the redelivery of
+    the same message announces it; another message, or one after the announcement, not."""
+    job_ids = ["aaaaaaaa0001"]
+    _manifest(s3, fleet.bucket, "died", job_ids)
+    output = S3Location(bucket=fleet.bucket, key=f"{OUT}x.png")
+    _marker(s3, fleet.bucket, "died", job_ids[0], "done")
+    first = BatchProgress(S3Storage(s3), "w1").count(output, "died", job_ids[0], "done",
+                                                     message_id="m1")
+    assert first is not None and _claim_of(s3, fleet.bucket, "died")["announced"] is False
+    # ...w1 dies here. Another message of the same job (enqueued twice) does not take over:
+    other = BatchProgress(S3Storage(s3), "w2")
+    assert other.count(output, "died", job_ids[0], "done", message_id="m9") is None
+    again = other.count(output, "died", job_ids[0], "done", message_id="m1")
+    assert again is not None and again.counts.done >= 1
+    assert _claim_of(s3, fleet.bucket, "died")["announced_by"] == "w2"
+    other.announced(again)
+    claim = _claim_of(s3, fleet.bucket, "died")
+    assert claim["announced"] is True and claim["total"] == 1
+    assert other.count(output, "died", job_ids[0], "done", message_id="m1") is None
+
+
+def test_the_end_of_a_batch_waits_for_its_event_then_marks_it_announced(fleet, s3):
+    """The last job's message is settled only after batch.complete was delivered."""
+    _manifest(s3, fleet.bucket, "wait", ["aaaaaaaa0001"])
+    _marker(s3, fleet.bucket, "wait", "aaaaaaaa0001", "done")
+    hook = WebhookReceiver(fail=2)  # delivered on the third try
+    notifier = Notifier(topic_arn=None, sns_client=None, webhook_url=hook.url,
+                        webhook_secret=None, allowed_callbacks=[], sleep=lambda s: None)
+    progress = BatchProgress(S3Storage(s3), "w")
+    lifecycle = JobLifecycle(notifier, progress, CancelWatch(S3Storage(s3), max_age=5),
+                             worker_id="w", allowed_callbacks=[])
+    completed = progress.count(S3Location(bucket=fleet.bucket, key=f"{OUT}x.png"), "wait",
+                               "aaaaaaaa0001", "done", message_id="m1")
+    assert completed is not None
+    lifecycle.announce(completed)  # returns once delivered: no close() in between
+    (_, body), = hook.received
+    assert json.loads(body)["type"] == "batch.complete"
+    assert _claim_of(s3, fleet.bucket, "wait")["announced"] is True
+    notifier.close()
+
+
+def test_a_batch_without_shard_totals_is_never_announced(fleet, s3):
+    old = BatchManifest(batch_id="old", total=1, queue_url="q", source="s",
+                        output=f"s3://{fleet.bucket}/{OUT}")
+    s3.put_object(Bucket=fleet.bucket, Key=batch_manifest_key(OUT, "old"),
+                  Body=old.model_dump_json())
+    progress = BatchProgress(S3Storage(s3), "w")
+    assert progress.count(S3Location(bucket=fleet.bucket, key=f"{OUT}x.png"), "old",
+                          "aaaaaaaa0001", "done") is None
+
+
+def test_cancel_orders_are_read_at_most_every_max_age(fleet, s3):
+    now = [0.0]
+    watch = CancelWatch(S3Storage(s3), max_age=5, clock=lambda: now[0])
+    output = S3Location(bucket=fleet.bucket, key=f"{OUT}x.png")
+    assert watch.lookup(output, "b1", "job1") is None
+    s3.put_object(Bucket=fleet.bucket, Key=batch_cancel_key(OUT, "b1"),
+                  Body=CancelOrder(job_ids=["job1"], reason="wrong prompt").model_dump_json())
+    assert watch.lookup(output, "b1", "job1") is None, "read again only after max_age"
+    now[0] = 5.0
+    assert watch.lookup(output, "b1", "job1") == "wrong prompt"
+    assert watch.known(output, "b1", "job2") is None
+
+
+@pytest.mark.parametrize(("url", "allowed", "addresses", "ok"), [
+    ("https://hooks.example.com/x", ["https://hooks.example.com/*"], ["93.184.216.34"], True),
+    ("https://evil.example.org/x", ["https://hooks.example.com/*"], ["93.184.216.34"], False),
+    ("http://169.254.169.254/latest", ["http://*"], ["169.254.169.254"], False),
+    ("http://rebind.example.com/", ["http://*"], ["169.254.10.1"], False),
+    ("http://v6.example.com/", ["http://*"], ["fe80::1%eth0"], False),
+    ("http://metadata.google.internal/", ["http://*"], ["10.0.0.1"], False),
+    ("https://hooks.example.com/x", [], ["93.184.216.34"], False),
+])
+def test_callbacks_need_the_allow_list_and_never_reach_link_local(url, allowed, addresses,
+                                                                   ok):
+    def check() -> None:
+        check_callback(url, allowed, resolve=lambda host: addresses)
+
+    if ok:
+        check()
+    else:
+        with pytest.raises(CallbackNotAllowed):
+            check()
+
+
+def _record() -> ResultRecord:
+    return ResultRecord(job_id="job-123456", batch_id="b1", status="done", input="s3://a/b",
+                        output="s3://a/c", gpu_seconds=1.5, cost_usd=0.0004, worker="w")
+
+
+def test_events_reach_sns_subscribers_and_a_signed_retried_webhook(fleet, sqs):
+    sns = client("sns", endpoint_url=fleet.endpoint_url)
+    topic = sns.create_topic(Name="events")["TopicArn"]
+    inbox = sqs.create_queue(QueueName=f"{fleet.bucket}-inbox")["QueueUrl"]
+    inbox_arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=inbox_arn)
+    hook = WebhookReceiver(fail=2)  # the first two tries fail: retried with backoff
+    notifier = Notifier(topic_arn=topic, sns_client=lambda: sns, webhook_url=hook.url,
+                        webhook_secret="s3cret", allowed_callbacks=[], sleep=lambda s: None)
+    notifier.publish(job_event(_record(), output="s3://a/c"))
+    notifier.close()
+    (headers, body), = hook.received
+    event = json.loads(body)
+    assert event["type"] == "job.done" and event["gpu_seconds"] == 1.5
+    expected = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert headers[SIGNATURE_HEADER] == expected
+    (message,) = sqs.receive_message(QueueUrl=inbox, WaitTimeSeconds=2)["Messages"]
+    envelope = json.loads(message["Body"])
+    assert json.loads(envelope["Message"])["job_id"] == "job-123456"
+    assert envelope["MessageAttributes"]["type"]["Value"] == "job.done"
+    assert envelope["MessageAttributes"]["batch_id"]["Value"] == "b1"
+    assert (notifier.delivered, notifier.undelivered) == (2, 0)
+
+
+def test_an_unreachable_endpoint_is_counted_not_waited_for(fleet):
+    hook = WebhookReceiver(fail=100)
+    notifier = Notifier(topic_arn="arn:aws:sns:us-east-1:123456789012:missing",
+                        sns_client=lambda: client("sns", endpoint_url=fleet.endpoint_url,
+                                                  max_attempts=1),
+                        webhook_url=hook.url, webhook_secret=None, allowed_callbacks=[],
+                        sleep=lambda s: None)
+    notifier.publish(job_event(_record(), output=None))
+    notifier.close()
+    assert (notifier.delivered, notifier.undelivered) == (0, 2)

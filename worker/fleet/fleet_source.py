@@ -1,0 +1,389 @@
+"""The SQS fleet as the pipeline's job source: messages in, S3 out, messages settled.
+
+A delivery (one SQS message) carries one or more jobs (an S3 event can name several
+images). Each job runs through the pipeline on its own; the delivery is settled once
+all of its jobs ended: acknowledged, or handed back for a retry when any job needs one.
+Outcomes are counted, logged and measured in one place, ``ended``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from common.logs import log_extra
+from contract.errors import Img2ImgError, Unrecordable, is_permanent
+from contract.result import ErrorInfo, ResultRecord
+from worker import metrics
+from worker.batching import BatchKey
+from worker.engine.engine import BatchStats, Engine
+from worker.fleet import fleet_jobs
+from worker.fleet.consumer import Delivery, QueueConsumer
+from worker.fleet.fleet_jobs import Claim, FleetJob, OwnOutput
+from worker.fleet.lifecycle import JobLifecycle
+from worker.fleet.messages import BadJob, decode_body
+from worker.fleet.sqs_queue import MAX_VISIBILITY_SECONDS
+from worker.fleet.storage import S3Storage
+from worker.images import PixelBudget
+from worker.job_pipeline import JobPipeline
+from worker.jobs import Outcome, Readiness, Status
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+# A claim (running record) holds this many visibility timeouts: long enough to cover a
+# job's wait in the prefetch queue, short enough that a crashed worker's claim lapses.
+CLAIM_LEASE_TIMEOUTS = 2
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    expired: int = 0
+    released: int = 0
+    duplicates: int = 0
+    poison: int = 0
+    skipped: int = 0
+
+    def line(self, worker_id: str, seconds: float) -> str:
+        rare = "".join(f", {name} {getattr(self, name)}"
+                       for name in ("cancelled", "expired", "skipped") if getattr(self, name))
+        return (f"worker {worker_id}: done {self.done}, failed {self.failed}, released "
+                f"{self.released}, already done {self.duplicates}, not jobs {self.poison}"
+                f"{rare} in {seconds:.1f} s")
+
+
+@dataclass
+class _Open:
+    """A delivery's jobs that have not ended yet, and the retries they asked for."""
+
+    jobs: int
+    retries: list[int | None] = field(default_factory=list)
+
+
+class FleetSource:
+    def __init__(self, settings: WorkerSettings, engine: Engine, storage: S3Storage,
+                 consumer: QueueConsumer, lifecycle: JobLifecycle, *, worker_id: str,
+                 pixels: PixelBudget) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.storage = storage
+        self.consumer = consumer
+        self.lifecycle = lifecycle
+        self.worker_id = worker_id
+        self.pixels = pixels
+        self.summary = Summary()
+        self.finished = 0  # jobs that ended for good (not handed back)
+        self.last_ended = time.monotonic()  # when a job last ended (idleness)
+        self._pipeline: JobPipeline[FleetJob] | None = None
+        self._lock = threading.Lock()
+        self._open: dict[Delivery, _Open] = {}
+        self._waiting: list[FleetJob] = []
+
+    def attach(self, pipeline: JobPipeline[FleetJob]) -> None:
+        self._pipeline = pipeline
+
+    @property
+    def pipeline(self) -> JobPipeline[FleetJob]:
+        assert self._pipeline is not None, "attach() the pipeline first"
+        return self._pipeline
+
+    @property
+    def lease_seconds(self) -> float:
+        return CLAIM_LEASE_TIMEOUTS * self.settings.visibility_timeout
+
+    # -- intake (the receiver thread) ---------------------------------------------------
+
+    def take(self, delivery: Delivery) -> None:
+        """Decode a received message and start its jobs; whatever the body, the
+        message ends (jobs, a failed record, or back toward the DLQ)."""
+        message = delivery.message
+        extra = {"message_id": message.message_id}
+        decoded = decode_body(message.body, self.settings)
+        if decoded.poison is not None:
+            # Not a job: never processed. Visible again at once, so SQS redrive moves it
+            # to the DLQ after maxReceiveCount receives, within seconds.
+            log.error("message %s is not a job (receive %d): %s", message.message_id,
+                      message.receive_count, decoded.poison, extra=extra)
+            self._count("poison")
+            self.consumer.retry(delivery, 0)
+            return
+        if decoded.ignored is not None:
+            log.info("ignoring message %s: %s", message.message_id, decoded.ignored,
+                     extra=extra)
+            self.consumer.ack(delivery)
+            return
+        for note in decoded.notes:
+            log.warning("message %s: %s", message.message_id, note, extra=extra)
+        jobs = [FleetJob.of(wire, delivery, from_event=decoded.from_event)
+                for wire in decoded.jobs]
+        with self._lock:
+            self._open[delivery] = _Open(jobs=len(jobs) + len(decoded.bad_jobs))
+        for bad in decoded.bad_jobs:
+            self.pipeline.run_io(lambda bad=bad: self._record_bad_job(delivery, bad))
+        for job in jobs:
+            self.pipeline.submit(job)
+
+    def give_back(self, delivery: Delivery, reason: str) -> None:
+        """A delivery that could not be taken at all goes back toward the DLQ."""
+        log.error("message %s could not be taken (%s); releasing it",
+                  delivery.message_id, reason, extra={"message_id": delivery.message_id})
+        with self._lock:
+            self._open.pop(delivery, None)
+        if self.consumer.retry(delivery, 0):
+            self._count("released")
+
+    @property
+    def open_deliveries(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._waiting)
+
+    # -- the pipeline's questions (I/O threads) -----------------------------------------
+
+    def prepare(self, job: FleetJob) -> Readiness | Outcome:
+        wire = job.job
+        if not job.claimed:
+            if not fleet_jobs.output_allowed(wire.output, self.settings):
+                raise Unrecordable(f"output {wire.output.uri} is outside "
+                                   "IMG2IMG_ALLOWED_OUTPUTS: no record can be written")
+            fleet_jobs.check_locations(wire, self.settings)
+            self.engine.check_model(wire.model)
+            refusal = self.lifecycle.refusal(job)
+            if refusal is not None:
+                raise refusal
+            claim = fleet_jobs.claim(self.storage, job, worker_id=self.worker_id,
+                                     lease_seconds=self.lease_seconds)
+            if claim is Claim.FINISHED:
+                fleet_jobs.write_marker(self.storage, wire.output, job.batch_id, job.job_id,
+                                        "done")
+                return Outcome(Status.DUPLICATE, reason="already done")
+            if claim is Claim.FINISHED_HERE:
+                return self._ended_by_this_message(job)
+            if claim is Claim.WAIT:
+                log.info("job %s is running under another delivery; waiting for its "
+                         "outcome", job.job_id, extra=log_extra(job))
+                with self._lock:
+                    self._waiting.append(job)
+                return Readiness.DEFERRED
+        fleet_jobs.read_and_prepare(self.storage, job, self.settings, self.pixels)
+        return Readiness.READY
+
+    def _ended_by_this_message(self, job: FleetJob) -> Outcome:
+        """An earlier delivery of this very message ended the job, then lost the message
+        (a crash before the delete): acknowledge, and count it, since that delivery may
+        not have (a count too many is caught when the batch's markers are counted)."""
+        data, _ = self.storage.read_json(job.result_location())
+        record = ResultRecord.model_validate(data)
+        fleet_jobs.write_marker(self.storage, job.job.output, job.batch_id, job.job_id,
+                                record.status)
+        return Outcome(Status.DUPLICATE, record=record,
+                       reason="ended by an earlier delivery of this message")
+
+    def write(self, job: FleetJob, image: Image.Image) -> Outcome:
+        record = fleet_jobs.write_output(self.storage, job, image, self.worker_id,
+                                         self.settings.gpu_price_per_hour)
+        return Outcome(Status.DONE, record=record)
+
+    def failure(self, job: FleetJob, error: BaseException) -> Outcome:
+        if isinstance(error, OwnOutput):
+            self._release_claim(job)
+            return Outcome(Status.SKIPPED, reason=str(error))
+        if not is_permanent(error):
+            self._release_claim(job)
+            return Outcome.retry(str(error), getattr(error, "retry_after", None))
+        if not isinstance(error, Img2ImgError):
+            log.error("job %s failed unexpectedly: %r", job.job_id, error, extra=log_extra(job))
+        record = job.failed_record(error, self.worker_id,
+                                   gpu_price_per_hour=self.settings.gpu_price_per_hour
+                                   ).model_copy(update={"message_id": job.message_id or None})
+        try:
+            written = fleet_jobs.write_final(self.storage, record, job.job.output,
+                                             claimed=job.claimed)
+        except Exception as exc:  # noqa: BLE001 - cannot record: retry later
+            log.warning("job %s: could not write its failed record: %r", job.job_id, exc,
+                        extra=log_extra(job))
+            return Outcome.retry(f"failed ({error}) but not recorded: {exc}")
+        job.claimed = False
+        if not written:
+            return Outcome(Status.DUPLICATE, reason=f"{record.status} ({error}), but a "
+                           "record of this job exists and is kept")
+        return Outcome(Status(record.status), record=record)
+
+    def wanted(self, job: FleetJob) -> bool:
+        with self._lock:
+            return job.delivery in self._open
+
+    def dropped(self, job: FleetJob) -> None:
+        """Prepared after its message was released: only its claim is left to drop."""
+        self._release_claim(job)
+
+    def refused(self, job: FleetJob) -> Exception | None:
+        return self.lifecycle.refusal_now(job)
+
+    def batch_started(self, jobs: list[FleetJob]) -> None:
+        for job in jobs:
+            if job.delivery is not None:
+                self.consumer.mark_started(job.delivery)
+
+    def batch_ran(self, key: BatchKey, jobs: list[FleetJob], seconds: float,
+                  stats: BatchStats | None) -> None:
+        metrics.emit_batch(key, len(jobs), seconds, stats)
+
+    # -- outcomes -----------------------------------------------------------------------
+
+    def ended(self, job: FleetJob, outcome: Outcome) -> None:
+        """Count, log and measure the outcome, then settle the delivery if it was the
+        last of its jobs."""
+        extra = log_extra(job)
+        record = outcome.record
+        if outcome.status in (Status.DONE, Status.FAILED, Status.CANCELLED, Status.EXPIRED):
+            self._count(outcome.status.value)
+            if record is not None:
+                log.info("job %s %s", record.job_id, record.status, extra={
+                    **extra, "status": record.status, "seconds": record.seconds,
+                    "error": record.error.model_dump() if record.error else None})
+                self.lifecycle.ended(job, record, announce_job=True)
+            metrics.emit_job(job, outcome.status.value)
+        elif outcome.status is Status.DUPLICATE:
+            self._count("duplicates")
+            log.info("job %s %s; acknowledging", job.job_id, outcome.reason, extra=extra)
+            if record is not None:  # this message's earlier delivery ended it
+                self.lifecycle.ended(job, record, announce_job=False)
+        elif outcome.status is Status.SKIPPED:
+            self._count("skipped")
+            log.info("job %s skipped: %s", job.job_id, outcome.reason, extra=extra)
+        else:
+            log.warning("job %s: transient error, will retry: %s", job.job_id,
+                        outcome.reason, extra=extra)
+        if job.delivery is not None:
+            self._job_ended(job.delivery, outcome)
+
+    def lost(self, job: FleetJob, error: BaseException) -> None:
+        if job.delivery is not None:
+            self.give_back(job.delivery, f"job {job.job_id}: {error!r}")
+
+    def _job_ended(self, delivery: Delivery, outcome: Outcome) -> None:
+        with self._lock:
+            self.last_ended = time.monotonic()
+            state = self._open.get(delivery)
+            if state is None:
+                return  # released meanwhile (shutdown): its receipt is stale
+            state.jobs -= 1
+            if outcome.status is Status.RETRY:
+                state.retries.append(outcome.retry_after)
+            else:
+                self.finished += 1
+            if state.jobs > 0:
+                return
+            del self._open[delivery]
+        self.pipeline.wake()
+        if not state.retries:
+            self.consumer.ack(delivery)
+            return
+        explicit = [r for r in state.retries if r is not None]
+        delay = min(explicit) if explicit else self._backoff(delivery)
+        if self.consumer.retry(delivery, delay):
+            self._count("released")
+
+    def _backoff(self, delivery: Delivery) -> int:
+        """Exponential in the receive count, jittered, capped by SQS's maximum."""
+        base = self.settings.release_backoff_seconds
+        if base == 0:
+            return 0
+        delay = base * 2 ** max(0, delivery.message.receive_count - 1)
+        return int(min(delay * random.uniform(0.8, 1.2), MAX_VISIBILITY_SECONDS - 60))
+
+    def _record_bad_job(self, delivery: Delivery, bad: BadJob) -> None:
+        """A message that failed validation but names its own output key."""
+        if not fleet_jobs.output_allowed(bad.output, self.settings):
+            self._job_ended(delivery, Outcome.retry("output not allowed", 0))
+            return
+        record = ResultRecord(job_id=bad.job_id, batch_id=bad.batch_id, status="failed",
+                              input=bad.input_uri, error=ErrorInfo.from_exception(bad.error),
+                              worker=self.worker_id)
+        try:
+            written = fleet_jobs.write_final(self.storage, record, bad.output, claimed=False)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not record invalid job %s: %r", bad.job_id, exc)
+            self._job_ended(delivery, Outcome.retry(repr(exc)))
+            return
+        if written:
+            self._count("failed")
+            log.info("job %s failed", bad.job_id, extra={
+                "job_id": bad.job_id, "batch_id": bad.batch_id, "status": "failed",
+                "error": record.error.model_dump() if record.error else None})
+        else:
+            log.warning("invalid job %s (%s): a record of that job exists and is kept",
+                        bad.job_id, bad.error, extra={"job_id": bad.job_id})
+        self._job_ended(delivery, Outcome(Status.FAILED if written else Status.DUPLICATE))
+
+    # -- waiting duplicates (the worker's waiter loop) ----------------------------------
+
+    def recheck_waiting(self) -> None:
+        """Look again at jobs that wait on another delivery: acknowledge them when it
+        ended, run them when it let go. Also the life cycle's periodic work."""
+        self.pipeline.run_io(self.lifecycle.tick)
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        for job in waiting:
+            if self.wanted(job):
+                self.pipeline.run_io(lambda job=job: self._recheck(job))
+            else:
+                self.pipeline.forget_deferred()
+
+    def _recheck(self, job: FleetJob) -> None:
+        try:
+            claim = fleet_jobs.recheck(self.storage, job, worker_id=self.worker_id,
+                                       lease_seconds=self.lease_seconds)
+        except Exception as exc:  # noqa: BLE001
+            self.pipeline.forget_deferred()
+            self.ended(job, self.failure(job, exc))
+            return
+        if claim is Claim.CLAIMED:
+            self.pipeline.resubmit(job)  # claimed now: prepare only reads the input
+        elif claim in (Claim.FINISHED, Claim.FINISHED_HERE):
+            self.pipeline.forget_deferred()
+            self.ended(job, Outcome(Status.DUPLICATE, reason="ended under another delivery"))
+        else:
+            with self._lock:
+                self._waiting.append(job)
+
+    # -- releases ------------------------------------------------------------------------
+
+    def released(self, deliveries: list[Delivery]) -> None:
+        """The consumer handed these back (shutdown): drop their jobs and claims."""
+        gone = set(deliveries)
+        with self._lock:
+            for delivery in gone:
+                self._open.pop(delivery, None)
+        jobs = self.pipeline.discard_ready(lambda j: j.delivery in gone)
+        with self._lock:
+            waiting = [j for j in self._waiting if j.delivery in gone]
+            self._waiting = [j for j in self._waiting if j.delivery not in gone]
+        self.pipeline.forget_deferred(len(waiting))
+        for job in jobs:
+            self._release_claim(job)
+        self._count("released", len(deliveries))
+
+    def _release_claim(self, job: FleetJob) -> None:
+        try:
+            fleet_jobs.release_claim(self.storage, job)
+        except Exception as exc:  # noqa: BLE001 - the claim lapses on its own
+            log.warning("job %s: could not drop its claim: %r", job.job_id, exc,
+                        extra=log_extra(job))
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            setattr(self.summary, name, getattr(self.summary, name) + amount)
