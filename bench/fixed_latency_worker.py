@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                        ("AWS_DEFAULT_REGION", "us-east-1")):
         os.environ.setdefault(key, value)
 
-    from bench.overlap_bench import FixedLatencyEngine, timed_queue_class
+    from bench.overlap_probes import FixedLatencyEngine, timed_queue_class
     from common.aws import s3_client, sqs_client
     from worker.fleet.service import Worker
     from worker.fleet.storage import S3Storage

@@ -28,317 +28,38 @@ import itertools
 import json
 import multiprocessing
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from bench.devstats import machine_info
-
-# SQS gets slow in moto with deep queues: keep at most this many messages visible.
-MAX_VISIBLE = 40
-
+from bench.overlap_inputs import (
+    MAX_VISIBLE,
+    Feeder,
+    feed_in_subprocess,
+    s3_capacity,
+    upload_and_make_jobs,
+)
+from bench.overlap_probes import (
+    FixedLatencyEngine,
+    ImageCpuMeter,
+    moto_subprocess,
+    process_cpu_seconds,
+    timed_queue_class,
+    timed_storage_class,
+)
 
 # -- the test doubles and timing wrappers -----------------------------------------------
-
-class FixedLatencyEngine:
-    """Stands in for worker.engine.engine.Engine: one batch takes ``latency`` s, any size."""
-
-    def __init__(self, latency: float) -> None:
-        self.latency = latency
-        self.calls: list[tuple[float, float, int]] = []
-
-    def check_model(self, reference: str) -> None:
-        return None
-
-    def generate(self, key, items, on_step=None):
-        from worker.engine.engine import BatchStats, GenerationResult
-
-        started = time.perf_counter()
-        time.sleep(self.latency)
-        self.calls.append((started, time.perf_counter(), len(items)))
-        return GenerationResult(images=[item.image for item in items],
-                                stats=BatchStats(pipeline_calls=1))
-
-    def close(self) -> None:
-        return None
-
-
-def timed_queue_class():
-    from worker.fleet.sqs_queue import SqsQueue
-
-    class TimedQueue(SqsQueue):
-        """Records (start, end, messages) of every receive and delete call."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.receives: list[tuple[float, float, int]] = []
-            self.deletes: list[tuple[float, float, int]] = []
-            self.cpu_seconds = {"receive": 0.0, "delete": 0.0}
-            self._lock = threading.Lock()
-
-        def receive(self, *args: Any, **kwargs: Any):
-            started, cpu = time.perf_counter(), time.thread_time()
-            messages = super().receive(*args, **kwargs)
-            with self._lock:
-                self.receives.append((started, time.perf_counter(), len(messages)))
-                self.cpu_seconds["receive"] += time.thread_time() - cpu
-            return messages
-
-        def delete(self, receipts: list[str]) -> list[str]:
-            started, cpu = time.perf_counter(), time.thread_time()
-            failed = super().delete(receipts)
-            with self._lock:
-                self.deletes.append((started, time.perf_counter(), len(receipts)))
-                self.cpu_seconds["delete"] += time.thread_time() - cpu
-            return failed
-
-    return TimedQueue
-
-
-def timed_storage_class():
-    from worker.fleet.storage import S3Storage
-
-    class TimedStorage(S3Storage):
-        """Records the seconds (wall, and this thread's CPU) of every S3 request by kind."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.seconds: dict[str, list[float]] = defaultdict(list)
-            self.cpu_seconds: dict[str, float] = defaultdict(float)
-            self._lock = threading.Lock()
-
-        def _timed(self, name: str, fn, *args: Any, **kwargs: Any):
-            started, cpu = time.perf_counter(), time.thread_time()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                with self._lock:
-                    self.seconds[name].append(time.perf_counter() - started)
-                    self.cpu_seconds[name] += time.thread_time() - cpu
-
-        def read_object(self, location):
-            return self._timed("get_input", super().read_object, location)
-
-        def read_json(self, location):
-            return self._timed("get_result_record", super().read_json, location)
-
-        def put_if_absent(self, location, data, content_type, metadata=None):
-            kind = "put_claim" if location.key.endswith(".json") else "put_output_if_absent"
-            return self._timed(kind, super().put_if_absent, location, data, content_type,
-                               metadata)
-
-        def put_if_match(self, location, data, content_type, etag):
-            return self._timed("put_claim_takeover", super().put_if_match, location, data,
-                               content_type, etag)
-
-        def head_metadata(self, location):
-            return self._timed("head_output", super().head_metadata, location)
-
-        def delete(self, location):
-            return self._timed("delete_claim", super().delete, location)
-
-        def put(self, location, data, content_type):
-            kind = "put_result_record" if location.key.endswith(".json") else "put_marker"
-            return self._timed(kind, super().put, location, data, content_type)
-
-    return TimedStorage
 
 
 # -- moto -------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def moto_subprocess():
-    """moto in its own process, so the server does not share the worker's GIL (a real S3
-    and SQS are other machines). Yields (endpoint, pid)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port),
-                                                                        timeout=0.5):
-                break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("moto server did not start")
-        yield endpoint, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def process_cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of another process, from /proc (0 where unknown)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, TypeError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
 
 # -- inputs -----------------------------------------------------------------------------
-
-def photo_like_image(size: int, seed: int = 0, fmt: str = "png") -> bytes:
-    """A size x size PNG or JPEG (quality 90) that compresses like a photo (smooth
-    shapes plus sensor noise), not like a flat test card, so download and decode cost
-    what a real input costs."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    base = np.stack([
-        128 + 100 * np.sin(6 * x + 3 * y + seed),
-        128 + 90 * np.cos(5 * y - 2 * x),
-        128 + 80 * np.sin(4 * (x + y)),
-    ], axis=-1)
-    pixels = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    options = {"quality": 90} if fmt == "jpg" else {}
-    Image.fromarray(pixels, "RGB").save(buffer, "JPEG" if fmt == "jpg" else "PNG", **options)
-    return buffer.getvalue()
-
-
-def upload_and_make_jobs(s3, bucket: str, jobs: int, size: int, params: dict,
-                         input_format: str = "png") -> tuple[list, int]:
-    from contract import GenerationParams, JobMessage, S3Location, parse_s3_uri
-
-    data = photo_like_image(size, fmt=input_format)
-    prefix = parse_s3_uri(f"s3://{bucket}/out/", prefix=True)
-
-    def one(i: int):
-        key = f"in/img-{i:05d}.{input_format}"
-        etag = s3.put_object(Bucket=bucket, Key=key, Body=data)["ETag"]
-        return JobMessage.create(input=S3Location(bucket=bucket, key=key), input_etag=etag,
-                                 output_prefix=prefix, params=GenerationParams(**params),
-                                 batch_id="overlap")
-
-    with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(one, range(jobs))), len(data)
-
-
-def s3_capacity(s3, bucket: str, input_key: str, output_format: str, threads: int,
-                seconds: float = 3.0) -> float:
-    """Job-equivalents per second the S3 endpoint serves alone: ``threads`` threads
-    repeat one job's S3 requests (conditional claim PUT, input GET, conditional output
-    PUT, result record, marker) with no worker around them. Where this is near the engine's ceiling,
-    the endpoint, not the worker, limits the run."""
-    from contract.job import OutputFormat
-    from worker.images import decode_image, encode_image
-
-    image = decode_image(s3.get_object(Bucket=bucket, Key=input_key)["Body"].read(),
-                         max_pixels=10**8)
-    output = encode_image(image, OutputFormat(output_format))
-    stop = time.perf_counter() + seconds
-    counter = itertools.count()
-    done: list[int] = []
-
-    def loop() -> None:
-        n = 0
-        while time.perf_counter() < stop:
-            i = next(counter)
-            s3.put_object(Bucket=bucket, Key=f"probe/{i}.json", Body=b"{}" * 150,
-                          IfNoneMatch="*")
-            s3.get_object(Bucket=bucket, Key=input_key)["Body"].read()
-            s3.put_object(Bucket=bucket, Key=f"probe/{i}.{output_format}", Body=output,
-                          IfNoneMatch="*")
-            s3.put_object(Bucket=bucket, Key=f"probe/{i}.json", Body=b"{}" * 200)
-            s3.put_object(Bucket=bucket, Key=f"probe_batches/{i}.done", Body=b"")
-            n += 1
-        done.append(n)
-
-    started = time.perf_counter()
-    workers = [threading.Thread(target=loop) for _ in range(threads)]
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join()
-    return sum(done) / (time.perf_counter() - started)
-
-
-class Feeder:
-    """Sends jobs in waves, keeping at most MAX_VISIBLE messages waiting."""
-
-    def __init__(self, sqs, queue_url: str, bodies: list[str]) -> None:
-        self.sqs, self.queue_url, self.bodies = sqs, queue_url, list(bodies)
-
-    def visible(self) -> int:
-        attrs = self.sqs.get_queue_attributes(QueueUrl=self.queue_url,
-                                              AttributeNames=["ApproximateNumberOfMessages"])
-        return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
-
-    def send_some(self, count: int) -> None:
-        while count > 0 and self.bodies:
-            take = min(10, count)
-            chunk, self.bodies = self.bodies[:take], self.bodies[take:]
-            self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=[
-                {"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)])
-            count -= len(chunk)
-
-    def run(self) -> None:
-        while self.bodies:
-            room = MAX_VISIBLE - self.visible()
-            if room >= 10:
-                self.send_some(room)
-            time.sleep(0.1)
-
-
-def feed_in_subprocess(endpoint: str, queue_url: str, bodies: list[str]) -> None:
-    """The feeder's own process: its CPU is not counted as the worker's."""
-    from common.aws import sqs_client
-
-    Feeder(sqs_client(endpoint_url=endpoint), queue_url, bodies).run()
-
-
-class ImageCpuMeter:
-    """Counts the thread CPU seconds of the worker's image work (decode, resize, encode)
-    by wrapping the functions ``worker.fleet.fleet_jobs`` calls, for the length of the run."""
-
-    NAMES = {"decode_and_prepare": "decode", "encode_image": "encode",
-             "restore_size": "encode"}
-
-    def __init__(self) -> None:
-        self.cpu_seconds: dict[str, float] = defaultdict(float)
-        self._lock = threading.Lock()
-
-    def _wrap(self, fn, stage: str):
-        def timed(*args: Any, **kwargs: Any):
-            cpu = time.thread_time()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                with self._lock:
-                    self.cpu_seconds[stage] += time.thread_time() - cpu
-        return timed
-
-    @contextlib.contextmanager
-    def installed(self):
-        from worker.fleet import fleet_jobs
-
-        originals = {name: getattr(fleet_jobs, name) for name in self.NAMES}
-        try:
-            for name, stage in self.NAMES.items():
-                setattr(fleet_jobs, name, self._wrap(originals[name], stage))
-            yield self
-        finally:
-            for name, fn in originals.items():
-                setattr(fleet_jobs, name, fn)
 
 
 # -- the run ----------------------------------------------------------------------------

@@ -83,7 +83,7 @@ class RealRun:
 def run_real(settings: CheckSettings, endpoint: str, work_dir: Path) -> RealRun:
     """The jobs through ``settings.workers`` worker processes; raises if any job is not
     done exactly once."""
-    from bench.overlap_bench import upload_and_make_jobs
+    from bench.overlap_inputs import upload_and_make_jobs
     from common.aws import s3_client, sqs_client
     from local_fleet.embedded_aws import create_fleet_resources
 

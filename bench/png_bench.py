@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from bench.overlap_bench import photo_like_image
+from bench.overlap_inputs import photo_like_image
 
 
 def seconds_per_call(fn: Callable[[], bytes], repeat: int) -> tuple[float, int]:

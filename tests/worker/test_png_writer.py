@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.overlap_bench import photo_like_image
+from bench.overlap_inputs import photo_like_image
 from contract.job import OutputFormat
 from tests.support.images import encode, pattern_rgb
 from worker import png_writer

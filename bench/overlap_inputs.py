@@ -1,0 +1,125 @@
+"""The overlap benchmark's inputs: photo-like images, their jobs, the S3 endpoint's own
+capacity, and a feeder that keeps the queue shallow (moto's SQS slows with depth)."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+# SQS gets slow in moto with deep queues: keep at most this many messages visible.
+MAX_VISIBLE = 40
+
+
+def photo_like_image(size: int, seed: int = 0, fmt: str = "png") -> bytes:
+    """A size x size PNG or JPEG (quality 90) that compresses like a photo (smooth
+    shapes plus sensor noise), not like a flat test card, so download and decode cost
+    what a real input costs."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    base = np.stack([
+        128 + 100 * np.sin(6 * x + 3 * y + seed),
+        128 + 90 * np.cos(5 * y - 2 * x),
+        128 + 80 * np.sin(4 * (x + y)),
+    ], axis=-1)
+    pixels = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    options = {"quality": 90} if fmt == "jpg" else {}
+    Image.fromarray(pixels, "RGB").save(buffer, "JPEG" if fmt == "jpg" else "PNG", **options)
+    return buffer.getvalue()
+
+
+def upload_and_make_jobs(s3, bucket: str, jobs: int, size: int, params: dict,
+                         input_format: str = "png") -> tuple[list, int]:
+    from contract import GenerationParams, JobMessage, S3Location, parse_s3_uri
+
+    data = photo_like_image(size, fmt=input_format)
+    prefix = parse_s3_uri(f"s3://{bucket}/out/", prefix=True)
+
+    def one(i: int):
+        key = f"in/img-{i:05d}.{input_format}"
+        etag = s3.put_object(Bucket=bucket, Key=key, Body=data)["ETag"]
+        return JobMessage.create(input=S3Location(bucket=bucket, key=key), input_etag=etag,
+                                 output_prefix=prefix, params=GenerationParams(**params),
+                                 batch_id="overlap")
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(jobs))), len(data)
+
+
+def s3_capacity(s3, bucket: str, input_key: str, output_format: str, threads: int,
+                seconds: float = 3.0) -> float:
+    """Job-equivalents per second the S3 endpoint serves alone: ``threads`` threads
+    repeat one job's S3 requests (conditional claim PUT, input GET, conditional output
+    PUT, result record, marker) with no worker around them. Where this is near the engine's ceiling,
+    the endpoint, not the worker, limits the run."""
+    from contract.job import OutputFormat
+    from worker.images import decode_image, encode_image
+
+    image = decode_image(s3.get_object(Bucket=bucket, Key=input_key)["Body"].read(),
+                         max_pixels=10**8)
+    output = encode_image(image, OutputFormat(output_format))
+    stop = time.perf_counter() + seconds
+    counter = itertools.count()
+    done: list[int] = []
+
+    def loop() -> None:
+        n = 0
+        while time.perf_counter() < stop:
+            i = next(counter)
+            s3.put_object(Bucket=bucket, Key=f"probe/{i}.json", Body=b"{}" * 150,
+                          IfNoneMatch="*")
+            s3.get_object(Bucket=bucket, Key=input_key)["Body"].read()
+            s3.put_object(Bucket=bucket, Key=f"probe/{i}.{output_format}", Body=output,
+                          IfNoneMatch="*")
+            s3.put_object(Bucket=bucket, Key=f"probe/{i}.json", Body=b"{}" * 200)
+            s3.put_object(Bucket=bucket, Key=f"probe_batches/{i}.done", Body=b"")
+            n += 1
+        done.append(n)
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    return sum(done) / (time.perf_counter() - started)
+
+
+class Feeder:
+    """Sends jobs in waves, keeping at most MAX_VISIBLE messages waiting."""
+
+    def __init__(self, sqs, queue_url: str, bodies: list[str]) -> None:
+        self.sqs, self.queue_url, self.bodies = sqs, queue_url, list(bodies)
+
+    def visible(self) -> int:
+        attrs = self.sqs.get_queue_attributes(QueueUrl=self.queue_url,
+                                              AttributeNames=["ApproximateNumberOfMessages"])
+        return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+
+    def send_some(self, count: int) -> None:
+        while count > 0 and self.bodies:
+            take = min(10, count)
+            chunk, self.bodies = self.bodies[:take], self.bodies[take:]
+            self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=[
+                {"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)])
+            count -= len(chunk)
+
+    def run(self) -> None:
+        while self.bodies:
+            room = MAX_VISIBLE - self.visible()
+            if room >= 10:
+                self.send_some(room)
+            time.sleep(0.1)
+
+
+def feed_in_subprocess(endpoint: str, queue_url: str, bodies: list[str]) -> None:
+    """The feeder's own process: its CPU is not counted as the worker's."""
+    from common.aws import sqs_client
+
+    Feeder(sqs_client(endpoint_url=endpoint), queue_url, bodies).run()
