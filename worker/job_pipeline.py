@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from PIL import Image
 
@@ -34,30 +35,50 @@ J = TypeVar("J", bound=Job)
 BATCH_FILL_WAIT_SECONDS = 0.25
 
 
-class JobSource(Protocol[J]):
-    def prepare(self, job: J) -> Readiness | Outcome:
-        """Fetch and decode the input (``job.prepared``), or end the job now."""
+class JobSource(ABC, Generic[J]):
+    """Where jobs come from and where they end. A source implements the four steps of a
+    job (``prepare``, ``write``, ``failure``, ``ended``); the other hooks have defaults
+    that suit a source which holds nothing back (a folder).
 
+    The pipeline calls the source; the source never calls the pipeline.
+    """
+
+    @abstractmethod
+    def prepare(self, job: J) -> Readiness | Outcome:
+        """Fetch and decode the input (``job.prepared``), or end the job now, or
+        (``Readiness.DEFERRED``) keep it aside: it then counts in ``holding`` until
+        the source's owner submits it again."""
+
+    @abstractmethod
     def write(self, job: J, image: Image.Image) -> Outcome:
         """Store the output and its record."""
 
+    @abstractmethod
     def failure(self, job: J, error: BaseException) -> Outcome:
         """What ``error`` makes of the job (a failed record, or a retry)."""
 
+    @abstractmethod
     def ended(self, job: J, outcome: Outcome) -> None:
         """The job is over for this run: count, log, settle."""
 
     def lost(self, job: J, error: BaseException) -> None:
         """Even ``failure``/``ended`` raised: give the job back some other way."""
+        log.error("job %s was lost: %r", job.job_id, error)
+
+    def holding(self) -> int:
+        """Jobs the source keeps aside (deferred); they count against the prefetch."""
+        return 0
 
     def wanted(self, job: J) -> bool:
         """Whether a prepared job may still be batched (not released meanwhile)."""
+        return True
 
     def dropped(self, job: J) -> None:
         """A prepared job that is no longer wanted was let go."""
 
     def refused(self, job: J) -> Exception | None:
         """Why a prepared job must not run after all (cancelled meanwhile); no I/O."""
+        return None
 
     def batch_started(self, jobs: list[J]) -> None:
         """These jobs reached the engine."""
@@ -91,7 +112,6 @@ class JobPipeline(Generic[J]):
         self._submitted = 0
         self._unprepared: dict[int, int] = {}  # window -> jobs still being prepared
         self._current_window = 0
-        self._deferred = 0
         self._writing = 0
         self._deadline: float | None = None  # stopping: batches must end before this
         self._aborting = False
@@ -101,13 +121,14 @@ class JobPipeline(Generic[J]):
     # -- feeding ------------------------------------------------------------------------
 
     def capacity(self) -> int:
-        """How many more jobs to take: ready, preparing and deferred count against the
-        prefetch (about ``prefetch_batches`` full batches waiting for the engine)."""
+        """How many more jobs to take: ready, preparing and the source's deferred jobs
+        count against the prefetch (about ``prefetch_batches`` full batches waiting for
+        the engine)."""
         with self._cond:
             return max(0, self.prefetch_jobs - self._pending())
 
     def _pending(self) -> int:
-        return len(self._ready) + self._preparing + self._deferred
+        return len(self._ready) + self._preparing + self.source.holding()
 
     def wait_for_capacity(self, give_up: Callable[[], bool], timeout: float = 5.0) -> int:
         """Block until there is room (or ``give_up()``); return the room."""
@@ -127,26 +148,17 @@ class JobPipeline(Generic[J]):
                 self._unprepared[window] = self._unprepared.get(window, 0) + 1
         self._io.submit(self._prepare, job)
 
-    def resubmit(self, job: J) -> None:
-        """A deferred job comes back (see ``Readiness.DEFERRED``)."""
-        with self._cond:
-            self._deferred -= 1
-        self.submit(job)
-
-    def forget_deferred(self, count: int = 1) -> None:
-        """Deferred jobs the source ended itself."""
-        with self._cond:
-            self._deferred -= count
-            self._cond.notify_all()
-
     def run_io(self, fn: Callable[[], None]) -> None:
-        """Other I/O work a source needs (recording an invalid message); guarded. After
-        ``shutdown`` it is dropped: nothing is held any more that it could settle."""
+        """Other I/O work beside the jobs' (recording an invalid message, the life
+        cycle's periodic reads) in the same threads; guarded. After ``shutdown`` it is
+        dropped: nothing is held any more that it could settle."""
         def task() -> None:
             try:
                 fn()
-            except Exception:  # noqa: BLE001 - logged; the source decides what is lost
+            except Exception:  # noqa: BLE001 - logged; the caller decides what is lost
                 log.exception("I/O task %s failed", getattr(fn, "__name__", fn))
+            finally:
+                self.wake()
         with self._cond:
             if self._closed:
                 return
@@ -173,8 +185,7 @@ class JobPipeline(Generic[J]):
             if isinstance(result, Outcome):
                 self.source.ended(job, result)
             elif result is Readiness.DEFERRED:
-                with self._cond:
-                    self._deferred += 1
+                pass  # the source holds it (``holding``) until it is submitted again
             elif self.source.wanted(job):
                 with self._cond:
                     self._ready.append(job)

@@ -106,4 +106,4 @@ class Readiness(str, Enum):
     """What a source's ``prepare`` says when the job has not ended."""
 
     READY = "ready"  # input decoded: the job may be batched
-    DEFERRED = "deferred"  # the source keeps the job and submits it again later
+    DEFERRED = "deferred"  # the source keeps the job aside; it is submitted again later

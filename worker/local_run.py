@@ -22,10 +22,9 @@ from contract.errors import Img2ImgError, InputNotFound
 from contract.job import GenerationParams, derive_job_id
 from contract.picks import pick_model_and_prompt
 from contract.result import ResultRecord
-from worker.batching import BatchKey
-from worker.engine.engine import BatchStats, Engine
+from worker.engine.engine import Engine
 from worker.images import PixelBudget, decode_and_prepare, encode_image, restore_size
-from worker.job_pipeline import JobPipeline
+from worker.job_pipeline import JobPipeline, JobSource
 from worker.jobs import Job, Outcome, Readiness, Status
 
 log = logging.getLogger(__name__)
@@ -93,7 +92,7 @@ def plan_jobs(files: list[tuple[Path, Path]], output_dir: Path, *, models: list[
     return jobs
 
 
-class FolderSource:
+class FolderSource(JobSource[FileJob]):
     """Reads files, writes files, appends one results.jsonl line per job."""
 
     def __init__(self, results, *, max_input_pixels: int, size_bucket: int,
@@ -151,22 +150,6 @@ class FolderSource:
 
     def lost(self, job: FileJob, error: BaseException) -> None:
         self.ended(job, Outcome(Status.FAILED, reason=repr(error)))
-
-    def wanted(self, job: FileJob) -> bool:
-        return True
-
-    def dropped(self, job: FileJob) -> None:
-        return None
-
-    def refused(self, job: FileJob) -> Exception | None:
-        return None
-
-    def batch_started(self, jobs: list[FileJob]) -> None:
-        return None
-
-    def batch_ran(self, key: BatchKey, jobs: list[FileJob], seconds: float,
-                  stats: BatchStats | None) -> None:
-        return None
 
 
 class LocalRunner:

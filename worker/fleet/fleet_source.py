@@ -4,6 +4,10 @@ A delivery (one SQS message) carries one or more jobs (an S3 event can name seve
 images). Each job runs through the pipeline on its own; the delivery is settled once
 all of its jobs ended: acknowledged, or handed back for a retry when any job needs one.
 Outcomes are counted, logged and measured in one place, ``ended``.
+
+A job that another delivery is running (here or on another worker) waits here, aside
+from the pipeline, until that delivery's outcome is known: ``recheck_waiting`` hands
+back the jobs that may run after all. The same job twice in one message runs once.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -30,7 +35,7 @@ from worker.fleet.messages import BadJob, decode_body
 from worker.fleet.sqs_queue import MAX_VISIBILITY_SECONDS
 from worker.fleet.storage import S3Storage
 from worker.images import PixelBudget
-from worker.job_pipeline import JobPipeline
+from worker.job_pipeline import JobSource
 from worker.jobs import Outcome, Readiness, Status
 from worker.settings import WorkerSettings
 
@@ -68,7 +73,16 @@ class _Open:
     retries: list[int | None] = field(default_factory=list)
 
 
-class FleetSource:
+@dataclass
+class Intake:
+    """What a received message became: jobs for the pipeline, and I/O chores (records
+    of invalid jobs) to run beside them."""
+
+    jobs: list[FleetJob] = field(default_factory=list)
+    chores: list[Callable[[], None]] = field(default_factory=list)
+
+
+class FleetSource(JobSource[FleetJob]):
     def __init__(self, settings: WorkerSettings, engine: Engine, storage: S3Storage,
                  consumer: QueueConsumer, lifecycle: JobLifecycle, *, worker_id: str,
                  pixels: PixelBudget) -> None:
@@ -82,18 +96,10 @@ class FleetSource:
         self.summary = Summary()
         self.finished = 0  # jobs that ended for good (not handed back)
         self.last_ended = time.monotonic()  # when a job last ended (idleness)
-        self._pipeline: JobPipeline[FleetJob] | None = None
         self._lock = threading.Lock()
         self._open: dict[Delivery, _Open] = {}
         self._waiting: list[FleetJob] = []
-
-    def attach(self, pipeline: JobPipeline[FleetJob]) -> None:
-        self._pipeline = pipeline
-
-    @property
-    def pipeline(self) -> JobPipeline[FleetJob]:
-        assert self._pipeline is not None, "attach() the pipeline first"
-        return self._pipeline
+        self._running: dict[str, FleetJob] = {}  # job id -> the job taken to run it here
 
     @property
     def lease_seconds(self) -> float:
@@ -101,9 +107,10 @@ class FleetSource:
 
     # -- intake (the receiver thread) ---------------------------------------------------
 
-    def take(self, delivery: Delivery) -> None:
-        """Decode a received message and start its jobs; whatever the body, the
-        message ends (jobs, a failed record, or back toward the DLQ)."""
+    def take(self, delivery: Delivery) -> Intake:
+        """Decode a received message into its jobs; whatever the body, the message ends
+        (jobs, a failed record, or back toward the DLQ). A job this worker is already
+        running under another delivery waits for it instead of being returned."""
         message = delivery.message
         extra = {"message_id": message.message_id}
         decoded = decode_body(message.body, self.settings)
@@ -114,29 +121,35 @@ class FleetSource:
                       message.receive_count, decoded.poison, extra=extra)
             self._count("poison")
             self.consumer.retry(delivery, 0)
-            return
+            return Intake()
         if decoded.ignored is not None:
             log.info("ignoring message %s: %s", message.message_id, decoded.ignored,
                      extra=extra)
             self.consumer.ack(delivery)
-            return
+            return Intake()
         for note in decoded.notes:
             log.warning("message %s: %s", message.message_id, note, extra=extra)
         jobs = [FleetJob.of(wire, delivery, from_event=decoded.from_event)
                 for wire in decoded.jobs]
+        intake = Intake(chores=[lambda bad=bad: self._record_bad_job(delivery, bad)
+                                for bad in decoded.bad_jobs])
         with self._lock:
             self._open[delivery] = _Open(jobs=len(jobs) + len(decoded.bad_jobs))
-        for bad in decoded.bad_jobs:
-            self.pipeline.run_io(lambda bad=bad: self._record_bad_job(delivery, bad))
-        for job in jobs:
-            self.pipeline.submit(job)
+            for job in jobs:
+                if job.job_id in self._running:
+                    log.info("job %s is running here under another delivery; waiting for "
+                             "its outcome", job.job_id, extra=log_extra(job))
+                    self._waiting.append(job)
+                else:
+                    self._running[job.job_id] = job
+                    intake.jobs.append(job)
+        return intake
 
     def give_back(self, delivery: Delivery, reason: str) -> None:
         """A delivery that could not be taken at all goes back toward the DLQ."""
         log.error("message %s could not be taken (%s); releasing it",
                   delivery.message_id, reason, extra={"message_id": delivery.message_id})
-        with self._lock:
-            self._open.pop(delivery, None)
+        self._forget([delivery])
         if self.consumer.retry(delivery, 0):
             self._count("released")
 
@@ -145,8 +158,8 @@ class FleetSource:
         with self._lock:
             return len(self._open)
 
-    @property
-    def waiting(self) -> int:
+    def holding(self) -> int:
+        """Jobs waiting on another delivery of themselves."""
         with self._lock:
             return len(self._waiting)
 
@@ -248,27 +261,32 @@ class FleetSource:
         last of its jobs."""
         extra = log_extra(job)
         record = outcome.record
+        settle = True  # False: its batch was not announced; the message comes back for it
         if outcome.status in (Status.DONE, Status.FAILED, Status.CANCELLED, Status.EXPIRED):
             self._count(outcome.status.value)
             if record is not None:
                 log.info("job %s %s", record.job_id, record.status, extra={
                     **extra, "status": record.status, "seconds": record.seconds,
                     "error": record.error.model_dump() if record.error else None})
-                self.lifecycle.ended(job, record, announce_job=True)
+                settle = self.lifecycle.ended(job, record, announce_job=True)
             metrics.emit_job(job, outcome.status.value)
         elif outcome.status is Status.DUPLICATE:
             self._count("duplicates")
             log.info("job %s %s; acknowledging", job.job_id, outcome.reason, extra=extra)
             if record is not None:  # this message's earlier delivery ended it
-                self.lifecycle.ended(job, record, announce_job=False)
+                settle = self.lifecycle.ended(job, record, announce_job=False)
         elif outcome.status is Status.SKIPPED:
             self._count("skipped")
             log.info("job %s skipped: %s", job.job_id, outcome.reason, extra=extra)
         else:
             log.warning("job %s: transient error, will retry: %s", job.job_id,
                         outcome.reason, extra=extra)
+        with self._lock:
+            if self._running.get(job.job_id) is job:
+                del self._running[job.job_id]
         if job.delivery is not None:
-            self._job_ended(job.delivery, outcome)
+            self._job_ended(job.delivery, outcome if settle else Outcome.retry(
+                "its batch's announcement was not delivered", 0))
 
     def lost(self, job: FleetJob, error: BaseException) -> None:
         if job.delivery is not None:
@@ -288,7 +306,6 @@ class FleetSource:
             if state.jobs > 0:
                 return
             del self._open[delivery]
-        self.pipeline.wake()
         if not state.retries:
             self.consumer.ack(delivery)
             return
@@ -331,51 +348,57 @@ class FleetSource:
 
     # -- waiting duplicates (the worker's waiter loop) ----------------------------------
 
-    def recheck_waiting(self) -> None:
+    def recheck_waiting(self) -> list[FleetJob]:
         """Look again at jobs that wait on another delivery: acknowledge them when it
-        ended, run them when it let go. Also the life cycle's periodic work."""
-        self.pipeline.run_io(self.lifecycle.tick)
+        ended; return those that may run now (claimed: to be submitted again). A job
+        whose twin still runs in this worker waits without asking S3."""
         with self._lock:
             waiting, self._waiting = self._waiting, []
+            here = {job for job in waiting
+                    if self._running.get(job.job_id) not in (None, job)}
+            self._waiting.extend(here)
+        runnable = []
         for job in waiting:
-            if self.wanted(job):
-                self.pipeline.run_io(lambda job=job: self._recheck(job))
-            else:
-                self.pipeline.forget_deferred()
+            if job not in here and self.wanted(job) and self._recheck(job):
+                runnable.append(job)
+        return runnable
 
-    def _recheck(self, job: FleetJob) -> None:
+    def _recheck(self, job: FleetJob) -> bool:
+        """Whether the job may run now; otherwise it ended or waits again."""
         try:
             claim = fleet_jobs.recheck(self.storage, job, worker_id=self.worker_id,
                                        lease_seconds=self.lease_seconds)
         except Exception as exc:  # noqa: BLE001
-            self.pipeline.forget_deferred()
             self.ended(job, self.failure(job, exc))
-            return
+            return False
         if claim is Claim.CLAIMED:
-            self.pipeline.resubmit(job)  # claimed now: prepare only reads the input
-        elif claim in (Claim.FINISHED, Claim.FINISHED_HERE):
-            self.pipeline.forget_deferred()
+            with self._lock:
+                self._running.setdefault(job.job_id, job)
+            return True  # claimed now: prepare only reads the input
+        if claim in (Claim.FINISHED, Claim.FINISHED_HERE):
             self.ended(job, Outcome(Status.DUPLICATE, reason="ended under another delivery"))
         else:
             with self._lock:
                 self._waiting.append(job)
+        return False
 
     # -- releases ------------------------------------------------------------------------
 
-    def released(self, deliveries: list[Delivery]) -> None:
-        """The consumer handed these back (shutdown): drop their jobs and claims."""
+    def released(self, deliveries: list[Delivery], discarded: list[FleetJob]) -> None:
+        """The consumer handed these back (shutdown): forget them, and drop the claims
+        of their prepared jobs the pipeline let go (``discarded``)."""
+        self._forget(deliveries)
+        for job in discarded:
+            self._release_claim(job)
+        self._count("released", len(deliveries))
+
+    def _forget(self, deliveries: list[Delivery]) -> None:
         gone = set(deliveries)
         with self._lock:
             for delivery in gone:
                 self._open.pop(delivery, None)
-        jobs = self.pipeline.discard_ready(lambda j: j.delivery in gone)
-        with self._lock:
-            waiting = [j for j in self._waiting if j.delivery in gone]
             self._waiting = [j for j in self._waiting if j.delivery not in gone]
-        self.pipeline.forget_deferred(len(waiting))
-        for job in jobs:
-            self._release_claim(job)
-        self._count("released", len(deliveries))
+            self._running = {i: j for i, j in self._running.items() if j.delivery not in gone}
 
     def _release_claim(self, job: FleetJob) -> None:
         try:

@@ -27,9 +27,11 @@ from typing import Any
 from common.aws_errors import is_configuration_error
 from worker.engine.engine import Engine
 from worker.fleet.batch_progress import BatchProgress
+from worker.fleet.callback_policy import parse_networks, parse_patterns
 from worker.fleet.cancels import CancelWatch
 from worker.fleet.consumer import Delivery, QueueConsumer
 from worker.fleet.events import Notifier
+from worker.fleet.fleet_jobs import FleetJob
 from worker.fleet.fleet_source import FleetSource, Summary
 from worker.fleet.lifecycle import JobLifecycle
 from worker.fleet.sqs_queue import MAX_RECEIVE_MESSAGES, SqsQueue
@@ -83,20 +85,20 @@ class Worker:
         self.notifier = Notifier(
             topic_arn=settings.events_topic_arn, sns_client=sns_client,
             webhook_url=settings.webhook_url, webhook_secret=settings.webhook_secret,
-            allowed_callbacks=settings.allowed_callbacks)
-        lifecycle = JobLifecycle(
+            callback_patterns=parse_patterns(settings.allowed_callbacks),
+            private_networks=parse_networks(settings.callback_private_networks))
+        self.lifecycle = JobLifecycle(
             self.notifier, BatchProgress(storage, self.worker_id),
             CancelWatch(storage, settings.cancel_check_seconds),
-            worker_id=self.worker_id, allowed_callbacks=settings.allowed_callbacks)
-        self.source = FleetSource(settings, engine, storage, self.consumer, lifecycle,
+            worker_id=self.worker_id)
+        self.source = FleetSource(settings, engine, storage, self.consumer, self.lifecycle,
                                   worker_id=self.worker_id,
                                   pixels=PixelBudget(settings.decode_pixel_budget))
-        self.pipeline: JobPipeline = JobPipeline(
+        self.pipeline: JobPipeline[FleetJob] = JobPipeline(
             engine, self.source, max_batch_size=settings.max_batch_size,
             io_threads=settings.io_threads,
             prefetch_jobs=settings.max_batch_size * settings.prefetch_batches,
             beat=lambda: self.health.beat("engine"), beat_every=every)
-        self.source.attach(self.pipeline)
         self.state = WorkerState.STARTING
         self.fatal: str | None = None  # why the worker stopped on its own, if it did
         self._lock = threading.Lock()
@@ -210,6 +212,7 @@ class Worker:
         log.info("stopping: releasing unstarted jobs; deadline %.0f s",
                  self.settings.stop_deadline)
         self.pipeline.stop(self._stop_at)
+        self.notifier.stop(self._stop_at)
         self._set_state(WorkerState.DRAINING)
         self._release_unstarted()
 
@@ -217,15 +220,22 @@ class Worker:
         """Second signal: stop the running batch between steps and release everything."""
         log.warning("second signal: releasing everything and exiting")
         self._set_state(WorkerState.ABORTING)
+        self.notifier.abort()
         self.pipeline.abort()
-        released = self.consumer.release_all()
-        self.source.released(released)
+        self._released(self.consumer.release_all())
 
     def _release_unstarted(self) -> None:
         released = self.consumer.release_unstarted()
         if released:
             log.info("releasing %d unstarted messages", len(released))
-            self.source.released(released)
+            self._released(released)
+
+    def _released(self, deliveries: list[Delivery]) -> None:
+        """Messages handed back: their prepared jobs leave the pipeline, the source
+        forgets them and drops those jobs' claims."""
+        gone = set(deliveries)
+        discarded = self.pipeline.discard_ready(lambda job: job.delivery in gone)
+        self.source.released(deliveries, discarded)
 
     # -- loops --------------------------------------------------------------------------
 
@@ -252,7 +262,7 @@ class Worker:
             self._receive_failing_since = None
             if not self._receiving():
                 # Received during shutdown: hand them straight back.
-                self.source.released(self.consumer.release_unstarted())
+                self._released(self.consumer.release_unstarted())
                 return
             if not deliveries and self._idle_exit():
                 self._set_state(WorkerState.DRAINING)
@@ -265,10 +275,15 @@ class Worker:
         # Protected before any work starts, so a scale-in never picks this task now.
         self.protection.update(busy=True)
         try:
-            self.source.take(delivery)
+            intake = self.source.take(delivery)
         except Exception as exc:  # noqa: BLE001 - one message must never stop the receiver
             log.exception("message %s could not be taken", delivery.message_id)
             self.source.give_back(delivery, repr(exc))
+            return
+        for chore in intake.chores:
+            self.pipeline.run_io(chore)
+        for job in intake.jobs:
+            self.pipeline.submit(job)
 
     def _jobs_left(self) -> int:
         if self._max_jobs is None:
@@ -323,7 +338,10 @@ class Worker:
         while self.state in (WorkerState.STARTING, WorkerState.RUNNING):
             time.sleep(min(WAIT_RECHECK_SECONDS, self._beat_every))
             self.health.beat("waiter")
-            self.source.recheck_waiting()
+            self.pipeline.run_io(self.lifecycle.tick)
+            for job in self.source.recheck_waiting():
+                self.pipeline.submit(job)
+            self.pipeline.wake()
 
     def _protection_loop(self) -> None:
         """Drop scale-in protection once idle (HTTP to the agent, never under a lock)."""
