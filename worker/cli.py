@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -174,7 +177,22 @@ def healthcheck() -> None:
 
 
 def main() -> None:
-    run_app(app)
+    """The console script. It ends the process without the interpreter's teardown:
+    freeing torch's and diffusers' modules takes seconds, and a worker that was told to
+    stop (or has finished) has nothing left to clean up by then."""
+    code: int | str | None = 0
+    try:
+        run_app(app)
+    except SystemExit as exc:
+        code = exc.code
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    if isinstance(code, str):
+        sys.stderr.write(code + "\n")
+        sys.stderr.flush()
+        code = 1
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from contract.job import GenerationParams, OutputFormat
 from contract.settings import CommaList, CommonSettings, split_list
+from worker.fleet.callback_policy import parse_networks, parse_patterns
 
 MemoryMode = Literal["fast", "balanced", "lean"]
 LeanOffload = Literal["sequential", "group"]
@@ -67,8 +68,11 @@ class WorkerSettings(CommonSettings):
     events_topic_arn: str | None = None
     webhook_url: str | None = None
     webhook_secret: str | None = None
-    # fnmatch patterns a job's callback_url must match (empty: no per-job callbacks).
+    # URL patterns a job's callback_url must match, part by part (empty: no per-job
+    # callbacks), and the private networks callbacks may reach (none by default): see
+    # worker/fleet/callback_policy.py.
     allowed_callbacks: CommaList = []
+    callback_private_networks: CommaList = []
     gpu_price_per_hour: float | None = Field(None, ge=0)
     # A batch's cancellation is looked up at most this often per batch (an S3 GET).
     cancel_check_seconds: float = Field(5.0, ge=0)
@@ -97,7 +101,7 @@ class WorkerSettings(CommonSettings):
         return [tuple(int(v) for v in s.lower().split("x")) for s in self.warmup_shapes]
 
     @field_validator("allowed_models", "allowed_inputs", "allowed_outputs", "warmup_shapes",
-                     "allowed_callbacks", mode="before")
+                     "allowed_callbacks", "callback_private_networks", mode="before")
     @classmethod
     def _split_lists(cls, value: Any) -> Any:
         return split_list(value)
@@ -108,6 +112,18 @@ class WorkerSettings(CommonSettings):
         bad = [v for v in value if not v.startswith("s3://") or len(v) <= len("s3://")]
         if bad:
             raise ValueError(f"each entry must be an S3 URI prefix like s3://bucket/in/: {bad}")
+        return value
+
+    @field_validator("allowed_callbacks")
+    @classmethod
+    def _callback_patterns(cls, value: list[str]) -> list[str]:
+        parse_patterns(value)  # raises naming the bad pattern
+        return value
+
+    @field_validator("callback_private_networks")
+    @classmethod
+    def _callback_networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)
         return value
 
     @field_validator("device")

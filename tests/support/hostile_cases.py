@@ -16,6 +16,7 @@ from PIL import Image
 from contract import JobMessage, S3Location, parse_s3_uri, validate_params
 from tests.support.fleet import FAST
 from tests.support.images import jpeg_bytes, pattern_rgb, png_header_claiming, solid_png
+from tests.support.s3_events import event, events
 
 OUT = "out/"
 EVENT_OUT = "outputs/"
@@ -93,15 +94,6 @@ def raw_job(fleet: Fleet, key: str, **changes: Any) -> tuple[dict, JobMessage]:
     data = json.loads(job.to_json())
     data.update(changes)
     return data, job
-
-
-def event(bucket: Any, key: Any, name: str = "ObjectCreated:Put") -> dict:
-    return {"eventSource": "aws:s3", "eventName": name,
-            "s3": {"bucket": {"name": bucket}, "object": {"key": key, "eTag": "x"}}}
-
-
-def events(*records: Any) -> str:
-    return json.dumps({"Records": list(records)})
 
 
 # -- shared checks -----------------------------------------------------------------------
@@ -341,6 +333,28 @@ def _mixed_event(fleet: Fleet) -> str:
     key = "uploads/mixed-good.png"
     fleet.s3.put_object(Bucket=fleet.bucket, Key=key, Body=solid_png((64, 64)))
     return send_body(fleet, events(event("Bad_Bucket!", "uploads/x.png"), event(fleet.bucket, key)))
+
+
+def _repeated_record(fleet: Fleet) -> tuple[str, str]:
+    """One object listed 1,500 times in one notification (about 200 KB of body)."""
+    key = "uploads/repeated.png"
+    fleet.s3.put_object(Bucket=fleet.bucket, Key=key, Body=solid_png((64, 64), color=99))
+    return send_body(fleet, events(*[event(fleet.bucket, key)] * 1500)), key
+
+
+@case("an S3 event listing one object 1,500 times", _repeated_record)
+def _(outcome: Outcome, state: tuple[str, str]) -> None:
+    body, key = state
+    assert_event_done(outcome, key)
+    assert_acknowledged(outcome, body)
+    output = next(k for k in outcome.objects if k.startswith(f"{EVENT_OUT}repeated.")
+                  and k.endswith(".png"))
+    assert outcome.versions[output] == 1
+    assert outcome.versions[output + ".json"] == 2, "the claim, then the done record"
+    ran = [e for e in outcome.logs if e.get("status") == "done"
+           and e.get("job_id") == json.loads(outcome.objects[output + ".json"])["job_id"]]
+    assert len(ran) == 1, f"inference ran {len(ran)} times"
+    assert outcome.logged("1499 records repeat an object of this event")
 
 
 @case("an S3 event with one bad and one good record", _mixed_event)

@@ -18,7 +18,8 @@ class Request:
     body: bytes
 
 
-Respond = Callable[[Request], tuple[int, bytes]]
+# (status, body) or (status, body, extra headers)
+Respond = Callable[[Request], tuple[int, bytes] | tuple[int, bytes, dict[str, str]]]
 
 
 class _Server(ThreadingHTTPServer):
@@ -44,8 +45,10 @@ class LocalServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 request = Request(self.command, self.path, self.headers,
                                   self.rfile.read(length) if length else b"")
-                status, payload = answer(request)
+                status, payload, *extra = answer(request)
                 self.send_response(status)
+                for name, value in (extra[0] if extra else {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()

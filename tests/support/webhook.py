@@ -25,3 +25,6 @@ class WebhookReceiver:
     @property
     def url(self) -> str:
         return self._server.base_url + "/hook"
+
+    def close(self) -> None:
+        self._server.close()

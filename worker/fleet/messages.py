@@ -110,7 +110,8 @@ def _recordable(data: dict, error: InvalidJob) -> BadJob | None:
 
 
 def _decode_s3_event(records: list, settings: WorkerSettings) -> Decoded:
-    """One job per ObjectCreated record of an image; a bad record skips itself."""
+    """One job per image named by ObjectCreated records (records that repeat a job are
+    one job); a bad record skips itself."""
     jobs: list[JobMessage] = []
     skipped: list[str] = []
     for index, record in enumerate(records):
@@ -123,13 +124,18 @@ def _decode_s3_event(records: list, settings: WorkerSettings) -> Decoded:
             skipped.append(f"record {index}: {job}")
         else:
             jobs.append(job)
+    unique = list({job.job_id: job for job in reversed(jobs)}.values())[::-1]
     if not jobs:
         reason = f"S3 event with no image to process: {'; '.join(skipped)[:500]}"
         if any("malformed" in s or "invalid" in s for s in skipped):
             return Decoded([], [], poison=reason)
         return Decoded([], [], ignored=reason)
     notes = [f"skipped S3 event records: {'; '.join(skipped)[:500]}"] if skipped else []
-    return Decoded(jobs, [], from_event=True, notes=notes)
+    if len(unique) < len(jobs):
+        # S3 may repeat a record; a hostile body may repeat one thousands of times.
+        notes.append(f"{len(jobs) - len(unique)} records repeat an object of this event "
+                     "(same key and ETag): each job runs once")
+    return Decoded(unique, [], from_event=True, notes=notes)
 
 
 def _event_job(record: object, settings: WorkerSettings) -> JobMessage | str:

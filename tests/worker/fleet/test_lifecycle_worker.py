@@ -14,16 +14,15 @@ import json
 import signal
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from common.aws import client, s3_client, sqs_client
+from common.aws import client
 from local_fleet.embedded_aws import create_fleet_resources
 from producer.cli import app
+from tests.support.batch_runs import enqueue_folder, image_folder, new_fleet, result_records, runner
 from tests.support.fleet import WorkerProcess, put_job, queue_counts, worker_env
 from tests.support.images import solid_png
 from tests.support.local_http import Request
@@ -31,36 +30,7 @@ from tests.support.webhook import WebhookReceiver
 from worker.fleet.events import EVENT_HEADER
 
 pytestmark = pytest.mark.timeout(600)
-runner = CliRunner()
 PRICE = 3.6  # dollars per GPU-hour: a job's cost is its gpu seconds / 1000
-FAST = ["-m", "tiny", "-p", "a test", "--steps", "4", "--strength", "0.5",
-        "--max-side", "64"]
-
-
-def _fleet(endpoint: str, name: str):
-    tag = f"{name}{uuid.uuid4().hex[:8]}"
-    s3, sqs = s3_client(endpoint_url=endpoint), sqs_client(endpoint_url=endpoint)
-    resources = create_fleet_resources(s3, sqs, endpoint_url=endpoint, bucket=f"bkt-{tag}",
-                                       queue_name=f"q-{tag}", max_receive_count=2,
-                                       visibility_timeout=30)
-    return resources, s3, sqs
-
-
-def _enqueue(resources, folder: Path, batch_id: str, *extra: str, env=None) -> None:
-    result = runner.invoke(app, [
-        "enqueue", str(folder), "--bucket", resources.bucket, "--upload-prefix",
-        f"in/{batch_id}/", "--output", f"s3://{resources.bucket}/out/", "--batch-id",
-        batch_id, *FAST, *extra], env={**resources.environment(), **(env or {})})
-    assert result.exit_code == 0, result.output
-
-
-def _images(folder: Path, count: int, corrupt: int = 0) -> Path:
-    folder.mkdir(parents=True)
-    for i in range(count):
-        (folder / f"img{i}.png").write_bytes(solid_png((48 + 8 * i, 40), color=i * 30))
-    for i in range(corrupt):
-        (folder / f"broken{i}.png").write_bytes(b"\x89PNG not really")
-    return folder
 
 
 def _inbox(sns: Any, sqs: Any, topic: str, name: str) -> str:
@@ -82,29 +52,19 @@ def _drain_events(sqs: Any, url: str) -> list[dict]:
     return events
 
 
-def _records(s3: Any, bucket: str) -> list[dict]:
-    records = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="out/"):
-        for obj in page.get("Contents", []):
-            if obj["Key"].endswith(".json") and "/_batches/" not in obj["Key"]:
-                records.append(json.loads(s3.get_object(Bucket=bucket, Key=obj["Key"])[
-                    "Body"].read()))
-    return records
-
-
 # -- run 1: events, costs, deadlines, two workers ----------------------------------------
 
 @pytest.fixture(scope="module")
 def events_run(moto_endpoint: str, model_cache: Path, tmp_path_factory):
-    resources, s3, sqs = _fleet(moto_endpoint, "ev")
+    resources, s3, sqs = new_fleet(moto_endpoint, "ev")
     sns = client("sns", endpoint_url=moto_endpoint)
     topic = sns.create_topic(Name=f"events-{resources.bucket}")["TopicArn"]
     inbox = _inbox(sns, sqs, topic, f"{resources.bucket}-inbox")
     webhook, callbacks = WebhookReceiver(), WebhookReceiver()
     tmp = tmp_path_factory.mktemp("events")
-    _enqueue(resources, _images(tmp / "main", 5, corrupt=1), "main",
+    enqueue_folder(resources, image_folder(tmp / "main", 5, corrupt=1), "main",
              "--callback-url", callbacks.url)
-    _enqueue(resources, _images(tmp / "late", 2), "late", "--ttl", "1")
+    enqueue_folder(resources, image_folder(tmp / "late", 2), "late", "--ttl", "1")
     # A job from another producer (no manifest) asking for a metadata-address callback.
     refused = put_job(s3, sqs, resources, "in/refused.png", solid_png((64, 64)),
                       output_prefix="out/", batch_id="alone", max_side=64, send=False)
@@ -116,7 +76,8 @@ def events_run(moto_endpoint: str, model_cache: Path, tmp_path_factory):
     for index in range(2):
         env = worker_env(resources, model_cache, tmp, worker_id=f"ev-{index}",
                          events_topic_arn=topic, webhook_url=webhook.url,
-                         webhook_secret="s3cret", allowed_callbacks=f"{callbacks.url}*",
+                         webhook_secret="s3cret", allowed_callbacks=callbacks.url,
+                         callback_private_networks="127.0.0.0/8",
                          gpu_price_per_hour=PRICE, max_batch_size=2,
                          health_file=str(tmp / f"w{index}.health"))
         env["OMP_NUM_THREADS"] = "1"
@@ -126,7 +87,7 @@ def events_run(moto_endpoint: str, model_cache: Path, tmp_path_factory):
     return {"resources": resources, "s3": s3, "sqs": sqs, "codes": codes,
             "workers": workers, "events": _drain_events(sqs, inbox),
             "webhook": webhook, "callbacks": callbacks, "refused": refused,
-            "records": _records(s3, resources.bucket)}
+            "records": result_records(s3, resources.bucket)}
 
 
 def test_every_job_end_is_one_event_with_filterable_attributes(events_run):
@@ -140,8 +101,8 @@ def test_every_job_end_is_one_event_with_filterable_attributes(events_run):
         assert event["_attributes"]["batch_id"]["Value"] == event["batch_id"]
         assert {"job_id", "input", "output", "error", "model", "seconds", "gpu_seconds",
                 "worker", "time"} <= set(event)
-    # main: 5 done, 1 unreadable; late: 2 expired; alone: 1 refused callback.
-    assert by_type == {"job.done": 5, "job.failed": 2, "job.expired": 2}
+    # main: 5 done, 1 unreadable; late: 2 expired; alone: done (its callback refused).
+    assert by_type == {"job.done": 6, "job.failed": 1, "job.expired": 2}
     assert len({e["job_id"] for e in jobs}) == len(jobs), "one event per job"
 
 
@@ -172,10 +133,13 @@ def test_the_webhook_gets_the_same_events_signed(events_run):
 def test_callbacks_go_only_where_allowed(events_run):
     called = [json.loads(body) for _, body in events_run["callbacks"].received]
     assert sorted(e["type"] for e in called) == ["job.done"] * 5 + ["job.failed"]
-    refused = next(r for r in events_run["records"]
-                   if r["job_id"] == events_run["refused"].job_id)
-    assert refused["status"] == "failed"
-    assert refused["error"]["type"] == "CallbackNotAllowed"
+    # A refused callback never fails a job: it runs, and the refusal is logged.
+    job_id = events_run["refused"].job_id
+    refused = next(r for r in events_run["records"] if r["job_id"] == job_id)
+    assert refused["status"] == "done"
+    refusals = [e for w in events_run["workers"] for e in w.logs()
+                if e.get("job_id") == job_id and "refused" in e.get("message", "")]
+    assert len(refusals) == 1 and "169.254.169.254" in refusals[0]["message"]
 
 
 def test_records_carry_gpu_seconds_and_cost(events_run):
@@ -206,11 +170,11 @@ def test_status_shows_the_batch_totals(events_run):
 
 @pytest.fixture(scope="module")
 def cancel_run(moto_endpoint: str, model_cache: Path, tmp_path_factory):
-    resources, s3, sqs = _fleet(moto_endpoint, "cx")
+    resources, s3, sqs = new_fleet(moto_endpoint, "cx")
     tmp = tmp_path_factory.mktemp("cancel")
-    _enqueue(resources, _images(tmp / "many", 10), "many", "--steps", "40", "--strength",
+    enqueue_folder(resources, image_folder(tmp / "many", 10), "many", "--steps", "40", "--strength",
              "1.0", "--max-side", "128")
-    _enqueue(resources, _images(tmp / "slow", 1), "slow", "--steps", "200",
+    enqueue_folder(resources, image_folder(tmp / "slow", 1), "slow", "--steps", "200",
              "--strength", "1.0", "--max-side", "256", "--timeout", "1")
     env = worker_env(resources, model_cache, tmp, max_batch_size=2, prefetch_batches=1,
                      cancel_check_seconds=0.5)
@@ -227,7 +191,7 @@ def cancel_run(moto_endpoint: str, model_cache: Path, tmp_path_factory):
                           env=resources.environment())
     return {"resources": resources, "s3": s3, "sqs": sqs, "code": code, "worker": worker,
             "first": first, "again": again, "after": after,
-            "records": _records(s3, resources.bucket)}
+            "records": result_records(s3, resources.bucket)}
 
 
 def test_a_cancelled_batch_ends_its_unstarted_jobs_as_cancelled(cancel_run):
@@ -265,15 +229,15 @@ def test_a_generation_over_its_timeout_fails_and_is_not_retried(cancel_run):
 
 @pytest.fixture(scope="module")
 def priority_run(moto_endpoint: str, model_cache: Path, tmp_path_factory):
-    resources, s3, sqs = _fleet(moto_endpoint, "pr")
+    resources, s3, sqs = new_fleet(moto_endpoint, "pr")
     high = create_fleet_resources(s3, sqs, endpoint_url=moto_endpoint,
                                   bucket=f"{resources.bucket}-hi",
                                   queue_name=f"{resources.queue_url.rsplit('/', 1)[1]}-hi",
                                   max_receive_count=2, visibility_timeout=30)
     tmp = tmp_path_factory.mktemp("priority")
     env = {"IMG2IMG_PRIORITY_QUEUE_URL": high.queue_url}
-    _enqueue(resources, _images(tmp / "normal", 4), "normal", env=env)
-    _enqueue(resources, _images(tmp / "urgent", 16), "urgent", "--priority", "high",
+    enqueue_folder(resources, image_folder(tmp / "normal", 4), "normal", env=env)
+    enqueue_folder(resources, image_folder(tmp / "urgent", 16), "urgent", "--priority", "high",
              env=env)
     down = WebhookReceiver(fail=10**6)
     worker = WorkerProcess(
@@ -284,7 +248,7 @@ def priority_run(moto_endpoint: str, model_cache: Path, tmp_path_factory):
         "--exit-when-idle", "4")
     code = worker.wait(timeout=400)
     return {"resources": resources, "high": high, "s3": s3, "sqs": sqs, "code": code,
-            "worker": worker, "records": _records(s3, resources.bucket)}
+            "worker": worker, "records": result_records(s3, resources.bucket)}
 
 
 def test_high_priority_goes_first_and_normal_jobs_still_get_through(priority_run):
@@ -336,9 +300,9 @@ class _HeldHook(WebhookReceiver):
 
 @pytest.fixture(scope="module")
 def killed_announcer_run(moto_endpoint: str, model_cache: Path, tmp_path_factory):
-    resources, s3, sqs = _fleet(moto_endpoint, "ka")
+    resources, s3, sqs = new_fleet(moto_endpoint, "ka")
     tmp = tmp_path_factory.mktemp("killed")
-    _enqueue(resources, _images(tmp / "one", 1), "one")
+    enqueue_folder(resources, image_folder(tmp / "one", 1), "one")
     hook = _HeldHook()
     env = worker_env(resources, model_cache, tmp, webhook_url=hook.url,
                      visibility_timeout=10)
@@ -355,7 +319,7 @@ def killed_announcer_run(moto_endpoint: str, model_cache: Path, tmp_path_factory
             "after": json.loads(s3.get_object(Bucket=resources.bucket,
                                               Key="out/_batches/one/complete.json")[
                 "Body"].read()),
-            "records": _records(s3, resources.bucket), "sqs": sqs, "resources": resources}
+            "records": result_records(s3, resources.bucket), "sqs": sqs, "resources": resources}
 
 
 def test_a_batch_whose_announcer_died_is_announced_by_the_next_worker(killed_announcer_run):
