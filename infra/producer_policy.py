@@ -3,7 +3,8 @@
 Attach it to the user or role that runs the producer. Statement by statement:
 
 - ``Enqueue``: SendMessage (SendMessageBatch) and GetQueueAttributes on the job queues;
-  ``Status`` reads the DLQs' attributes too.
+  ``Status`` reads the DLQs' attributes too, and their URLs (GetQueueUrl, from the
+  queues' RedrivePolicy ARNs).
 - ``Redrive``: receive, delete and change visibility on the DLQs (the producer's own
   redrive), and SQS's message move task from a DLQ back to its queue (``--move-task``).
 - ``ReadFleetObjects``: inputs (head, ETag) and outputs (records, counters, manifests,
@@ -43,11 +44,10 @@ def producer_policy(stack: Stack, config: FleetConfig, *, bucket: s3.IBucket,
             iam.PolicyStatement(sid="Enqueue", resources=jobs, actions=[
                 "sqs:SendMessage", "sqs:GetQueueAttributes"]),
             iam.PolicyStatement(sid="Status", resources=dlqs, actions=[
-                "sqs:GetQueueAttributes"]),
+                "sqs:GetQueueAttributes", "sqs:GetQueueUrl"]),
             iam.PolicyStatement(sid="Redrive", resources=dlqs, actions=[
                 "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
-                "sqs:StartMessageMoveTask", "sqs:ListMessageMoveTasks",
-                "sqs:CancelMessageMoveTask"]),
+                "sqs:StartMessageMoveTask"]),
             iam.PolicyStatement(
                 sid="ReadFleetObjects", actions=["s3:GetObject"],
                 resources=[bucket.arn_for_objects(f"{p}*") for p in prefixes]),

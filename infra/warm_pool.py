@@ -17,7 +17,7 @@ first task (and kept there for later tasks on the same instance).
 
 from __future__ import annotations
 
-from aws_cdk import Aws, Fn
+from aws_cdk import Aws
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ecr as ecr
 
@@ -49,7 +49,7 @@ def pre_pull_commands(repository_uri: str, tag: str, *,
 
     A failed pull only costs the first task its pull, so it is reported, not fatal.
     """
-    registry = Fn.select(0, Fn.split("/", repository_uri))
+    registry = f"{Aws.ACCOUNT_ID}.dkr.ecr.{Aws.REGION}.{Aws.URL_SUFFIX}"
     image = f"{repository_uri}:{tag}"
     return [
         "# img2img: warm pool. The agent registers only once the instance is in service.",

@@ -4,11 +4,13 @@ actions, what keeps busy tasks and instances, the warm pool, and the producer's 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from infra.config import ContextError, FleetConfig
 from tests.support.infra_synth import EVERYTHING_ON, SPOT, Synth, as_list, flat, refs, synth
+from tests.support.paths import REPO
 
 pytest.importorskip("aws_cdk", reason="the infra extra (aws-cdk-lib) is not installed")
 
@@ -105,10 +107,12 @@ def test_the_warm_pool_keeps_stopped_instances_with_the_image_pulled() -> None:
     # A warm pool takes no mixed-instances policy: the group uses the launch template.
     assert "MixedInstancesPolicy" not in group and "LaunchTemplate" in group
     _, lt = s.one("AWS::EC2::LaunchTemplate")
-    user_data = flat(lt["LaunchTemplateData"]["UserData"])
+    user_data = flat(lt["LaunchTemplateData"]["UserData"]["Fn::Base64"])
     assert "echo ECS_WARM_POOLS_CHECK=true >> /etc/ecs/ecs.config" in user_data
     repo_id, _ = s.one("AWS::ECR::Repository")
-    assert "docker pull" in user_data and f"{{{repo_id}}}" in user_data
+    assert ("--password-stdin {AWS::AccountId}.dkr.ecr.{AWS::Region}.{AWS::URLSuffix} "
+            "&& docker pull ") in user_data
+    assert f".{{AWS::URLSuffix}}/{{{repo_id}}}:latest && echo" in user_data
     # The instance role may pull the worker image (the pre-pull runs as the instance).
     granted = s.granted(s.instance_role_id())
     (pull,) = granted["ecr:BatchGetImage"]
@@ -123,10 +127,9 @@ def test_spot_with_a_warm_pool_is_refused() -> None:
 
 PRODUCER_STATEMENTS = {
     "Enqueue": ["sqs:SendMessage", "sqs:GetQueueAttributes"],
-    "Status": ["sqs:GetQueueAttributes"],
+    "Status": ["sqs:GetQueueAttributes", "sqs:GetQueueUrl"],
     "Redrive": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
-                "sqs:StartMessageMoveTask", "sqs:ListMessageMoveTasks",
-                "sqs:CancelMessageMoveTask"],
+                "sqs:StartMessageMoveTask"],
     "ReadFleetObjects": ["s3:GetObject"],
     "WriteFleetObjects": ["s3:PutObject"],
     "ListFleetPrefixes": ["s3:ListBucket"],
@@ -162,3 +165,38 @@ def test_the_producer_policy_holds_exactly_what_the_producer_calls(template: Syn
     assert "s3:DeleteObject" not in json.dumps(policy)
     outputs = template.json["Outputs"]
     assert refs(outputs["ProducerPolicyArn"]["Value"]) == {policy_id}
+
+
+# The producer's boto3 clients by the names its code gives them, and the calls whose IAM
+# action is not the call's own name in CamelCase.
+CLIENTS = {"s3": "s3", "sqs": "sqs", "probe": "sqs", "ecs": "ecs",
+           "autoscaling": "autoscaling"}
+SPECIAL_ACTIONS = {"s3:HeadObject": "s3:GetObject", "s3:UploadFile": "s3:PutObject",
+                   "s3:ListObjectsV2": "s3:ListBucket"}
+
+
+def _producer_actions() -> set[str]:
+    """Every IAM action behind a boto3 call in producer/ (batch calls are authorised by
+    their single action: SendMessageBatch by sqs:SendMessage)."""
+    actions = set()
+    for path in sorted((REPO / "producer").glob("*.py")):
+        text = path.read_text()
+        calls = re.findall(r"\b(?:self\.)?(\w+)\.(\w+)\(", text)
+        calls += [("s3", name) for name in re.findall(r'get_paginator\("(\w+)"\)', text)]
+        for client, method in calls:
+            if client not in CLIENTS or method == "get_paginator":
+                continue
+            camel = "".join(p.capitalize() for p in method.split("_"))
+            action = f"{CLIENTS[client]}:{camel.removesuffix('Batch')}"
+            actions.add(SPECIAL_ACTIONS.get(action, action))
+    return actions
+
+
+def test_the_producer_policy_covers_every_call_the_producer_makes() -> None:
+    """Read from the code: a new call the policy lacks fails here, not as AccessDenied,
+    and the policy grants no action the producer never calls."""
+    called = _producer_actions()
+    assert {"sqs:SendMessage", "sqs:GetQueueUrl", "s3:ListBucket", "ecs:UpdateService",
+            "autoscaling:SetDesiredCapacity"} <= called  # the scan sees the code
+    granted = {a for actions in PRODUCER_STATEMENTS.values() for a in actions}
+    assert called == granted
