@@ -69,6 +69,22 @@ def test_a_steady_drain_is_images_times_seconds_over_tasks_plus_the_cold_start()
     assert p["cost"]["spot"] is None  # no Spot price is known, none is made up
 
 
+def test_the_warm_pool_and_the_start_call_are_plan_options() -> None:
+    cold = plan_json("--images", "1000", "--no-start")
+    warm = plan_json("--images", "1000", "--warm-pool-size", "4")
+    assert cold["inputs"]["producer_start"] is False and cold["inputs"]["warm_pool_size"] == 0
+    assert warm["inputs"]["producer_start"] is True and warm["inputs"]["warm_pool_size"] == 4
+    s = cold["start_up_seconds"]
+    # Without the start call the alarm reads the first minute a metric delay late, and
+    # the capacity provider reacts; a warm-pool instance only resumes, with its image.
+    assert cold["cold_start_seconds"]["start_decision"] == 60 + s["metric_delay"]
+    assert cold["cold_start_seconds"]["task_running"] == pytest.approx(
+        120 + s["capacity"] + s["boot"] + s["image_pull"] + s["model_load"])
+    assert warm["cold_start_seconds"]["task_running"] == pytest.approx(
+        s["start_call"] + s["warm_resume"] + s["model_load"])
+    assert warm["gpu_hours"]["warm_pool_refill"] > 0
+
+
 def test_a_small_batch_is_dominated_by_the_cold_start_and_the_idle_tail() -> None:
     p = plan_json("--images", "500", "--seconds-per-image", "1")
     assert p["dominated_by"] == "cold start"

@@ -45,9 +45,9 @@ class Fleet:
                               "group": self.group, **overrides})
 
 
-@pytest.fixture
-def workers(moto_endpoint: str) -> Iterator[Fleet]:
-    """A cluster with a worker service at 0 tasks and a GPU group (max 4) at 0."""
+@pytest.fixture(scope="module")
+def made_fleet(moto_endpoint: str) -> Iterator[Fleet]:
+    """A cluster with a worker service and a GPU group (max 4), made once per module."""
     name = "f" + uuid.uuid4().hex[:10]
     ecs = aws.client("ecs", endpoint_url=moto_endpoint)
     autoscaling = aws.client("autoscaling", endpoint_url=moto_endpoint)
@@ -68,8 +68,18 @@ def workers(moto_endpoint: str) -> Iterator[Fleet]:
     autoscaling.create_auto_scaling_group(
         AutoScalingGroupName=f"{name}-gpu", MinSize=0, MaxSize=4, DesiredCapacity=0,
         AvailabilityZones=["us-east-1a"], LaunchTemplate={"LaunchTemplateName": f"{name}-lt"})
-    calls.clear()
     yield Fleet(ecs, autoscaling, name, "workers", f"{name}-gpu", calls)
+
+
+@pytest.fixture
+def workers(made_fleet: Fleet) -> Fleet:
+    """The fleet at 0 tasks and 0 instances, with no write recorded yet."""
+    made_fleet.ecs.update_service(cluster=made_fleet.cluster, service=made_fleet.service,
+                                  desiredCount=0)
+    made_fleet.autoscaling.set_desired_capacity(AutoScalingGroupName=made_fleet.group,
+                                                DesiredCapacity=0)
+    made_fleet.calls.clear()
+    return made_fleet
 
 
 def test_an_empty_fleet_starts_at_the_backlogs_tier(workers: Fleet) -> None:
