@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from capacity_planner.stack_policy import ScalingPolicy
+from infra.scaling_policy import start_task_counts
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,15 @@ class Action(str, Enum):
 
 
 def tasks_for_backlog(policy: ScalingPolicy, backlog: int) -> int:
-    """The start's ExactCapacity tier: ceil(backlog / backlog_per_task) tasks within
-    [start_tasks, max_tasks] (exactly start_tasks without ``start_from_backlog``)."""
-    wanted = policy.start_tasks
-    if policy.start_from_backlog:
-        wanted = max(wanted, math.ceil(backlog / policy.backlog_per_task))
-    return min(policy.max_tasks, max(policy.min_tasks, wanted))
+    """The start's ExactCapacity tier: the smallest of the stack's start counts
+    (``infra.scaling_policy.start_task_counts``) that is at least ceil(backlog /
+    backlog_per_task), within [start_tasks, max_tasks] (exactly start_tasks without
+    ``start_from_backlog``)."""
+    if not policy.start_from_backlog:
+        return min(policy.max_tasks, max(policy.min_tasks, policy.start_tasks))
+    need = max(policy.start_tasks, math.ceil(backlog / policy.backlog_per_task))
+    counts = start_task_counts(policy.max_tasks)
+    return next((c for c in counts if c >= need), counts[-1])
 
 
 def producer_start(policy: ScalingPolicy, backlog: int, *, desired: int,

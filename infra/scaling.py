@@ -24,10 +24,9 @@ from infra.scaling_policy import (
     START_ALARM_EVALUATION_PERIODS,
     START_ALARM_PERIOD_SECONDS,
     START_COOLDOWN_SECONDS,
-    START_FROM_BACKLOG,
-    START_TASKS,
     TRACKING_SCALE_IN_COOLDOWN_SECONDS,
     TRACKING_SCALE_OUT_COOLDOWN_SECONDS,
+    start_task_counts,
 )
 
 _Query = appscaling.CfnScalingPolicy.TargetTrackingMetricDataQueryProperty
@@ -51,14 +50,13 @@ def scale_on_queue_depth(scope: Construct, config: FleetConfig, *, queues: JobQu
 
 def start_tiers(backlog_per_task: int, max_tasks: int) -> list[tuple[int, int | None, int]]:
     """(lower, upper, tasks) step bounds over ``waiting - 1`` (the alarm's threshold is
-    1): ``waiting`` jobs get ceil(waiting / backlog_per_task) tasks, at least
-    START_TASKS and at most ``max_tasks``; the last tier has no upper bound."""
-    if not START_FROM_BACKLOG:
-        return [(0, None, START_TASKS)]
+    1): ``waiting`` jobs get the smallest of ``start_task_counts`` that is at least
+    ceil(waiting / backlog_per_task); the last tier has no upper bound."""
+    counts = start_task_counts(max_tasks)
     tiers: list[tuple[int, int | None, int]] = []
-    for tasks in range(START_TASKS, max_tasks + 1):
-        lower = 0 if tasks == START_TASKS else (tasks - 1) * backlog_per_task
-        upper = None if tasks == max_tasks else tasks * backlog_per_task
+    for i, tasks in enumerate(counts):
+        lower = 0 if i == 0 else counts[i - 1] * backlog_per_task
+        upper = None if i == len(counts) - 1 else tasks * backlog_per_task
         tiers.append((lower, upper, tasks))
     return tiers
 

@@ -23,6 +23,7 @@ from capacity_planner.stack_policy import (
     stop_timings_of,
 )
 from capacity_planner.workload import Workload
+from infra.scaling_policy import START_MAX_TIERS, start_task_counts
 
 # No metric delay; a task on a new instance runs 60 + 60 + 60 + 55 = 235 s after it is
 # wanted (the odd 55 keeps task starts off minute boundaries, where datapoints are taken).
@@ -164,7 +165,8 @@ def test_policy_numbers_are_the_stacks() -> None:
     pytest.importorskip("aws_cdk", reason="the infra extra (aws-cdk-lib) is not installed")
     from tests.support.infra_synth import synth
 
-    for context in ({}, {"maxTasks": "8", "backlogPerTask": "16", "spot": "true"}):
+    for context in ({}, {"maxTasks": "8", "backlogPerTask": "16", "spot": "true"},
+                    {"maxTasks": "64"}):
         config = fleet_config(**context)
         policy, stop = scaling_policy_of(config), stop_timings_of(config)
         s = synth(context)
@@ -183,9 +185,10 @@ def test_policy_numbers_are_the_stacks() -> None:
                  if p["PolicyType"] == "StepScaling"}
         assert set(steps) == {policy.start_cooldown, policy.idle_cooldown}
         step = steps[policy.start_cooldown]
-        # One ExactCapacity tier per task: ceil(waiting / backlogPerTask), 1 to maxTasks.
-        assert [a["ScalingAdjustment"] for a in step["StepAdjustments"]] == list(
-            range(policy.start_tasks, policy.max_tasks + 1))
+        # One ExactCapacity tier per start count: ceil(waiting / backlogPerTask) rounded
+        # up to the next count, 1 to maxTasks.
+        assert [a["ScalingAdjustment"] for a in step["StepAdjustments"]] == (
+            start_task_counts(policy.max_tasks))
         assert [a["ScalingAdjustment"] for a in steps[policy.idle_cooldown][
             "StepAdjustments"]] == [policy.min_tasks]
         (idle,) = [a for a in s.alarms() if "Nothing waiting or in flight" in str(a)]
@@ -195,3 +198,22 @@ def test_policy_numbers_are_the_stacks() -> None:
         periods = {m["MetricStat"]["Period"] for m in alarm["Metrics"] if "MetricStat" in m}
         assert periods == {policy.start_period}
         assert float(s.env()["IMG2IMG_STOP_DEADLINE"]) == stop.stop_deadline
+
+
+def test_above_twenty_tasks_the_start_rounds_up_to_twenty_tiers() -> None:
+    """Application Auto Scaling takes 20 step adjustments per policy: with maxTasks 64
+    the counts are 1 to 12 one by one, then further apart; a backlog gets the next count
+    up, never fewer tasks than it needs, and one job still one task."""
+    from capacity_planner.autoscaling import tasks_for_backlog
+
+    counts = start_task_counts(64)
+    assert len(counts) == START_MAX_TIERS and counts[0] == 1 and counts[-1] == 64
+    assert counts == sorted(set(counts))
+    policy = scaling_policy_of(fleet_config(maxTasks=64))
+    for backlog in (1, 32, 33, 12 * 32, 12 * 32 + 1, 52 * 32 + 1, 10**6):
+        need = min(64, -(-backlog // 32))
+        got = tasks_for_backlog(policy, backlog)
+        assert got in counts and got >= need, backlog
+        assert got == min(c for c in counts if c >= need)
+    assert tasks_for_backlog(policy, 1) == 1
+    assert tasks_for_backlog(policy, 13 * 32) == 14  # 13 is not a count: the next up
