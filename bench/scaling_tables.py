@@ -50,20 +50,24 @@ def drain_and_cost(variant: str) -> str:
              "$ per 1,000 images |", "|---|---|---|---|---|---|---|---|---|"]
     for images in (10_000, 100_000, 1_000_000):
         for tasks in (4, 16, 64):
-            pool = tasks if variant == "warm pool" else 0
-            policy = scaling_policy_of(fleet_config(maxTasks=tasks, warmPoolSize=pool))
-            if variant == "previous":
-                policy = previous_policy(policy)
-            r = _run(Workload.burst(images), policy)
-            gpu = (r.cost(PRICE) or 0.0) * 1000 / images
-            requests = request_cost(images).per_1000_images_usd
-            lines.append(
-                f"| {images:,} | {tasks} | {duration(r.drain_seconds)} | "
-                f"{duration(r.first_result_seconds)} | {r.gpu_hours.billed:,.1f} "
-                f"({r.gpu_hours.busy:,.1f}) | "
-                f"{r.gpu_hours.billed / r.gpu_hours.busy - 1:.1%} | ${gpu:.3f} | "
-                f"${requests:.4f} | ${gpu + requests:.3f} |")
+            lines.append(drain_and_cost_row(variant, images, tasks))
     return "\n".join(lines)
+
+
+def drain_and_cost_row(variant: str, images: int, tasks: int) -> str:
+    """One row of ``drain_and_cost``."""
+    pool = tasks if variant == "warm pool" else 0
+    policy = scaling_policy_of(fleet_config(maxTasks=tasks, warmPoolSize=pool))
+    if variant == "previous":
+        policy = previous_policy(policy)
+    r = _run(Workload.burst(images), policy)
+    gpu = (r.cost(PRICE) or 0.0) * 1000 / images
+    requests = request_cost(images).per_1000_images_usd
+    return (f"| {images:,} | {tasks} | {duration(r.drain_seconds)} | "
+            f"{duration(r.first_result_seconds)} | {r.gpu_hours.billed:,.1f} "
+            f"({r.gpu_hours.busy:,.1f}) | "
+            f"{r.gpu_hours.billed / r.gpu_hours.busy - 1:.1%} | ${gpu:.3f} | "
+            f"${requests:.4f} | ${gpu + requests:.3f} |")
 
 
 def cold_start(warm_pool: int = 0) -> str:

@@ -16,6 +16,7 @@ from capacity_planner.requests import REQUESTS_PER_JOB, USD_PER_REQUEST, request
 from capacity_planner.simulator import FleetSimulator
 from capacity_planner.stack_policy import fleet_config, scaling_policy_of, stop_timings_of
 from capacity_planner.workload import Workload
+from tests.support.paths import REPO
 
 HAND = StartUp(metric_delay=60, capacity=60, boot=60, image_pull=60, model_load=55,
                instance_scale_in=900, start_call=5, warm_resume=30, instance_release=60)
@@ -142,3 +143,18 @@ def test_request_costs_come_from_the_one_table() -> None:
         getattr(REQUESTS_PER_JOB, k) * getattr(USD_PER_REQUEST, k)
         for k in ("s3_put", "s3_get", "sqs", "sns")))
     assert cost.per_1000_images_usd == pytest.approx(cost.total_usd)
+
+
+def test_docs_scaling_gives_the_planners_figures() -> None:
+    """docs/scaling.md's tables come from bench/scaling_tables.py; these rows (the
+    targets' rows and both cold starts) are recomputed here and must be in the doc."""
+    from bench.scaling_tables import cold_start, drain_and_cost_row
+
+    doc = (REPO / "docs" / "scaling.md").read_text()
+    rows = [drain_and_cost_row(variant, 10_000, 4)
+            for variant in ("deployed", "warm pool", "previous")]
+    rows += [drain_and_cost_row("deployed", 1_000_000, 4)]
+    for table in (cold_start(), cold_start(warm_pool=4)):
+        rows += table.splitlines()[2:]
+    missing = [row for row in rows if row not in doc]
+    assert missing == []
