@@ -11,8 +11,9 @@ NVIDIA driver and pulled the worker image, so a start skips the boot and the pul
 - Warm pools take neither Spot nor a mixed-instances policy (infra/config.py refuses
   ``spot`` with ``warmPoolSize``; infra/capacity.py gives the group the launch template).
 
-The model is not pre-loaded: it is fetched into the instance's models volume by the
-first task (and kept there for later tasks on the same instance).
+The model is not pre-loaded on its own: the first task fetches it into the instance's
+models volume (kept there for later tasks on the same instance). An image built with
+``PREFETCH_MODELS`` carries its weights, and the pool pulls them with the image.
 """
 
 from __future__ import annotations
