@@ -20,8 +20,10 @@ class ProducerSettings(CommonSettings):
     # The workers' IMG2IMG_ALLOWED_MODELS, when set for the producer too: enqueue then
     # refuses models the fleet would refuse. Unset: no check here (the workers still do).
     allowed_models: Annotated[list[str] | None, NoDecode] = None
+    # The same for LoRA adapters (the workers' IMG2IMG_ALLOWED_LORAS).
+    allowed_loras: Annotated[list[str] | None, NoDecode] = None
 
-    @field_validator("allowed_models", mode="before")
+    @field_validator("allowed_models", "allowed_loras", mode="before")
     @classmethod
     def _split_allowed(cls, value: Any) -> Any:
         return split_list(value)
