@@ -53,6 +53,7 @@ class AdapterStats:
     loads: int = 0
     evictions: int = 0
     swaps: int = 0  # active sets switched
+    slot_fills: int = 0  # hot-swap: adapter weights copied into a slot
     load_seconds: float = 0.0
 
 
@@ -213,17 +214,19 @@ class Adapters:
         if denoiser is None:
             raise LoraMismatch(f"model {self.model!r} has no UNet or transformer for LoRA "
                                "slots")
-        self.pipe.enable_lora_hotswap(target_rank=rank)
+        denoiser.enable_lora_hotswap(target_rank=rank)
         state = {}
         for name, module in denoiser.named_modules():
             if isinstance(module, torch.nn.Linear) and _in_attention(name):
-                state[f"{self.denoiser}.{name}.lora_A.weight"] = torch.zeros(
+                state[f"{name}.lora_A.weight"] = torch.zeros(
                     rank, module.in_features, dtype=module.weight.dtype)
-                state[f"{self.denoiser}.{name}.lora_B.weight"] = torch.zeros(
+                state[f"{name}.lora_B.weight"] = torch.zeros(
                     module.out_features, rank, dtype=module.weight.dtype)
-        for slot in range(MAX_LORAS_PER_JOB):
-            self.pipe.load_lora_weights(dict(state), adapter_name=f"{SLOT_PREFIX}{slot}")
-        self._slot_keys = {k.removeprefix(self.denoiser + ".") for k in state}
+        slots = [f"{SLOT_PREFIX}{slot}" for slot in range(MAX_LORAS_PER_JOB)]
+        for slot in slots:
+            denoiser.load_lora_adapter(dict(state), prefix=None, adapter_name=slot)
+        _all_slots_on(denoiser, slots)
+        self._slot_keys = set(state)
 
     def _slot_weights(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The denoiser's part of a LoRA, on the denoiser's device and dtype."""
@@ -247,9 +250,11 @@ class Adapters:
             name = f"{SLOT_PREFIX}{slot}"
             if slot < len(entries):
                 entry, scale = entries[slot]
-                weights = {f"{self.denoiser}.{k}": (v * scale if ".lora_B." in k else v)
+                weights = {k: (v * scale if ".lora_B." in k else v)
                            for k, v in entry.slot_weights.items()}
-                self.pipe.load_lora_weights(weights, adapter_name=name, hotswap=True)
+                denoiser.load_lora_adapter(weights, prefix=None, adapter_name=name,
+                                           hotswap=True)
+                self.stats.slot_fills += 1
             else:
                 _zero_slot(denoiser, name)
 
@@ -268,6 +273,20 @@ def _set_active(module: torch.nn.Module, names: list[str], scales: list[float]) 
         layer.set_adapter(names)
         for name, scale in zip(names, scales, strict=True):
             layer.set_scale(name, scale)
+
+
+def _all_slots_on(module: torch.nn.Module, slots: list[str]) -> None:
+    """Every slot active at weight 1, each scaling a tensor: a swap then changes values
+    in place, never what the compiled graph was traced with."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for layer in module.modules():
+        if not isinstance(layer, BaseTunerLayer):
+            continue
+        layer.set_adapter(slots)
+        for slot, value in list(layer.scaling.items()):
+            if not isinstance(value, torch.Tensor):
+                layer.scaling[slot] = torch.tensor(value, device=layer.weight.device)
 
 
 def _zero_slot(module: torch.nn.Module, name: str) -> None:
