@@ -75,6 +75,7 @@ class Adapters:
         self.stats = AdapterStats()
         self.denoiser = next((n for n in _DENOISERS if getattr(pipe, n, None) is not None),
                              None)
+        self.max_rank = max_rank
         if hotswap:
             self._make_slots(max_rank)
 
@@ -238,6 +239,11 @@ class Adapters:
 
     def _check_slot_keys(self, ref: str, weights: dict[str, torch.Tensor]) -> None:
         outside = sorted(set(weights) - self._slot_keys)
+        rank = max((v.shape[0] for k, v in weights.items() if ".lora_A." in k), default=0)
+        if rank > self.max_rank:
+            raise LoraMismatch(
+                f"LoRA {ref!r} has rank {rank}, above the hot-swap slots' rank "
+                f"{self.max_rank} on model {self.model!r}; raise IMG2IMG_LORA_MAX_RANK")
         if outside:
             raise LoraMismatch(
                 f"LoRA {ref!r} does not fit the hot-swap slots of model {self.model!r}: it "

@@ -106,7 +106,7 @@ def test_hotswap_gives_the_named_adapter_output_and_leaves_nothing_behind(
         swapped.close()
 
 
-def test_a_lora_outside_the_slots_is_refused_naming_compile(
+def test_a_lora_outside_the_slots_or_above_their_rank_is_refused(
         compiled_calls: list[str], model_cache: Path, lora_dir: Path, image,
         tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
@@ -117,9 +117,12 @@ def test_a_lora_outside_the_slots_is_refused_naming_compile(
     weights["unet.conv_in.lora_B.weight"] = torch.randn(32, 4, 1, 1)
     (tmp_path / "conv").mkdir()
     save_file(weights, tmp_path / "conv" / "pytorch_lora_weights.safetensors")
-    engine = engine_for(model_cache, tmp_path, compile=True)
+    make_lora(tmp_path / "wide", ensure_tiny_model(model_cache), seed=23, rank=16)
+    engine = engine_for(model_cache, tmp_path, compile=True)  # slots of rank 8
     try:
         with pytest.raises(LoraMismatch, match="IMG2IMG_COMPILE"):
             run(engine, image, tmp_path, [("conv", 1.0)])
+        with pytest.raises(LoraMismatch, match="rank 16.*IMG2IMG_LORA_MAX_RANK"):
+            run(engine, image, tmp_path, [("wide", 1.0)])
     finally:
         engine.close()
