@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -123,8 +124,13 @@ class Adapters:
 
     def _load(self, ref: str) -> LoadedAdapter:
         location = self._resolve(ref)
+        kwargs: dict[str, Any] = {"use_safetensors": True}
+        if not Path(location).exists():  # a hub id: the cache, and the hub if reachable
+            from worker.engine.engine import hub_reachable
+
+            kwargs["local_files_only"] = not hub_reachable()
         try:
-            result = self.pipe.lora_state_dict(location, use_safetensors=True)
+            result = self.pipe.lora_state_dict(location, **kwargs)
         except (OSError, ValueError) as exc:
             raise LoraNotFound(f"LoRA {ref!r} could not be read from {location}: "
                                f"{_first_line(exc)}") from None
