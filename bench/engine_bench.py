@@ -16,6 +16,8 @@ Cases (each on the same model folder, loaded from safetensors on disk):
    images are batched), the case the lean target compares with case 2; and
    ``lean-group-bN``: ``lean`` with ``IMG2IMG_LEAN_OFFLOAD=group`` (leaf-level group
    offloading on a CUDA stream, SDPA instead of slicing).
+7. ``lora-*``: LoRA adapters per job: one swap's cost, and streams mixing 1, 4 and 16
+   adapters (bench/lora_cases.py).
 
 On a GPU the model is full-size SD 1.5 at 512 px (and SDXL at 1024 px with --sdxl)
 with random weights. Without CUDA every case runs on the tiny model at a small size:
@@ -27,247 +29,29 @@ a CPU smoke run that checks the benchmark works, not a performance result.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.devstats import DeviceMemorySampler, machine_info
+from bench import engine_workload
+from bench.devstats import machine_info
+from bench.engine_report import markdown
+from bench.engine_runs import batch_key, make_engine, run_engine, run_original
+from bench.engine_workload import CaseResult, Measure, Workload, make_items, release, to_array
 from bench.flops import count_call_flops, count_pipeline_flops, dense_peak_tflops
 from bench.models import default_model_dir, ensure_model
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE_IMAGES = REPO / "data" / "input_images"
 PRODUCTION_COMPILE_MODE = "max-autotune-no-cudagraphs"
 CPU_SMOKE_LABEL = "CPU smoke run, not a performance result"
 
 
-@dataclass
-class Workload:
-    model: str  # 'sd15', 'sdxl' or 'tiny'
-    folder: str
-    size: int
-    steps: int
-    strength: float
-    guidance: float
-
-    @property
-    def denoising_steps(self) -> int:
-        return min(int(self.steps * self.strength), self.steps)
-
-
-@dataclass
-class CaseResult:
-    name: str
-    model: str
-    description: str
-    batch_size: int
-    images: int = 0
-    seconds: float = 0.0
-    images_per_s: float | None = None
-    s_per_image: float | None = None
-    warmup_s: float | None = None
-    load_s: float | None = None
-    peak_allocated_bytes: int | None = None
-    peak_reserved_bytes: int | None = None
-    device_used_peak_bytes: int | None = None
-    device_used_before_bytes: int | None = None
-    flops_per_image: float | None = None
-    achieved_tflops: float | None = None
-    fraction_of_peak: float | None = None
-    vs_original: float | None = None
-    vs_original_lean: float | None = None
-    max_abs_diff_vs_original: float | None = None
-    mean_abs_diff_vs_original: float | None = None
-    status: str = "ok"
-    notes: list[str] = field(default_factory=list)
-
-
-# -- inputs -----------------------------------------------------------------------------
-
-def make_items(count: int, size: int) -> list:
-    """``count`` jobs: the sample images resized to size x size, varied prompts and seeds."""
-    from PIL import Image
-
-    from contract.settings import DEFAULT_PROMPTS
-    from worker.batching import GenerationItem
-    from worker.images import to_rgb
-
-    sources = sorted(p for p in SAMPLE_IMAGES.iterdir() if p.suffix in (".png", ".jpg"))
-    images = [to_rgb(Image.open(p)).resize((size, size), Image.Resampling.LANCZOS)
-              for p in sources] or [Image.new("RGB", (size, size), (120, 90, 60))]
-    return [GenerationItem(image=images[i % len(images)],
-                           prompt=DEFAULT_PROMPTS[i % len(DEFAULT_PROMPTS)],
-                           negative_prompt="", seed=1000 + i)
-            for i in range(count)]
-
-
-# -- GPU helpers ------------------------------------------------------------------------
-
 def cuda() -> bool:
-    import torch
+    return engine_workload.cuda()
 
-    return torch.cuda.is_available()
-
-
-def sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def release() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-class Measure:
-    """Allocator and device-level peaks over a block."""
-
-    def __enter__(self) -> Measure:
-        import torch
-
-        release()
-        if cuda():
-            torch.cuda.reset_peak_memory_stats()
-        self.sampler = DeviceMemorySampler().__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import torch
-
-        sync()
-        self.sampler.__exit__(*exc)
-        self.allocated = torch.cuda.max_memory_allocated() if cuda() else None
-        self.reserved = torch.cuda.max_memory_reserved() if cuda() else None
-
-    def fill(self, result: CaseResult) -> None:
-        result.peak_allocated_bytes = self.allocated
-        result.peak_reserved_bytes = self.reserved
-        result.device_used_peak_bytes = self.sampler.peak_used
-        result.device_used_before_bytes = self.sampler.baseline_used
-
-
-def to_array(image):
-    import numpy as np
-
-    return np.asarray(image, dtype=np.float32)
-
-
-# -- case 1 and 2: the original script ---------------------------------------------------
-
-def run_original(work: Workload, items: list, *, memory_efficient: bool,
-                 result: CaseResult) -> list:
-    """The original script's loop: load, (switch), generate one image, free, repeat."""
-    import torch
-    from diffusers import AutoPipelineForImage2Image, DPMSolverMultistepScheduler
-
-    device = "cuda" if cuda() else "cpu"
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    outputs, load_s = [], 0.0
-    if device == "cpu":
-        result.notes.append("fp32 on CPU (fp16 is the GPU setting)")
-        if memory_efficient:
-            result.notes.append("sequential CPU offload needs a GPU: slicing only")
-    started = time.perf_counter()
-    for item in items:
-        t0 = time.perf_counter()
-        pipe = AutoPipelineForImage2Image.from_pretrained(
-            work.folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True)
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-        pipe.set_progress_bar_config(disable=True)
-        if memory_efficient:
-            pipe.enable_attention_slicing()
-            if device == "cuda":
-                pipe.enable_sequential_cpu_offload()
-                try:
-                    pipe.enable_xformers_memory_efficient_attention()
-                except Exception as exc:  # noqa: BLE001 - as the original, best effort
-                    if not any("xformers" in n for n in result.notes):
-                        result.notes.append(f"xformers unavailable: {str(exc)[:80]}")
-        else:
-            pipe.to(device)
-        if device == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-        sync()
-        load_s += time.perf_counter() - t0
-        image = pipe(prompt=item.prompt, image=item.image, strength=work.strength,
-                     num_inference_steps=work.steps, guidance_scale=work.guidance,
-                     generator=torch.Generator("cpu").manual_seed(item.seed)).images[0]
-        outputs.append(image)
-        del pipe
-        if device == "cuda":
-            torch.cuda.empty_cache()
-        gc.collect()
-    sync()
-    result.seconds = time.perf_counter() - started
-    result.images = len(items)
-    result.load_s = load_s
-    return outputs
-
-
-# -- cases 3 to 6: the worker's Engine ---------------------------------------------------
-
-def make_engine(work: Workload, model_dir: Path, mode: str, *, compile: bool = False,
-                max_batch: int = 64, lean_offload: str = "sequential"):
-    from worker.engine.engine import Engine
-    from worker.settings import WorkerSettings
-
-    settings = WorkerSettings(
-        allowed_models=[work.folder], memory_mode=mode, model_cache=model_dir,
-        max_batch_size=min(64, max_batch), compile=compile, device="auto", dtype="auto",
-        max_cached_models=1, lean_offload=lean_offload)
-    return Engine(settings)
-
-
-def batch_key(work: Workload):
-    from worker.batching import BatchKey
-
-    return BatchKey(model=work.folder, width=work.size, height=work.size, steps=work.steps,
-                    strength=work.strength, guidance_scale=work.guidance,
-                    scheduler="dpmsolver++")
-
-
-def run_engine(engine, work: Workload, items: list, batch: int, result: CaseResult, *,
-               warmup_batches: int = 1) -> list:
-    """Warm-up batches (timed apart), then ``len(items) // batch`` timed batches."""
-    key = batch_key(work)
-    t0 = time.perf_counter()
-    engine.model(work.folder)  # load (no-op when warm)
-    result.load_s = (result.load_s or 0.0) + time.perf_counter() - t0
-    warm = []
-    for _ in range(warmup_batches):
-        t0 = time.perf_counter()
-        engine.generate(key, items[:batch])
-        sync()
-        warm.append(time.perf_counter() - t0)
-    result.warmup_s = round(sum(warm), 4)
-    if warmup_batches > 1:
-        result.notes.append("warm-up batches s: " + ", ".join(f"{w:.2f}" for w in warm))
-    batches = max(1, len(items) // batch)
-    outputs = []
-    started = time.perf_counter()
-    for index in range(batches):
-        chunk = items[index * batch:(index + 1) * batch]
-        if len(chunk) < batch:  # fewer images than one batch: repeat to fill it
-            chunk = (chunk * batch)[:batch]
-        outputs += engine.generate(key, chunk).images
-    sync()
-    result.seconds = time.perf_counter() - started
-    result.images = batches * batch
-    return outputs
-
-
-# -- the run ------------------------------------------------------------------------------
 
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
@@ -497,43 +281,6 @@ class Bench:
                                  "warm-up excluded", batch), work, body)
 
 
-def markdown(doc: dict) -> str:
-    gib = 1024 ** 3
-
-    def fmt(value, spec=".3f", scale=1.0):
-        return "" if value is None else format(value / scale, spec)
-
-    lines = []
-    if doc.get("label"):
-        lines.append(f"**{doc['label']}** (device: {doc.get('device')})\n")
-    else:
-        lines.append(f"Device: {doc.get('device')}, dense fp16 peak "
-                     f"{doc.get('dense_fp16_peak_tflops')} TFLOP/s\n")
-    for model, work in doc.get("workloads", {}).items():
-        lines.append(f"- {model}: {work['size']} px, {work['steps']} steps x strength "
-                     f"{work['strength']} = {work['denoising_steps']} denoising steps, "
-                     f"guidance {work['guidance']}")
-    lines.append("")
-    lines.append("| model | case | batch | images | images/s | s/image | vs case 1 | "
-                 "vs case 2 | warm-up s | load s | alloc peak GiB | device peak GiB | "
-                 "GFLOP/image | TFLOP/s | % of peak | max abs diff vs case 1 | status |")
-    lines.append("|" + "---|" * 17)
-    for case in doc["cases"]:
-        fraction = case.get("fraction_of_peak")
-        lines.append("| " + " | ".join([
-            case["model"], case["name"], str(case["batch_size"]), str(case["images"]),
-            fmt(case["images_per_s"]), fmt(case["s_per_image"]),
-            fmt(case["vs_original"], ".2f"), fmt(case["vs_original_lean"], ".2f"),
-            fmt(case["warmup_s"], ".2f"), fmt(case["load_s"], ".2f"),
-            fmt(case["peak_allocated_bytes"], ".2f", gib),
-            fmt(case["device_used_peak_bytes"], ".2f", gib),
-            fmt(case["flops_per_image"], ".1f", 1e9), fmt(case["achieved_tflops"], ".2f"),
-            "" if fraction is None else f"{100 * fraction:.1f}",
-            fmt(case["max_abs_diff_vs_original"], ".0f"), case["status"],
-        ]) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", default=str(default_model_dir()),
@@ -551,7 +298,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lean-batch-sizes", default=None,
                    help="batch sizes of the lean cases (GPU default 1,4; CPU 1)")
     p.add_argument("--cases",
-                   default="original,original-lean,fast,balanced,lean,lean-group,compile")
+                   default="original,original-lean,fast,balanced,lean,lean-group,compile,lora")
+    p.add_argument("--lora-images", type=int, default=None,
+                   help="jobs per LoRA stream (default 64 on GPU, 16 on CPU)")
+    p.add_argument("--lora-batch", type=int, default=8)
+    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--lora-swaps", type=int, default=20)
+    p.add_argument("--lora-pools", default="1,4,16", help="adapters per LoRA stream")
+    p.add_argument("--lora-compile", action="store_true",
+                   help="LoRA cases with IMG2IMG_COMPILE (hot-swap slots)")
     p.add_argument("--sdxl", action="store_true", help="SDXL at 1024 px as a second model")
     p.add_argument("--sdxl-cases", default="original,fast,balanced")
     p.add_argument("--sdxl-batch-sizes", default="1,4")
@@ -581,6 +336,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             else "eager-backend"
     args.compile_modes = [m for m in args.compile_modes.split(",") if m]
     args.size = args.size or (512 if gpu else 128)
+    if args.lora_images is None:
+        args.lora_images = 64 if gpu else 16
     if quick and not gpu:
         args.steps = min(args.steps, 10)
         args.compile_batch = min(args.compile_batch, 4)
@@ -624,6 +381,11 @@ def main(argv: list[str] | None = None) -> dict:
             bench.info["sdxl"] = "skipped: no CUDA (full-size builds are GPU-only)"
     if "compile" in args.cases:
         bench.run_compile(work, args.images)
+    if "lora" in args.cases:
+        from bench.lora_cases import run_lora_cases
+
+        run_lora_cases(bench, work, args.lora_images, args.lora_batch, args.lora_rank,
+                       args.lora_swaps, tuple(int(n) for n in args.lora_pools.split(",")))
     bench.info["seconds"] = round(time.time() - bench.info["started"], 1)
     bench.save()
     doc = json.loads(Path(args.out).read_text())

@@ -25,6 +25,9 @@ class FixedLatencyEngine:
     def check_model(self, reference: str) -> None:
         return None
 
+    def check_loras(self, refs: list[str]) -> None:
+        return None
+
     def generate(self, key, items, on_step=None):
         from worker.engine.engine import BatchStats, GenerationResult
 

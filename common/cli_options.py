@@ -36,6 +36,19 @@ KeepSize = Annotated[bool, typer.Option(
 Format = Annotated[OutputFormat, typer.Option("--format", help="Output image format.")]
 Scheduler = Annotated[SchedulerName, typer.Option(
     help="Denoising scheduler; 'model' keeps the one the checkpoint ships with.")]
+Loras = Annotated[list[str] | None, typer.Option(
+    "--lora", help="LoRA adapter as REF[:SCALE] (hub id, s3:// or a path; scale 1 by "
+    "default); repeat for up to 4. Refs must match IMG2IMG_ALLOWED_LORAS.")]
+
+
+def lora_params(specs: list[str] | None) -> dict[str, list[dict[str, object]]]:
+    """``{"loras": [...]}`` for GenerationParams from ``--lora`` specs; ``{}`` without
+    any, so parameters (and the ids derived from them) stay as they were."""
+    from contract.loras import parse_lora_spec
+
+    if not specs:
+        return {}
+    return {"loras": [parse_lora_spec(spec).model_dump() for spec in specs]}
 
 NEGATIVE_PROMPT: str = _DEFAULTS["negative_prompt"]
 STRENGTH: float = _DEFAULTS["strength"]

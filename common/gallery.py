@@ -142,14 +142,22 @@ def _figure(role: Role, src: str | None, name: str, missing: str) -> str:
             "</figure>")
 
 
+def _loras(value: Any) -> str | None:
+    """A record's adapters as ``ref:scale, ...`` (records hold them as objects)."""
+    if not isinstance(value, list) or not value:
+        return None
+    return ", ".join(f"{v.get('ref')}:{v.get('scale', 1):g}" if isinstance(v, Mapping)
+                     else str(v) for v in value)
+
+
 def _card(record: Mapping[str, Any], image_src: ImageSource) -> str:
     status = str(record.get("status", "?"))
     source = str(record.get("input", ""))
     output = record.get("output")
     rows: list[tuple[str, Any]] = [
-        ("model", record.get("model")), ("prompt", record.get("prompt")),
-        ("seed", record.get("seed")), ("strength", record.get("strength")),
-        ("steps", record.get("steps")),
+        ("model", record.get("model")), ("loras", _loras(record.get("loras"))),
+        ("prompt", record.get("prompt")), ("seed", record.get("seed")),
+        ("strength", record.get("strength")), ("steps", record.get("steps")),
         ("seconds", f"{record['seconds']:.2f}" if isinstance(
             record.get("seconds"), (int, float)) else None),
         ("worker", record.get("worker")), ("job", record.get("job_id")),

@@ -90,6 +90,18 @@ class ModelNotFound(PermanentError):
     """The model reference cannot be resolved or loaded."""
 
 
+class LoraNotAllowed(PermanentError):
+    """A LoRA adapter is not on the allow-list (IMG2IMG_ALLOWED_LORAS)."""
+
+
+class LoraNotFound(PermanentError):
+    """A LoRA reference cannot be resolved or read."""
+
+
+class LoraMismatch(PermanentError):
+    """A LoRA adapter does not fit the base model (another family, missing layers)."""
+
+
 class GenerationFailed(PermanentError):
     """The pipeline failed for this job even after the out-of-memory fallbacks."""
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from contract.errors import InvalidJob, UnsupportedSchemaVersion
 from contract.locations import S3Location, output_key, output_named_for
+from contract.loras import MAX_LORAS_PER_JOB, LoraRef
 
 SCHEMA_VERSION = 1
 MAX_PROMPT_CHARS = 2000
@@ -73,6 +74,17 @@ class GenerationParams(BaseModel):
     output_format: OutputFormat = OutputFormat.PNG
     keep_size: bool = True
     scheduler: Scheduler = "dpmsolver++"
+    loras: Annotated[tuple[LoraRef, ...], Field(max_length=MAX_LORAS_PER_JOB, description=(
+        "LoRA adapters applied on the model for this job, each {ref, scale}; refs must "
+        "match the fleet's IMG2IMG_ALLOWED_LORAS."))] = ()
+
+    @field_validator("loras")
+    @classmethod
+    def _distinct_loras(cls, value: tuple[LoraRef, ...]) -> tuple[LoraRef, ...]:
+        refs = [lora.ref for lora in value]
+        if len(set(refs)) != len(refs):
+            raise ValueError(f"each LoRA may appear once (got {refs})")
+        return value
 
     @model_validator(mode="after")
     def _at_least_one_denoising_step(self) -> GenerationParams:
@@ -198,8 +210,10 @@ def s3_input_identity(location: S3Location, etag: str | None) -> str:
 
 def derive_job_id(input_identity: str, params: GenerationParams) -> str:
     """A stable id from the input's identity and every parameter that shapes the output."""
+    # No adapters: the id a job had before ``loras`` existed, so re-enqueuing is idempotent.
+    dumped = params.model_dump(mode="json", exclude={"loras"} if not params.loras else None)
     canonical = json.dumps(
-        {"input": input_identity, "params": params.model_dump(mode="json")},
+        {"input": input_identity, "params": dumped},
         sort_keys=True,
         separators=(",", ":"),
     )

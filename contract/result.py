@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from contract.errors import error_type
 from contract.job import SCHEMA_VERSION
+from contract.loras import LoraRef
 
 Status = Literal["running", "done", "failed", "cancelled", "expired"]
 FINAL_STATUSES = ("done", "failed", "cancelled", "expired")
@@ -47,6 +48,7 @@ class ResultRecord(BaseModel):
     output: str | None = None
     error: ErrorInfo | None = None
     model: str | None = None
+    loras: tuple[LoraRef, ...] = ()  # the adapters the job ran (or was to run) with
     prompt: str | None = None
     seed: int | None = None
     seconds: float = 0.0

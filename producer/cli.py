@@ -56,6 +56,7 @@ def enqueue(
     keep_size: opt.KeepSize = opt.KEEP_SIZE,
     output_format: opt.Format = opt.FORMAT,
     scheduler: opt.Scheduler = opt.SCHEDULER,
+    lora: opt.Loras = None,
     output: Annotated[str | None, typer.Option(
         help="s3://bucket/prefix/ for outputs. Default: IMG2IMG_OUTPUT_PREFIX (outputs/) "
         "in the source bucket.")] = None,
@@ -100,10 +101,10 @@ def enqueue(
             common=dict(negative_prompt=negative_prompt, strength=strength, steps=steps,
                         guidance_scale=guidance_scale, seed=seed, max_side=max_side,
                         output_format=output_format.value, keep_size=keep_size,
-                        scheduler=scheduler),
+                        scheduler=scheduler, **opt.lora_params(lora)),
             controls=JobControls.of(ttl_seconds=ttl, timeout_seconds=timeout,
                                     callback_url=callback_url),
-            allowed_models=settings.allowed_models)
+            allowed_models=settings.allowed_models, allowed_loras=settings.allowed_loras)
         options = EnqueueOptions(
             source=source, jobs_file=jobs, bucket=settings.bucket,
             upload_prefix=upload_prefix or settings.upload_prefix, output=output,

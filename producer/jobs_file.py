@@ -14,6 +14,7 @@ from typing import Any
 
 from contract.errors import InvalidJob
 from contract.job import GenerationParams
+from contract.loras import parse_lora_spec, parse_lora_specs
 
 INPUT_FIELD = "input"
 # Column names accepted besides GenerationParams' own ("format" mirrors --format).
@@ -23,6 +24,7 @@ ALLOWED_FIELDS = frozenset({INPUT_FIELD, *PARAM_FIELDS, *ALIASES})
 CSV_SUFFIXES = (".csv",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 TEXT_FIELDS = frozenset({"prompt", "negative_prompt"})  # whitespace is kept as written
+LORAS_FIELD = "loras"  # CSV: "REF[:SCALE];REF..."; JSONL: that, or a list of specs/objects
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,29 @@ def _row(line: int, record: dict[str, Any], problems: list[str], *,
             value = value.strip()
         if value is None or (empty_is_unset and value == ""):
             continue
+        if name == LORAS_FIELD:
+            try:
+                value = _loras(value)
+            except InvalidJob as exc:
+                problems.append(f"line {line}: {name}: {exc}")
+                ok = False
+                continue
         values[ALIASES.get(name, name)] = value
     source = values.pop(INPUT_FIELD, None)
     if not isinstance(source, str) or not source.strip():
         problems.append(f"line {line}: {INPUT_FIELD}: required (an s3:// URI or a key)")
         ok = False
     return JobRow(line=line, input=source.strip(), overrides=values) if ok else None
+
+
+def _loras(value: Any) -> Any:
+    """A ``loras`` cell as GenerationParams takes it: spec strings become {ref, scale};
+    objects pass through (GenerationParams checks them)."""
+    if isinstance(value, str):
+        return [lora.model_dump() for lora in parse_lora_specs(value)]
+    if isinstance(value, list):
+        return [parse_lora_spec(v).model_dump() if isinstance(v, str) else v for v in value]
+    return value
 
 
 def _read_csv(path: Path, problems: list[str]) -> list[JobRow]:

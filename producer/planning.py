@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from contract.errors import InvalidJob, ModelNotAllowed
-from contract.job import JobMessage, validate_params
+from contract.errors import InvalidJob, LoraNotAllowed, ModelNotAllowed
+from contract.job import GenerationParams, JobMessage, validate_params
 from contract.locations import S3Location
+from contract.loras import check_lora_allowed
 from contract.model_names import check_allowed
 from contract.picks import pick_model_and_prompt
 from producer.listing import SourceObject
@@ -51,6 +52,7 @@ class Defaults:
     # The fleet's IMG2IMG_ALLOWED_MODELS when the producer is given it too: a model the
     # workers would refuse is refused here, before anything is sent. None: no check.
     allowed_models: list[str] | None = None
+    allowed_loras: list[str] | None = None  # the same for IMG2IMG_ALLOWED_LORAS
 
     @property
     def choice_seed(self) -> int | None:
@@ -62,7 +64,8 @@ class Defaults:
             raise InvalidJob("no model or prompt: pass --model/--prompt or set "
                              "IMG2IMG_DEFAULT_MODELS/IMG2IMG_DEFAULT_PROMPTS")
         for model in self.models:
-            validate_params(model=model, prompt=self.prompts[0], **self.common)
+            self.check_loras(validate_params(model=model, prompt=self.prompts[0],
+                                             **self.common))
             self.check_model(model)
         for prompt in self.prompts:
             validate_params(model=self.models[0], prompt=prompt, **self.common)
@@ -71,6 +74,12 @@ class Defaults:
         """ModelNotAllowed when the fleet's allow-list (if known) refuses ``model``."""
         if self.allowed_models is not None:
             check_allowed(model, self.allowed_models)
+
+    def check_loras(self, params: GenerationParams) -> None:
+        """LoraNotAllowed when the fleet's LoRA allow-list (if known) refuses one."""
+        if self.allowed_loras is not None:
+            for lora in params.loras:
+                check_lora_allowed(lora.ref, self.allowed_loras)
 
 
 @dataclass(frozen=True)
@@ -105,10 +114,11 @@ def plan_jobs(inputs: list[PlannedInput], defaults: Defaults, *, output: S3Locat
         try:
             params = validate_params(**values)
             defaults.check_model(params.model)
+            defaults.check_loras(params)
             job = JobMessage.create(input=item.source.location, input_etag=item.source.etag,
                                     output_prefix=output, params=params, batch_id=batch_id,
                                     **asdict(defaults.controls))
-        except (InvalidJob, ModelNotAllowed) as exc:
+        except (InvalidJob, ModelNotAllowed, LoraNotAllowed) as exc:
             if item.line is None:
                 plan.skipped.append(_shorten(str(exc), 400))
             else:

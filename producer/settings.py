@@ -31,8 +31,10 @@ class ProducerSettings(CommonSettings):
     max_tasks: Annotated[int, Field(ge=1)] = FleetConfig.model_fields["max_tasks"].default
     backlog_per_task: Annotated[int, Field(ge=1)] = (
         FleetConfig.model_fields["backlog_per_task"].default)
+    # The same for LoRA adapters (the workers' IMG2IMG_ALLOWED_LORAS).
+    allowed_loras: Annotated[list[str] | None, NoDecode] = None
 
-    @field_validator("allowed_models", mode="before")
+    @field_validator("allowed_models", "allowed_loras", mode="before")
     @classmethod
     def _split_allowed(cls, value: Any) -> Any:
         return split_list(value)

@@ -29,13 +29,15 @@ class BatchKey:
     guidance_scale: float
     scheduler: str
     timeout_seconds: int | None = None  # jobs with a timeout run only with the same one
+    loras: tuple[tuple[str, float], ...] = ()  # (ref, scale) of each adapter, in job order
 
     @classmethod
     def of(cls, params: GenerationParams, size: tuple[int, int],
            timeout_seconds: int | None = None) -> BatchKey:
         return cls(model=params.model, width=size[0], height=size[1], steps=params.steps,
                    strength=params.strength, guidance_scale=params.guidance_scale,
-                   scheduler=params.scheduler, timeout_seconds=timeout_seconds)
+                   scheduler=params.scheduler, timeout_seconds=timeout_seconds,
+                   loras=tuple((lora.ref, lora.scale) for lora in params.loras))
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ def run(
     keep_size: opt.KeepSize = opt.KEEP_SIZE,
     output_format: opt.Format = opt.FORMAT,
     scheduler: opt.Scheduler = opt.SCHEDULER,
+    lora: opt.Loras = None,
     batch_size: Annotated[int | None, typer.Option(
         help="Images per pipeline call (default IMG2IMG_MAX_BATCH_SIZE).")] = None,
     memory_mode: Annotated[MemoryMode | None, typer.Option(
@@ -60,7 +61,8 @@ def run(
         prompts = prompt or settings.default_prompts
         common = dict(negative_prompt=negative_prompt, strength=strength, steps=steps,
                       guidance_scale=guidance_scale, seed=seed, max_side=max_side,
-                      output_format=output_format, keep_size=keep_size, scheduler=scheduler)
+                      output_format=output_format, keep_size=keep_size, scheduler=scheduler,
+                      **opt.lora_params(lora))
         for m in models:  # validate every option once, before any work
             validate_params(model=m, prompt=prompts[0] if prompts else "", **common)
     except Img2ImgError as exc:
@@ -71,12 +73,15 @@ def run(
 
     from common.logs import configure_logging
     from contract.locations import IMAGE_EXTENSIONS
+    from contract.loras import check_lora_allowed, parse_lora_spec
     from worker.engine.model_refs import check_allowed
     from worker.local_run import RESULTS_FILE, LocalRunner, collect_inputs, plan_jobs
 
     try:
         for m in models:
             check_allowed(m, settings.allowed_models)
+        for spec in lora or []:
+            check_lora_allowed(parse_lora_spec(spec).ref, settings.allowed_loras)
     except Img2ImgError as exc:
         raise fail(str(exc)) from None
     configure_logging(log_level, fmt="text")

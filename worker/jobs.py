@@ -52,7 +52,8 @@ class Job:
                     gpu_price_per_hour: float | None = None) -> ResultRecord:
         return ResultRecord(
             job_id=self.job_id, batch_id=self.batch_id, status="done", input=self.source,
-            output=output, model=self.params.model, prompt=self.params.prompt,
+            output=output, model=self.params.model, loras=self.params.loras,
+            prompt=self.params.prompt,
             seed=self.seed, seconds=self.seconds(),
             timings={k: round(v, 4) for k, v in self.timings.items()}, worker=worker,
             **self._cost(gpu_price_per_hour))
@@ -66,7 +67,7 @@ class Job:
         return ResultRecord(
             job_id=self.job_id or "-", batch_id=self.batch_id, status=status,
             input=self.source, output=None, error=ErrorInfo.from_exception(error),
-            model=self.params.model, prompt=self.params.prompt,
+            model=self.params.model, loras=self.params.loras, prompt=self.params.prompt,
             seed=self.seed if self.job_id else None, seconds=self.seconds(), worker=worker,
             **self._cost(gpu_price_per_hour))
 

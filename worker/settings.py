@@ -42,6 +42,14 @@ class WorkerSettings(CommonSettings):
     model_cache: Path = Field(default_factory=default_model_cache)
     max_cached_models: int = Field(2, ge=1, le=16)
     compile: bool = False
+    # LoRA adapters jobs may ask for (fnmatch patterns on the ref; empty: none), and how
+    # many stay loaded on each warm model (least recently used dropped first). With any
+    # admitted, QKV projections stay unfused so an adapter on to_q/to_k/to_v applies;
+    # with IMG2IMG_COMPILE, adapters are hot-swapped into slots of rank LORA_MAX_RANK.
+    allowed_loras: CommaList = []
+    max_cached_loras: int = Field(16, ge=4, le=256)
+    lora_cache_bytes: int = Field(2 * 1024**3, ge=1024**2)
+    lora_max_rank: int = Field(64, ge=1, le=1024)
     # "WIDTHxHEIGHT" shapes run once per default model at start-up (torch.compile warm-up
     # and a warm model before the first job); empty: load lazily on the first job.
     warmup_shapes: CommaList = []
@@ -100,8 +108,9 @@ class WorkerSettings(CommonSettings):
     def warmup_sizes(self) -> list[tuple[int, int]]:
         return [tuple(int(v) for v in s.lower().split("x")) for s in self.warmup_shapes]
 
-    @field_validator("allowed_models", "allowed_inputs", "allowed_outputs", "warmup_shapes",
-                     "allowed_callbacks", "callback_private_networks", mode="before")
+    @field_validator("allowed_models", "allowed_loras", "allowed_inputs", "allowed_outputs",
+                     "warmup_shapes", "allowed_callbacks", "callback_private_networks",
+                     mode="before")
     @classmethod
     def _split_lists(cls, value: Any) -> Any:
         return split_list(value)

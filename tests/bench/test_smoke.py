@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench import engine_bench, overlap_bench
+from bench import engine_bench, engine_workload, overlap_bench
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -16,11 +16,13 @@ ENGINE_CASES = {"original", "original-lean", "fast-b1", "fast-b2", "balanced-b2"
 
 
 def test_engine_bench_quick_cpu_reports_every_case(model_cache, tmp_path, monkeypatch):
-    monkeypatch.setattr(engine_bench, "cuda", lambda: False)  # the CPU path, always
+    monkeypatch.setattr(engine_workload, "cuda", lambda: False)  # the CPU path, always
     out = tmp_path / "engine.json"
     doc = engine_bench.main(["--quick", "--images", "2", "--baseline-images", "1",
                              "--batch-sizes", "1,2", "--compile-batch", "2",
                              "--balanced-batch", "2", "--steps", "5", "--size", "64",
+                             "--cases", "original,original-lean,fast,balanced,lean,"
+                             "lean-group,compile",
                              "--model-dir", str(model_cache), "--out", str(out),
                              "--markdown", str(tmp_path / "engine.md")])
     assert json.loads(out.read_text()) == doc
@@ -41,6 +43,27 @@ def test_engine_bench_quick_cpu_reports_every_case(model_cache, tmp_path, monkey
     assert flops["crosscheck_ratio"] == pytest.approx(1.0, rel=0.01)
     assert flops["2"]["total"] == pytest.approx(2 * flops["1"]["total"], rel=0.01)
     assert "| original |" in (tmp_path / "engine.md").read_text()
+
+
+def test_engine_bench_lora_cases_report_swaps_and_streams(model_cache, tmp_path,
+                                                         monkeypatch):
+    monkeypatch.setattr(engine_workload, "cuda", lambda: False)
+    doc = engine_bench.main(["--cases", "lora", "--lora-images", "4", "--lora-batch", "2",
+                             "--lora-rank", "4", "--lora-swaps", "4", "--lora-pools",
+                             "1,4", "--steps", "4",
+                             "--strength", "0.5", "--size", "64", "--model-dir",
+                             str(model_cache), "--out", str(tmp_path / "lora.json")])
+    cases = {case["name"]: case for case in doc["cases"]}
+    assert set(cases) == {"lora-swap", "lora-none-b2", "lora-mix1-b2", "lora-mix4-b2"}
+    assert all(case["status"] == "ok" for case in cases.values()), cases
+    swap = doc["lora"]["swap"]
+    assert swap["warm_swap_ms"] > 0 and swap["cold_load_ms"] > 0 and not swap["hotswap"]
+    for name in ("lora-none-b2", "lora-mix1-b2", "lora-mix4-b2"):
+        assert cases[name]["images"] == 4 and cases[name]["images_per_s"] > 0
+    # One adapter keeps batches whole; four in windows of two split every window (the
+    # first adapter is on from the warm-up call).
+    assert "2 pipeline calls, 0 adapter swaps" in cases["lora-mix1-b2"]["notes"]
+    assert "4 pipeline calls, 3 adapter swaps" in cases["lora-mix4-b2"]["notes"]
 
 
 def test_overlap_bench_keeps_books(moto_endpoint):

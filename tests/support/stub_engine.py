@@ -25,6 +25,9 @@ class StubEngine:
     def check_model(self, reference: str) -> None:
         return None
 
+    def check_loras(self, refs: list[str]) -> None:
+        return None
+
     def generate(self, key: BatchKey, items: list[GenerationItem],
                  on_step: Callable[[], bool] | None = None) -> GenerationResult:
         self.batches.append((key, [item.prompt for item in items]))

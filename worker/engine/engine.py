@@ -18,9 +18,17 @@ from typing import Any
 import torch
 from PIL import Image
 
-from contract.errors import GenerationFailed, Interrupted, ModelNotFound, StorageUnavailable
+from contract.errors import (
+    GenerationFailed,
+    Interrupted,
+    LoraNotAllowed,
+    ModelNotFound,
+    StorageUnavailable,
+)
 from contract.job import GenerationParams
+from contract.loras import check_lora_allowed
 from worker.batching import BatchKey, GenerationItem
+from worker.engine.adapters import Adapters
 from worker.engine.devices import (
     configure_backends,
     is_out_of_memory,
@@ -28,6 +36,7 @@ from worker.engine.devices import (
     pick_dtype,
     release_device_memory,
 )
+from worker.engine.lora_refs import resolve_lora
 from worker.engine.memory_modes import apply_memory_mode, set_vae_tiling_for
 from worker.engine.model_cache import ModelCache
 from worker.engine.model_refs import ModelSource, check_allowed, resolve_model
@@ -57,6 +66,7 @@ class LoadedModel:
     mode: str
     load_seconds: float
     schedulers: dict[str, Any] = field(default_factory=dict)
+    adapters: Adapters | None = None  # when IMG2IMG_ALLOWED_LORAS admits any
 
 
 @dataclass
@@ -112,6 +122,11 @@ class Engine:
         """Raise ModelNotAllowed for a model outside the allow-list (cheap, no loading)."""
         check_allowed(reference, self.settings.allowed_models)
 
+    def check_loras(self, refs: list[str]) -> None:
+        """Raise LoraNotAllowed for a LoRA outside IMG2IMG_ALLOWED_LORAS (no loading)."""
+        for ref in refs:
+            check_lora_allowed(ref, self.settings.allowed_loras)
+
     def model(self, reference: str, mode: str | None = None) -> LoadedModel:
         """The warm model; a model that just failed to load fails again at once for
         MODEL_RETRY_SECONDS instead of every job paying for the attempt."""
@@ -133,12 +148,25 @@ class Engine:
         source = resolve_model(reference, model_cache=self.settings.model_cache,
                                s3_client_factory=self._s3_client_factory)
         pipe = load_pipeline(source, self.dtype)
+        adapters = self._adapters_for(pipe, reference)  # before compiling: its slots
         apply_memory_mode(pipe, mode, self.device, compile=self.settings.compile,
-                          lean_offload=self.settings.lean_offload)
+                          lean_offload=self.settings.lean_offload, fuse_qkv=adapters is None)
         seconds = time.perf_counter() - started
         log.info("loaded model %s (%s, %s, %s) in %.2fs", reference, mode, self.device,
                  str(self.dtype).removeprefix("torch."), seconds)
-        return LoadedModel(pipeline=pipe, source=source, mode=mode, load_seconds=seconds)
+        return LoadedModel(pipeline=pipe, source=source, mode=mode, load_seconds=seconds,
+                           adapters=adapters)
+
+    def _adapters_for(self, pipe: Any, reference: str) -> Adapters | None:
+        s = self.settings
+        if not s.allowed_loras:
+            return None
+        return Adapters(pipe, model=reference, max_entries=s.max_cached_loras,
+                        max_bytes=s.lora_cache_bytes, hotswap=s.compile,
+                        max_rank=s.lora_max_rank,
+                        resolve=lambda ref: resolve_lora(
+                            ref, model_cache=s.model_cache,
+                            s3_client_factory=self._s3_client_factory))
 
     def _unload(self, key: tuple[str, str], loaded: LoadedModel) -> None:
         log.info("unloading model %s (%s)", *key)
@@ -215,6 +243,10 @@ class Engine:
     def _call_pipeline(self, call: _Call, loaded: LoadedModel, key: BatchKey,
                        items: list[GenerationItem]) -> list[Image.Image]:
         pipe = loaded.pipeline
+        if loaded.adapters is not None:
+            loaded.adapters.activate(key.loras)
+        elif key.loras:
+            raise LoraNotAllowed("LoRAs are not admitted here: IMG2IMG_ALLOWED_LORAS is empty")
         pipe.scheduler = self._scheduler(loaded, key.scheduler)
         set_vae_tiling_for(pipe, loaded.mode, key.width, key.height)
         negative = [item.negative_prompt for item in items]

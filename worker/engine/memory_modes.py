@@ -30,7 +30,10 @@ VAE_TILING_MIN_SIDE = 1536
 
 
 def apply_memory_mode(pipe: Any, mode: str, device: torch.device, *,
-                      compile: bool = False, lean_offload: str = "sequential") -> None:
+                      compile: bool = False, lean_offload: str = "sequential",
+                      fuse_qkv: bool = True) -> None:
+    """``fuse_qkv=False`` keeps Q, K and V apart (a LoRA on them would be bypassed by
+    the fused projection)."""
     if mode not in MEMORY_MODES:
         raise ValueError(f"memory mode must be one of {MEMORY_MODES}, got {mode!r}")
     if lean_offload not in LEAN_OFFLOADS:
@@ -38,7 +41,7 @@ def apply_memory_mode(pipe: Any, mode: str, device: torch.device, *,
     accelerated = device.type != "cpu"
     if mode == "fast":
         pipe.to(device)
-        _speed_ups(pipe, compile=compile)
+        _speed_ups(pipe, compile=compile, fuse_qkv=fuse_qkv)
     elif mode == "balanced":
         if accelerated:
             pipe.enable_model_cpu_offload(device=device)
@@ -84,13 +87,14 @@ def set_vae_tiling_for(pipe: Any, mode: str, width: int, height: int) -> None:
         vae.disable_tiling()
 
 
-def _speed_ups(pipe: Any, *, compile: bool) -> None:
+def _speed_ups(pipe: Any, *, compile: bool, fuse_qkv: bool = True) -> None:
     unet = getattr(pipe, "unet", None)
     if unet is not None:
         unet.to(memory_format=torch.channels_last)
     try:
         # One matmul for Q, K and V instead of three; same numbers, fewer launches.
-        pipe.fuse_qkv_projections(unet=True, vae=True)
+        if fuse_qkv:
+            pipe.fuse_qkv_projections(unet=True, vae=True)
     except Exception as exc:  # noqa: BLE001 - some attention processors cannot fuse
         log.info("fused QKV projections not available: %s", exc)
     if compile and unet is not None:

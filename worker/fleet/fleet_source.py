@@ -173,6 +173,7 @@ class FleetSource(JobSource[FleetJob]):
                                    "IMG2IMG_ALLOWED_OUTPUTS: no record can be written")
             fleet_jobs.check_locations(wire, self.settings)
             self.engine.check_model(wire.model)
+            self.engine.check_loras([lora.ref for lora in wire.loras])
             refusal = self.lifecycle.refusal(job)
             if refusal is not None:
                 raise refusal
