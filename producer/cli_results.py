@@ -36,6 +36,7 @@ def fetch(
     from producer.fetch import fetch_batch
     from producer.output_prefix import output_location, require_output
 
+    refuse_file_destination(dest, "DEST")
     with clear_errors():
         settings = settings_from(concurrency=concurrency)
         location = require_output(output_location(output, settings.bucket,
@@ -85,6 +86,7 @@ def gallery(
                                         presigner=presigner, concurrency=settings.concurrency,
                                         expires=expires, page_size=page_size)
         else:
+            refuse_file_destination(Path(to), "--to")
             with progress_bars() as bars:
                 summary = gallery_to_folder(s3, location, batch_id, Path(to),
                                             concurrency=settings.concurrency, progress=bars,
@@ -142,3 +144,13 @@ def plan(
     except ValueError as exc:  # a setting the stack or the model refuses
         raise fail(str(exc)) from None
     typer.echo(json.dumps(made.to_dict(), indent=2) if as_json else made.text())
+
+
+def refuse_file_destination(dest: Path, flag: str) -> None:
+    """A local destination must be a folder (or not exist yet): say so before any work."""
+    for path in (dest, *dest.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "" if path == dest else f" ({path} is a file)"
+                raise fail(f"{flag} {dest} is not a folder{what}")
+            return

@@ -101,7 +101,11 @@ def test_bad_expiry_and_unknown_batch_are_errors(fleet, s3, tmp_path):
     too_long = gallery(fleet, jobs[0].batch_id, f"s3://{fleet.bucket}/site/",
                        "--expires", str(8 * 24 * 3600))
     unknown = gallery(fleet, "b-unknown", str(tmp_path / "x"))
+    (tmp_path / "a-file").write_text("")
+    into_file = gallery(fleet, jobs[0].batch_id, str(tmp_path / "a-file"))
 
     assert too_long.exit_code == 2 and "--expires must be 1..604800" in too_long.stderr
     assert unknown.exit_code == 2 and "no batch b-unknown" in unknown.stderr
     assert not Path(tmp_path / "x").exists()
+    assert into_file.exit_code == 2, into_file.output
+    assert f"error: --to {tmp_path / 'a-file'} is not a folder" in into_file.stderr
