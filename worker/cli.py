@@ -87,7 +87,7 @@ def run(
         raise fail(f"no such file or folder: {', '.join(missing)}")
     if output_dir.exists() and not output_dir.is_dir():
         raise fail(f"--output-dir {output_dir} is a file, not a folder")
-    files, skipped = collect_inputs(roots)
+    files, skipped = collect_inputs(roots, output_dir)
     if not files:
         raise fail(f"no images in {', '.join(map(str, roots))} (looked for "
                    f"{', '.join(sorted(IMAGE_EXTENSIONS))}; {len(skipped)} other files)")

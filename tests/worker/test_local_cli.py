@@ -277,3 +277,43 @@ def test_three_inputs_with_the_same_name_get_distinct_outputs(tmp_path: Path) ->
     files = [(tmp_path / f"d{i}" / "x.png", Path("x.png")) for i in range(3)]
     outputs = [j.output_path for j in _plan(files, tmp_path / "out")]
     assert len(set(outputs)) == 3, outputs
+
+
+# -- an output folder inside the input folder, run twice ------------------------------------
+
+@pytest.fixture(scope="module")
+def nested_reruns(model_cache: Path, tmp_path_factory: pytest.TempPathFactory
+                  ) -> tuple[Run, Run]:
+    """``run nest --output-dir nest/out`` twice, one image per batch."""
+    root = tmp_path_factory.mktemp("nested")
+    nest = root / "nest"
+    nest.mkdir()
+    for i in range(3):
+        (nest / f"img{i}.png").write_bytes(png_bytes(pattern_rgb(64, 48, seed=40 + i)))
+    args = ["nest", "-m", "tiny", "-p", "x", *FAST_ARGS, "--batch-size", "1"]
+    first = run_cli(args, cwd=root, model_cache=model_cache, out=Path("nest/out"))
+    second = run_cli(args, cwd=root, model_cache=model_cache, out=Path("nest/out"))
+    return (Run(first.returncode, first.stdout, first.stderr, root / "nest" / "out"),
+            Run(second.returncode, second.stdout, second.stderr, root / "nest" / "out"))
+
+
+def test_outputs_inside_the_input_folder_are_not_inputs_of_the_rerun(
+        nested_reruns: tuple[Run, Run]) -> None:
+    first, second = nested_reruns
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    for run in (first, second):
+        assert "done 3, failed 0, skipped 0" in run.stdout, run.stdout
+    assert sorted(r["input"] for r in second.results) == [f"nest/img{i}.png" for i in range(3)]
+    assert not (second.out / "out").exists()
+
+
+def test_local_seconds_are_each_jobs_own_not_the_time_since_the_start(
+        nested_reruns: tuple[Run, Run]) -> None:
+    """One image per batch: the last job waited for two batches before its own; its
+    ``seconds`` are its read, its batch and its write, nothing of that wait."""
+    records = nested_reruns[1].results
+    for record in records:
+        own = sum(record["timings"][stage] for stage in ("read", "inference", "write"))
+        assert record["seconds"] == pytest.approx(own, abs=0.01), record
+    inference = [r["timings"]["inference"] for r in records]
+    assert max(r["seconds"] for r in records) < sum(inference)
