@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 
 from typer.testing import CliRunner
 
@@ -51,6 +52,25 @@ def test_batch_progress_counts_across_list_pages(fleet, s3):
     assert progress.complete and sorted(progress.failed_job_ids) == sorted(
         j.job_id for j in jobs[5:])
     assert progress.first_marker_at is not None
+
+
+def test_a_finished_batchs_rate_is_counted_to_its_end_not_to_now(fleet, s3):
+    jobs = enqueue_batch(fleet, s3, 2)
+    for job in jobs:
+        mark(s3, job, "done")
+    from contract.locations import parse_s3_uri
+
+    progress = batch_progress(s3, parse_s3_uri(f"s3://{fleet.bucket}/outputs/", prefix=True),
+                              jobs[0].batch_id)
+    assert progress.complete and progress.finished_at == progress.last_marker_at
+    later = progress.finished_at + timedelta(hours=1)
+    at_end = progress.rate(progress.finished_at)
+
+    assert at_end is not None and progress.rate(later) == at_end
+    assert progress.to_dict(later)["finished_at"] == progress.finished_at.isoformat()
+    unfinished = batch_progress(s3, parse_s3_uri(f"s3://{fleet.bucket}/outputs/",
+                                                 prefix=True), "b-none")
+    assert unfinished.finished_at is None
 
 
 def test_watch_returns_when_every_job_is_done_or_failed(fleet, s3):
