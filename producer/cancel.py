@@ -17,7 +17,8 @@ from botocore.exceptions import ClientError
 from common.aws_errors import is_not_found, is_precondition_failed
 from contract.batches import CancelOrder
 from contract.errors import InvalidJob
-from contract.locations import S3Location, batch_cancel_key
+from contract.locations import S3Location, batch_cancel_key, batch_jobs_key
+from producer.batch_jobs import read_batch_jobs
 from producer.manifest import read_manifest
 from producer.status import batch_progress
 
@@ -38,6 +39,8 @@ def cancel(s3: Any, output: S3Location, batch_id: str, *, job_ids: list[str] | N
     if manifest is None:
         raise InvalidJob(f"no batch {batch_id!r} under {output.uri} (no manifest): check "
                          "--batch-id and --output")
+    if job_ids is not None:
+        _check_in_batch(s3, output, batch_id, job_ids)
     progress = batch_progress(s3, output, batch_id)
     if progress.complete:
         return CancelResult(order=None, finished=progress.finished, total=manifest.total)
@@ -59,6 +62,23 @@ def cancel(s3: Any, output: S3Location, batch_id: str, *, job_ids: list[str] | N
             if not is_precondition_failed(exc):
                 raise
     raise InvalidJob(f"the cancel order of batch {batch_id} kept changing; try again")
+
+
+def _check_in_batch(s3: Any, output: S3Location, batch_id: str, job_ids: list[str]) -> None:
+    """Refuse job ids the batch does not hold (its jobs file says which it holds; a batch
+    from another producer has none, and its ids cannot be checked)."""
+    jobs = read_batch_jobs(s3, output, batch_id)
+    if jobs is None:
+        return
+    known = {job["job_id"] for job in jobs}
+    unknown = [j for j in dict.fromkeys(job_ids) if j not in known]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more"
+                                          if len(unknown) > 5 else "")
+        raise InvalidJob(f"--job-id {shown}: not a job of batch {batch_id} (its "
+                         f"{len(known)} job ids are in {output.uri}"
+                         f"{batch_jobs_key(output.key, batch_id).removeprefix(output.key)}); "
+                         "nothing was cancelled")
 
 
 def _read(s3: Any, where: S3Location) -> tuple[CancelOrder | None, str | None]:
