@@ -90,7 +90,7 @@ class BatchProgress:
         costs = self.costs
         cost = "" if costs is None or not costs.gpu_seconds else (
             f", gpu {costs.gpu_seconds:.1f} s"
-            + (f" (${costs.cost_usd:.4f})" if costs.cost_usd else ""))
+            + (f" (${costs.cost_usd:.4f})" if costs.cost_usd is not None else ""))
         return (f"batch {self.batch_id}: done {self.done}, failed {self.failed}{not_run}, "
                 f"total {total}, rate {'unknown' if rate is None else f'{rate:.2f} jobs/s'}"
                 f"{cost}, {state}")
