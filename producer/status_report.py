@@ -100,7 +100,7 @@ class StatusReport:
     def problems(self) -> list[str]:
         """What people read on stderr: why a watch stopped short."""
         if self.watched == "timeout":
-            return [f"gave up after {self.timeout} s; is the DLQ holding some of its jobs?"]
+            return [f"gave up after {self.timeout} s: {self._why_unfinished()}"]
         if self.watched == "stalled" and self.batch is not None and self.depth is not None:
             left = (self.batch.total or 0) - self.batch.finished
             return [f"batch {self.batch.batch_id}: {left} job(s) unfinished, nothing is "
@@ -111,6 +111,27 @@ class StatusReport:
             return [f"the queue is drained but the DLQ holds {dead_letters(self.depth)} "
                     "message(s): read the workers' logs, then: img2img-producer redrive"]
         return []
+
+    def _why_unfinished(self) -> str:
+        """What the queue says about work left when a watch timed out."""
+        if self.depth is None:
+            return f"the queue is unknown ({NO_QUEUE_HINT} to see why)"
+        queue, dlq = self.depth.queue, dead_letters(self.depth)
+        waiting = queue.visible + queue.delayed
+        parts = []
+        if queue.in_flight:
+            parts.append(f"{queue.in_flight} message(s) in flight: workers are on them "
+                         "(a longer --timeout may see them end)")
+        elif waiting:
+            parts.append(f"{waiting} message(s) wait on the queue and none is in flight: "
+                         "no worker is taking them (start one: img2img-worker serve)")
+        if dlq:
+            parts.append(f"the DLQ holds {dlq} message(s) (read the workers' logs, then: "
+                         "img2img-producer redrive)")
+        if not parts:
+            return ("nothing is on the queue or in the DLQ: the unfinished jobs' messages "
+                    "are gone (check --batch-id and --output)")
+        return "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         """The same facts for programs; absent parts are null."""

@@ -109,6 +109,20 @@ def test_watch_gives_up_after_its_timeout(fleet, s3):
     assert "done 1, failed 0, total 2" in result.stdout and "gave up" in result.stderr
 
 
+def test_a_watch_with_no_worker_says_the_jobs_wait_on_the_queue(fleet, s3):
+    """Nothing in the DLQ: the timeout says what the queue shows, not a guess about it."""
+    jobs = enqueue_batch(fleet, s3, 2)
+
+    result = runner.invoke(app, ["status", "--batch-id", jobs[0].batch_id, "--output",
+                                 f"s3://{fleet.bucket}/outputs/", "--watch",
+                                 "--interval", "0.1", "--timeout", "0.3"])
+
+    assert result.exit_code == 1, result.output
+    assert "2 message(s) wait on the queue and none is in flight: no worker is taking " \
+        "them" in result.stderr
+    assert "DLQ" not in result.stderr
+
+
 def test_an_unknown_batch_is_an_error_watched_or_not(fleet):
     for extra in ([], ["--watch"], ["--json"]):
         result = runner.invoke(app, ["status", "--batch-id", "b-nosuchbatch", "--output",
