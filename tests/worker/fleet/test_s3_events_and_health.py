@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -109,6 +110,33 @@ def test_running_worker_keeps_its_health_file_fresh(fleet, model_cache, tmp_path
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
     assert worker.wait() == 0
+
+
+def test_an_idle_exit_comes_on_time_and_leaves_the_worker_unhealthy(fleet, model_cache,
+                                                                    tmp_path):
+    """A 20 s long poll does not hold --exit-when-idle 2 back; the worker that exited
+    is unhealthy at once (its last beats are still recent), and so is one killed."""
+    env = worker_env(fleet, model_cache, tmp_path, receive_wait_seconds=20)
+    worker = WorkerProcess(env, "--exit-when-idle", "2")
+    worker.wait_for(lambda e: "starting" in e.get("message", ""), timeout=60)
+    started = time.monotonic()
+    assert worker.wait(timeout=60) == 0
+    idle_exit = time.monotonic() - started
+    check = subprocess.run([WORKER_BIN, "healthcheck"], env=env, capture_output=True,
+                           text=True)
+    killed_env = worker_env(fleet, model_cache, tmp_path / "k")
+    killed = WorkerProcess(killed_env, "--exit-when-idle", "60")
+    killed.wait_for(lambda e: "starting" in e.get("message", ""), timeout=60)
+    killed.signal(signal.SIGKILL)
+    killed.wait()
+    after_kill = subprocess.run([WORKER_BIN, "healthcheck"], env=killed_env,
+                                capture_output=True, text=True)
+
+    assert idle_exit < 10, f"took {idle_exit:.1f} s"
+    assert check.returncode == 1, check.stdout
+    assert "unhealthy: the worker stopped: exited" in check.stdout
+    assert after_kill.returncode == 1, after_kill.stdout
+    assert "is not running" in after_kill.stdout
 
 
 def test_serve_without_a_queue_url_fails_naming_the_variable(tmp_path):
