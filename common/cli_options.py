@@ -3,6 +3,8 @@ GenerationParams) cannot drift apart."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from importlib import metadata
 from typing import Annotated
 
@@ -64,3 +66,29 @@ def _print_version(value: bool) -> None:
 Version = Annotated[bool, typer.Option(
     "--version", help="Print the version and exit.", callback=_print_version,
     is_eager=True, expose_value=False)]
+
+
+# Both apps: -h as well as --help, on every command.
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+def _into_environment(variable: str) -> Callable[[str | None], str | None]:
+    """A flag that sets the AWS variable boto3 reads, before any client is made."""
+    def callback(value: str | None) -> str | None:
+        if value:
+            os.environ[variable] = value
+        return value
+    return callback
+
+
+Region = Annotated[str | None, typer.Option(
+    "--region", metavar="REGION", callback=_into_environment("AWS_REGION"),
+    expose_value=False, help="AWS region (as AWS_REGION). Default: AWS_REGION, the "
+    "profile's, else the one in the queue URL.")]
+Profile = Annotated[str | None, typer.Option(
+    "--profile", metavar="NAME", callback=_into_environment("AWS_PROFILE"),
+    expose_value=False, help="AWS profile (as AWS_PROFILE).")]
+EndpointUrl = Annotated[str | None, typer.Option(
+    "--endpoint-url", metavar="URL", callback=_into_environment("AWS_ENDPOINT_URL"),
+    expose_value=False, help="S3 and SQS endpoint, e.g. a local emulator (as "
+    "AWS_ENDPOINT_URL).")]

@@ -11,7 +11,7 @@ import typer
 
 from common import cli_options as opt
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(no_args_is_help=True, context_settings=opt.CONTEXT_SETTINGS,
                   help="Enqueue img2img jobs on SQS and follow them.")
 log = logging.getLogger("producer")
 
@@ -45,17 +45,22 @@ LogLevel = Annotated[str | None, typer.Option(
 def _group(log_level: Annotated[str, typer.Option(
                help="Python log level (DEBUG, INFO, WARNING, ...), on stderr; also "
                "accepted after the command.")] = "WARNING",
+           region: opt.Region = None, profile: opt.Profile = None,
+           endpoint_url: opt.EndpointUrl = None,
            version: opt.Version = False) -> None:
     """Enqueue img2img jobs on SQS and follow them."""
     _log_at(log_level)
 
 
 def settings_from(**overrides: Any) -> Any:
+    from common.aws import default_region_from_queue
     from contract.settings import load_settings
     from producer.settings import ProducerSettings
 
-    return load_settings(ProducerSettings,
-                         **{k: v for k, v in overrides.items() if v is not None})
+    settings = load_settings(ProducerSettings,
+                             **{k: v for k, v in overrides.items() if v is not None})
+    default_region_from_queue(settings.queue_url)
+    return settings
 
 
 BatchIdOpt = Annotated[str, typer.Option(help="The batch (enqueue prints its id).")]

@@ -17,11 +17,13 @@ from contract.job import validate_params
 from contract.settings import load_settings
 from worker.settings import MemoryMode
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(no_args_is_help=True, context_settings=opt.CONTEXT_SETTINGS,
                   help="Stable Diffusion img2img worker: a local folder or the SQS fleet.")
 
+
 @app.callback()
-def _group(version: opt.Version = False) -> None:
+def _group(region: opt.Region = None, profile: opt.Profile = None,
+           endpoint_url: opt.EndpointUrl = None, version: opt.Version = False) -> None:
     """Stable Diffusion img2img worker: a local folder or the SQS fleet."""
 
 
@@ -133,6 +135,8 @@ def run(
 
 @app.command()
 def serve(
+    queue_url: Annotated[str | None, typer.Option(
+        help="The job queue's URL. Default: IMG2IMG_QUEUE_URL.")] = None,
     exit_when_idle: Annotated[float | None, typer.Option(
         help="Exit after this many seconds with nothing received or held.")] = None,
     max_jobs: Annotated[int | None, typer.Option(
@@ -146,13 +150,16 @@ def serve(
     configure_logging(log_level, fmt="json")
     import signal
 
+    from common.aws import default_region_from_queue
     from worker.fleet.service import build_worker, install_signal_handlers
     from worker.settings import WorkerSettings
 
     with clear_errors():
-        settings = load_settings(WorkerSettings)
+        settings = load_settings(WorkerSettings,
+                                 **({"queue_url": queue_url} if queue_url else {}))
         if not settings.queue_url:
-            raise InvalidJob("IMG2IMG_QUEUE_URL is not set: the worker needs a queue")
+            raise InvalidJob("no queue: pass --queue-url or set IMG2IMG_QUEUE_URL")
+        default_region_from_queue(settings.queue_url)
         worker = build_worker(settings)
     install_signal_handlers(worker, (signal.SIGTERM, signal.SIGINT))
     worker.run(exit_when_idle=exit_when_idle, max_jobs=max_jobs)

@@ -91,3 +91,57 @@ def test_producer_log_level_works_after_the_command(fleet):
     assert "DEBUG botocore" not in quiet.stderr
     assert "DEBUG botocore" in after.stderr and "DEBUG botocore" in before.stderr
     assert bad.returncode == 2 and "--log-level" in bad.stderr and "'loud'" in bad.stderr
+
+
+@pytest.mark.parametrize("app", [producer_app, worker_app], ids=["producer", "worker"])
+def test_h_is_help_on_every_command(app):
+    group = typer.main.get_command(app)
+    for name in ["", *group.commands]:
+        result = runner.invoke(app, [name, "-h"] if name else ["-h"])
+        assert result.exit_code == 0, (name, result.output)
+        assert "Usage:" in result.output and "--help" in result.output, name
+
+
+def test_completion_can_be_installed():
+    result = runner.invoke(producer_app, ["--help"])
+    assert "--install-completion" in result.output and "--show-completion" in result.output
+
+
+def test_region_profile_and_endpoint_flags_reach_boto3(fleet, tmp_path):
+    """No AWS variable in the environment: the flags alone point at the emulator."""
+    config = tmp_path / "aws-config"
+    config.write_text("[profile other]\nregion = eu-west-3\n")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "IMG2IMG_"))}
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_CONFIG_FILE=str(config), PYTHONPATH=str(REPO))
+    command = [sys.executable, "-m", "producer.cli", "--endpoint-url", fleet.endpoint_url]
+
+    flags = subprocess.run([*command, "--region", "us-east-1", "status", "--queue-url",
+                            fleet.queue_url], env=env, capture_output=True, text=True,
+                           timeout=120)
+    profile = subprocess.run([*command, "--profile", "other", "status", "--queue-url",
+                              fleet.queue_url], env=env, capture_output=True, text=True,
+                             timeout=120)
+
+    assert flags.returncode == 0, flags.stderr
+    assert f"queue {fleet.queue_url}: visible 0" in flags.stdout
+    # The profile's region is eu-west-3, where the emulator has no such queue.
+    assert profile.returncode == 2 and "NonExistentQueue" in profile.stderr, profile.stderr
+
+
+def test_the_region_comes_from_an_aws_queue_url_when_none_is_set(monkeypatch, tmp_path):
+    from common.aws import default_region_from_queue, make_session, region_of_queue_url
+
+    for key in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    default_region_from_queue("http://127.0.0.1:4566/123456789012/q")
+    assert make_session().region_name is None  # an emulator's URL names no region
+
+    default_region_from_queue("https://sqs.eu-central-1.amazonaws.com/123456789012/jobs")
+    assert make_session().region_name == "eu-central-1"
+    monkeypatch.setenv("AWS_REGION", "us-west-2")
+    default_region_from_queue("https://sqs.ap-south-1.amazonaws.com/123456789012/jobs")
+    assert make_session().region_name == "us-west-2"  # a configured region wins
+    assert region_of_queue_url("https://us-east-2.queue.amazonaws.com/1/q") == "us-east-2"

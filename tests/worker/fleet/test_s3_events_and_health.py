@@ -144,14 +144,17 @@ def test_serve_without_a_queue_url_fails_naming_the_variable(tmp_path):
     result = subprocess.run([WORKER_BIN, "serve"], env=env, capture_output=True, text=True,
                             timeout=60, cwd=tmp_path)
     assert result.returncode == 2 and "IMG2IMG_QUEUE_URL" in result.stderr
+    assert "--queue-url" in result.stderr
 
 
 def test_serve_on_a_queue_that_does_not_exist_stops_with_a_clear_error(fleet, model_cache,
                                                                         tmp_path):
+    """The queue named by --queue-url, and the endpoint by --endpoint-url."""
     env = worker_env(fleet, model_cache, tmp_path)
-    env["IMG2IMG_QUEUE_URL"] = fleet.queue_url + "-missing"
-    result = subprocess.run([WORKER_BIN, "serve"], env=env, capture_output=True, text=True,
-                            timeout=120)
+    del env["IMG2IMG_QUEUE_URL"], env["AWS_ENDPOINT_URL"]
+    result = subprocess.run([WORKER_BIN, "--endpoint-url", fleet.endpoint_url, "serve",
+                             "--queue-url", fleet.queue_url + "-missing"], env=env,
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "cannot receive from" in result.stderr and "-missing" in result.stderr
 
@@ -159,7 +162,8 @@ def test_serve_on_a_queue_that_does_not_exist_stops_with_a_clear_error(fleet, mo
 def test_serve_without_an_aws_region_says_so(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")}
-    env.update(IMG2IMG_QUEUE_URL="https://sqs.us-east-1.amazonaws.com/123456789012/q",
+    # An emulator's queue URL names no region (an AWS one does: it would be used).
+    env.update(IMG2IMG_QUEUE_URL="http://127.0.0.1:9/123456789012/q",
                AWS_CONFIG_FILE=str(tmp_path / "no-config"))
     result = subprocess.run([WORKER_BIN, "serve"], env=env, capture_output=True, text=True,
                             timeout=60, cwd=tmp_path)
