@@ -53,6 +53,11 @@ def clear_errors() -> Iterator[None]:
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
 
+def no_bars(description: str, total: int) -> Callable[[int], None]:
+    """A ProgressFactory that shows nothing (``--json``)."""
+    return lambda n: None
+
+
 @contextmanager
 def progress_bars() -> Iterator[ProgressFactory]:
     """A factory of progress bars on stderr."""

@@ -39,6 +39,10 @@ Format = Annotated[OutputFormat, typer.Option("--format", help="Output image for
 Scheduler = Annotated[SchedulerName, typer.Option(
     help="Denoising scheduler; 'model' keeps the one the checkpoint ships with.")]
 
+# What the command lines call each job field, so an error names the flag that was typed.
+FLAG_NAMES = {name: "--" + name.replace("_", "-") for name in _DEFAULTS} | {
+    "output_format": "--format"}
+
 NEGATIVE_PROMPT: str = _DEFAULTS["negative_prompt"]
 STRENGTH: float = _DEFAULTS["strength"]
 STEPS: int = _DEFAULTS["steps"]

@@ -30,11 +30,23 @@ class CancelResult:
     order: CancelOrder | None  # None: nothing was written (the batch had ended)
     finished: int  # jobs of the batch already ended
     total: int
+    dry_run: bool = False  # the order is what would be written; nothing was
+
+    def to_dict(self, batch_id: str) -> dict[str, Any]:
+        """``cancel --json``."""
+        order = self.order
+        return {"batch_id": batch_id, "dry_run": self.dry_run,
+                "ended_already": order is None, "finished": self.finished,
+                "total": self.total,
+                "cancelled": None if order is None else (
+                    "all" if order.all_jobs else list(order.job_ids)),
+                "reason": None if order is None else order.reason}
 
 
 def cancel(s3: Any, output: S3Location, batch_id: str, *, job_ids: list[str] | None = None,
-           reason: str = "cancelled") -> CancelResult:
-    """Cancel the whole batch (``job_ids`` None) or those jobs of it."""
+           reason: str = "cancelled", dry_run: bool = False) -> CancelResult:
+    """Cancel the whole batch (``job_ids`` None) or those jobs of it; with ``dry_run``,
+    say what the order would be and write nothing."""
     manifest = read_manifest(s3, output, batch_id)
     if manifest is None:
         raise InvalidJob(f"no batch {batch_id!r} under {output.uri} (no manifest): check "
@@ -45,6 +57,9 @@ def cancel(s3: Any, output: S3Location, batch_id: str, *, job_ids: list[str] | N
     if progress.complete:
         return CancelResult(order=None, finished=progress.finished, total=manifest.total)
     where = S3Location(bucket=output.bucket, key=batch_cancel_key(output.key, batch_id))
+    if dry_run:
+        return CancelResult(order=_merged(_read(s3, where)[0], job_ids, reason),
+                            finished=progress.finished, total=manifest.total, dry_run=True)
     for _ in range(WRITE_ATTEMPTS):
         current, etag = _read(s3, where)
         if current is not None and all(current.covers(j) for j in job_ids or []) and (

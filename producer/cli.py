@@ -13,7 +13,7 @@ import typer
 from common import cli_options as opt
 from common.cli import clear_errors, progress_bars, run_app
 from contract.errors import InvalidJob
-from producer.cli_base import LogLevel, QueueOpt, app, settings_from
+from producer.cli_base import AsJson, LogLevel, QueueOpt, app, echo_json, settings_from
 
 
 class Priority(str, Enum):
@@ -80,6 +80,7 @@ def enqueue(
         help="POST each job's end event here (the workers' IMG2IMG_ALLOWED_CALLBACKS must "
         "admit it).")] = None,
     list_page_size: Annotated[int, typer.Option(hidden=True, min=1, max=1000)] = 1000,
+    as_json: AsJson = False,
     log_level: LogLevel = None,
 ) -> None:
     """Turn images into jobs on the queue: 10 per SendMessageBatch, in parallel."""
@@ -108,11 +109,16 @@ def enqueue(
         pool = settings.concurrency + 4
         s3 = aws.s3_client(max_pool_connections=pool)
         sqs = None if dry_run else aws.sqs_client(max_pool_connections=pool)
-        if dry_run:
+        if dry_run or as_json:
             summary = Enqueuer(s3, sqs, options, defaults, no_progress).run()
         else:
             with progress_bars() as bars:
                 summary = Enqueuer(s3, sqs, options, defaults, bars).run()
+    if as_json:
+        echo_json(_enqueue_facts(summary, dry_run))
+        if summary.failed:
+            raise typer.Exit(1)
+        return
     if dry_run:
         for job in summary.jobs:
             typer.echo(job.to_json())
@@ -132,6 +138,21 @@ def enqueue(
                    f"--output {summary.output.uri} --watch")
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _enqueue_facts(summary: Any, dry_run: bool) -> dict[str, Any]:
+    """``enqueue --json``: the batch and its counts (with --dry-run, the jobs too)."""
+    return {
+        "batch_id": summary.batch_id, "source": summary.source,
+        "output": summary.output.uri, "dry_run": dry_run,
+        "manifest": summary.manifest.uri if summary.manifest else None,
+        "found": summary.found, "enqueued": summary.enqueued, "skipped": summary.skipped,
+        "skipped_reasons": summary.skipped_reasons, "uploaded": summary.uploaded,
+        "unchanged": summary.unchanged,
+        "failed": [{"job_id": f.id, "code": f.code, "message": f.message}
+                   for f in summary.failed],
+        **({"jobs": [json.loads(job.to_json()) for job in summary.jobs]} if dry_run else {}),
+    }
 
 
 @app.command()

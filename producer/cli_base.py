@@ -64,6 +64,15 @@ def settings_from(**overrides: Any) -> Any:
 
 
 BatchIdOpt = Annotated[str, typer.Option(help="The batch (enqueue prints its id).")]
+AsJson = Annotated[bool, typer.Option(
+    "--json", help="Print one JSON object on stdout instead of lines (no progress bars).")]
+
+
+def echo_json(value: Any) -> None:
+    """One JSON document on stdout, for scripts."""
+    import json
+
+    typer.echo(json.dumps(value, indent=2, default=str))
 OutputOpt = Annotated[str | None, typer.Option(
     help="The batch's output prefix, s3://bucket/prefix/. Default: IMG2IMG_BUCKET + "
     "IMG2IMG_OUTPUT_PREFIX.")]

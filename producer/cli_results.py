@@ -9,14 +9,16 @@ from typing import Annotated
 
 import typer
 
-from common.cli import clear_errors, fail, progress_bars
+from common.cli import clear_errors, fail, no_bars, progress_bars
 from contract.locations import S3_SCHEME, parse_s3_uri
 from producer.cli_base import (
+    AsJson,
     BatchIdOpt,
     ConcurrencyOpt,
     LogLevel,
     OutputOpt,
     app,
+    echo_json,
     report_downloads,
     settings_from,
 )
@@ -28,6 +30,7 @@ def fetch(
     batch_id: BatchIdOpt,
     output: OutputOpt = None,
     concurrency: ConcurrencyOpt = None,
+    as_json: AsJson = False,
     log_level: LogLevel = None,
 ) -> None:
     """Download a batch's outputs and result records, in parallel; files already there
@@ -42,9 +45,16 @@ def fetch(
         location = require_output(output_location(output, settings.bucket,
                                                   settings.output_prefix))
         s3 = aws.s3_client(max_pool_connections=settings.concurrency + 4)
-        with progress_bars() as bars:
+        if as_json:
             summary = fetch_batch(s3, location, batch_id, dest,
-                                  concurrency=settings.concurrency, progress=bars)
+                                  concurrency=settings.concurrency, progress=no_bars)
+        else:
+            with progress_bars() as bars:
+                summary = fetch_batch(s3, location, batch_id, dest,
+                                      concurrency=settings.concurrency, progress=bars)
+    if as_json:
+        echo_json(summary.to_dict())
+        raise typer.Exit(1 if summary.report.failed else 0)
     typer.echo(summary.line())
     report_downloads(summary.report.failed)
     if summary.no_record:

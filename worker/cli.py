@@ -57,14 +57,17 @@ def run(
     overrides = {k: v for k, v in {"max_batch_size": batch_size,
                                     "memory_mode": memory_mode}.items() if v is not None}
     try:
-        settings = load_settings(WorkerSettings, **overrides)
+        settings = load_settings(WorkerSettings, flags={"max_batch_size": "--batch-size",
+                                                        "memory_mode": "--memory-mode"},
+                                 **overrides)
         models = model or settings.default_models
         prompts = prompt or settings.default_prompts
         common = dict(negative_prompt=negative_prompt, strength=strength, steps=steps,
                       guidance_scale=guidance_scale, seed=seed, max_side=max_side,
                       output_format=output_format, keep_size=keep_size, scheduler=scheduler)
         for m in models:  # validate every option once, before any work
-            validate_params(model=m, prompt=prompts[0] if prompts else "", **common)
+            validate_params(model=m, prompt=prompts[0] if prompts else "",
+                            field_names=opt.FLAG_NAMES, **common)
     except Img2ImgError as exc:
         raise fail(str(exc)) from None
     if not models or not prompts:

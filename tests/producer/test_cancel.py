@@ -3,6 +3,8 @@ cancel orders is in tests/worker/fleet/test_lifecycle_worker.py)."""
 
 from __future__ import annotations
 
+import json
+
 from typer.testing import CliRunner
 
 from contract.locations import batch_cancel_key, batch_jobs_key
@@ -53,4 +55,22 @@ def test_a_batch_without_a_jobs_file_takes_ids_unchecked(fleet, s3):
     unchecked = cancel(fleet, batch, "--job-id", "j-from-elsewhere")
 
     assert unchecked.exit_code == 0, unchecked.output
+    assert cancel_order_exists(s3, fleet.bucket, batch)
+
+
+def test_dry_run_writes_nothing_and_json_says_what_was_cancelled(fleet, s3):
+    jobs = enqueue_batch(fleet, s3, 3)
+    batch = jobs[0].batch_id
+
+    dry = cancel(fleet, batch, "--dry-run")
+    written_after_dry_run = cancel_order_exists(s3, fleet.bucket, batch)
+    done = cancel(fleet, batch, "--job-id", jobs[2].job_id, "--json")
+
+    assert dry.exit_code == 0, dry.output
+    assert "every job not yet started would end (dry run: nothing written)" in dry.stdout
+    assert not written_after_dry_run
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout) == {
+        "batch_id": batch, "dry_run": False, "ended_already": False, "finished": 0,
+        "total": 3, "cancelled": [jobs[2].job_id], "reason": "cancelled"}
     assert cancel_order_exists(s3, fleet.bucket, batch)

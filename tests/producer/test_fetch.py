@@ -115,3 +115,18 @@ def test_fetch_into_a_file_is_a_one_line_error(fleet, s3, tmp_path):
     assert f"({tmp_path / 'taken'} is a file)" in under_file.stderr
     assert "Traceback" not in into_file.output + under_file.output
     assert (tmp_path / "taken").read_text() == "not a folder"
+
+
+def test_fetch_json_gives_the_counts_and_no_progress_bars(fleet, s3, tmp_path):
+    put_samples(s3, fleet.bucket)
+    jobs = enqueue(fleet.bucket)
+    finish(s3, jobs[0])
+
+    result = fetch(fleet, tmp_path / "j", jobs[0].batch_id, "--json")
+
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)
+    assert (facts["batch_id"], facts["total"], facts["done"], facts["downloaded"]) == (
+        jobs[0].batch_id, 4, 1, 2)
+    assert facts["dest"] == str(tmp_path / "j") and facts["not_downloaded"] == []
+    assert "fetch" not in result.stderr  # no bar

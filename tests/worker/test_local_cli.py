@@ -184,12 +184,13 @@ def test_webp_and_no_keep_size_give_the_model_size(model_cache: Path,
 @pytest.mark.parametrize(
     ("args", "env", "named"),
     [
-        (["--strength", "2"], {}, "strength"),
-        (["--max-side", "100"], {}, "max_side"),
-        (["--batch-size", "0"], {}, "IMG2IMG_MAX_BATCH_SIZE"),
+        (["--strength", "2"], {}, "--strength: "),
+        (["--max-side", "100"], {}, "--max-side: "),
+        (["--batch-size", "0"], {}, "--batch-size: "),
+        ([], {"IMG2IMG_MAX_BATCH_SIZE": "0"}, "IMG2IMG_MAX_BATCH_SIZE: "),
         ([], {"IMG2IMG_MEMORY_MODE": "turbo"}, "IMG2IMG_MEMORY_MODE"),
     ],
-    ids=["strength", "max-side", "batch-size", "env"],
+    ids=["strength", "max-side", "batch-size", "batch-size-env", "env"],
 )
 def test_bad_option_exits_2_naming_it(args: list[str], env: dict[str, str], named: str,
                                       model_cache: Path, tmp_path: Path) -> None:
