@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import typer
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from contract.errors import Img2ImgError, InvalidJob
 
@@ -16,6 +17,53 @@ from contract.errors import Img2ImgError, InvalidJob
 # (bad flags or settings, a queue or bucket that is not there).
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+
+
+class HelpGroup(TyperGroup):
+    """The apps' command group: help shows what to type, not Python's types. A flag
+    shows no ``<bool>``, a repeatable option its value's name (``MODEL``), not
+    ``<list[str]>``, and an argument its name (``DEST``), not ``{dest}``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for command in self.commands.values():
+            command.get_params = _plain_params(command.get_params)  # type: ignore[method-assign]
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # the completion options are added late
+        _plain_metavars(params)
+        return params
+
+
+def _plain_params(get_params: Callable[[Any], list[Any]]) -> Callable[[Any], list[Any]]:
+    """A command's ``get_params`` whose parameters (its --help too, made late) read
+    plainly."""
+    def plain(ctx: Any) -> list[Any]:
+        params = get_params(ctx)
+        _plain_metavars(params)
+        return params
+    return plain
+
+
+def _plain_metavars(params: list[Any]) -> None:
+    for param in params:
+        if param.metavar is not None:
+            continue
+        if isinstance(param, TyperOption) and param.is_flag:
+            param.metavar = ""
+        elif isinstance(param, TyperArgument):
+            _plain_argument(param)
+        elif getattr(param, "multiple", False):
+            param.metavar = (param.name or "value").upper()
+
+
+def _plain_argument(param: TyperArgument) -> None:
+    """``DEST`` and ``[INPUTS]...`` in the usage line; no Python type in the list."""
+    param.metavar = name = (param.name or "value").upper()
+    usage = (name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else "")
+    param.get_usage_pieces = lambda ctx: [usage]  # type: ignore[method-assign]
+    if param.nargs != 1:
+        param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:

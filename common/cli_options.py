@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from importlib import metadata
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
@@ -37,7 +37,8 @@ KeepSize = Annotated[bool, typer.Option(
     "--keep-size/--no-keep-size", help="Resize outputs back to the input's size.")]
 Format = Annotated[OutputFormat, typer.Option("--format", help="Output image format.")]
 Scheduler = Annotated[SchedulerName, typer.Option(
-    help="Denoising scheduler; 'model' keeps the one the checkpoint ships with.")]
+    metavar="NAME", help="Denoising scheduler: " + ", ".join(get_args(SchedulerName))
+    + " ('model' keeps the one the checkpoint ships with).")]
 
 # What the command lines call each job field, so an error names the flag that was typed.
 FLAG_NAMES = {name: "--" + name.replace("_", "-") for name in _DEFAULTS} | {

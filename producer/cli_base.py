@@ -10,8 +10,9 @@ from typing import Annotated, Any
 import typer
 
 from common import cli_options as opt
+from common.cli import HelpGroup
 
-app = typer.Typer(no_args_is_help=True, context_settings=opt.CONTEXT_SETTINGS,
+app = typer.Typer(no_args_is_help=True, context_settings=opt.CONTEXT_SETTINGS, cls=HelpGroup,
                   help="Enqueue img2img jobs on SQS and follow them.")
 log = logging.getLogger("producer")
 

@@ -11,13 +11,13 @@ from typing import Annotated
 import typer
 
 from common import cli_options as opt
-from common.cli import clear_errors, fail, run_app
+from common.cli import HelpGroup, clear_errors, fail, run_app
 from contract.errors import Img2ImgError, InvalidJob
 from contract.job import validate_params
 from contract.settings import load_settings
 from worker.settings import MemoryMode
 
-app = typer.Typer(no_args_is_help=True, context_settings=opt.CONTEXT_SETTINGS,
+app = typer.Typer(no_args_is_help=True, context_settings=opt.CONTEXT_SETTINGS, cls=HelpGroup,
                   help="Stable Diffusion img2img worker: a local folder or the SQS fleet.")
 
 

@@ -145,3 +145,21 @@ def test_the_region_comes_from_an_aws_queue_url_when_none_is_set(monkeypatch, tm
     default_region_from_queue("https://sqs.ap-south-1.amazonaws.com/123456789012/jobs")
     assert make_session().region_name == "us-west-2"  # a configured region wins
     assert region_of_queue_url("https://us-east-2.queue.amazonaws.com/1/q") == "us-east-2"
+
+
+@pytest.mark.parametrize("app", [producer_app, worker_app], ids=["producer", "worker"])
+def test_help_shows_what_to_type_not_python_types(app):
+    group = typer.main.get_command(app)
+    for name in ["", *group.commands]:
+        result = runner.invoke(app, [name, "--help"] if name else ["--help"],
+                               env={"COLUMNS": "100"})
+        assert result.exit_code == 0, result.output
+        for stray in ("<bool>", "<list[", "{"):
+            assert stray not in result.output, (name, stray, result.output)
+    fetch = runner.invoke(producer_app, ["fetch", "--help"], env={"COLUMNS": "100"})
+    run = runner.invoke(worker_app, ["run", "--help"], env={"COLUMNS": "100"})
+    assert "fetch [OPTIONS] DEST" in fetch.output
+    assert "run [OPTIONS] [INPUTS]..." in run.output
+    # Each scheduler is named whole on one line, not cut by a narrow column.
+    assert all(any(choice in line for line in run.output.splitlines())
+               for choice in Scheduler.__args__)
