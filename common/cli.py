@@ -101,18 +101,55 @@ def clear_errors() -> Iterator[None]:
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
 
+_quiet = False  # --quiet: no progress bars
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+_verbosity = 0  # -1: --quiet; 1: -v; 2: -vv
+
+
+def set_verbosity(level: int) -> None:
+    global _verbosity
+    _verbosity = level
+
+
+def log_level_or(default: str) -> str:
+    """The log level --quiet/--verbose ask for, else ``default``."""
+    return {-1: "ERROR", 0: default, 1: "INFO"}.get(_verbosity, "DEBUG")
+
+
+def bars_shown() -> bool:
+    """Progress bars only where a person watches: not with --quiet, not into a log."""
+    return not _quiet and sys.stderr.isatty()
+
+
 def no_bars(description: str, total: int) -> Callable[[int], None]:
-    """A ProgressFactory that shows nothing (``--json``)."""
+    """A ProgressFactory that shows nothing (``--json``, ``--quiet``, not a terminal)."""
     return lambda n: None
+
+
+def progress_columns() -> tuple[Any, ...]:
+    """What every bar shows: its name, the bar, done of total (n/N), time left."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    return (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeRemainingColumn())
 
 
 @contextmanager
 def progress_bars() -> Iterator[ProgressFactory]:
-    """A factory of progress bars on stderr."""
+    """A factory of progress bars on stderr (of no-ops where ``bars_shown`` is false)."""
     from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(console=Console(stderr=True)) as progress:
+    if not bars_shown():
+        yield no_bars
+        return
+    with Progress(*progress_columns(), console=Console(stderr=True)) as progress:
         def factory(description: str, total: int) -> Callable[[int], None]:
             task = progress.add_task(description, total=total)
             return lambda n: progress.advance(task, n)

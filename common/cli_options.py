@@ -97,3 +97,28 @@ EndpointUrl = Annotated[str | None, typer.Option(
     "--endpoint-url", metavar="URL", callback=_into_environment("AWS_ENDPOINT_URL"),
     expose_value=False, help="S3 and SQS endpoint, e.g. a local emulator (as "
     "AWS_ENDPOINT_URL).")]
+
+
+def _quiet(value: bool) -> bool:
+    if value:
+        from common.cli import set_quiet, set_verbosity
+
+        set_quiet(True)
+        set_verbosity(-1)
+    return value
+
+
+def _verbose(value: int) -> int:
+    if value:
+        from common.cli import set_verbosity
+
+        set_verbosity(value)
+    return value
+
+
+Quiet = Annotated[bool, typer.Option(
+    "--quiet", "-q", callback=_quiet, expose_value=False,
+    help="No progress bars; log errors only.")]
+Verbose = Annotated[int, typer.Option(
+    "--verbose", "-v", count=True, callback=_verbose, expose_value=False,
+    help="Log more: -v info, -vv debug.")]

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from common import cli_options as opt
-from common.cli import HelpGroup
+from common.cli import HelpGroup, log_level_or
 
 app = typer.Typer(no_args_is_help=True, context_settings=opt.CONTEXT_SETTINGS, cls=HelpGroup,
                   help="Enqueue img2img jobs on SQS and follow them.")
@@ -46,11 +46,12 @@ LogLevel = Annotated[str | None, typer.Option(
 def _group(log_level: Annotated[str, typer.Option(
                help="Python log level (DEBUG, INFO, WARNING, ...), on stderr; also "
                "accepted after the command.")] = "WARNING",
+           quiet: opt.Quiet = False, verbose: opt.Verbose = 0,
            region: opt.Region = None, profile: opt.Profile = None,
            endpoint_url: opt.EndpointUrl = None,
            version: opt.Version = False) -> None:
     """Enqueue img2img jobs on SQS and follow them."""
-    _log_at(log_level)
+    _log_at(log_level_or(log_level))
 
 
 def settings_from(**overrides: Any) -> Any:

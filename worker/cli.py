@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -11,7 +12,15 @@ from typing import Annotated
 import typer
 
 from common import cli_options as opt
-from common.cli import HelpGroup, clear_errors, fail, run_app
+from common.cli import (
+    HelpGroup,
+    clear_errors,
+    fail,
+    log_level_or,
+    no_bars,
+    progress_bars,
+    run_app,
+)
 from contract.errors import Img2ImgError, InvalidJob
 from contract.job import validate_params
 from contract.settings import load_settings
@@ -22,7 +31,8 @@ app = typer.Typer(no_args_is_help=True, context_settings=opt.CONTEXT_SETTINGS, c
 
 
 @app.callback()
-def _group(region: opt.Region = None, profile: opt.Profile = None,
+def _group(quiet: opt.Quiet = False, verbose: opt.Verbose = 0,
+           region: opt.Region = None, profile: opt.Profile = None,
            endpoint_url: opt.EndpointUrl = None, version: opt.Version = False) -> None:
     """Stable Diffusion img2img worker: a local folder or the SQS fleet."""
 
@@ -50,6 +60,9 @@ def run(
         help="fast: all on the GPU; balanced: model CPU offload; lean: sequential offload "
         "(default IMG2IMG_MEMORY_MODE).")] = None,
     log_level: Annotated[str, typer.Option(help="Python log level, on stderr.")] = "WARNING",
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object (counts, files, failures) instead of lines; "
+        "no progress bar.")] = False,
 ) -> None:
     """Process a local folder or files with no AWS at all; writes results.jsonl."""
     from worker.settings import WorkerSettings
@@ -84,7 +97,7 @@ def run(
             check_allowed(m, settings.allowed_models)
     except Img2ImgError as exc:
         raise fail(str(exc)) from None
-    configure_logging(log_level, fmt="text")
+    configure_logging(log_level_or(log_level), fmt="text")
 
     roots = inputs or [Path("data/input_images")]
     missing = [str(p) for p in roots if not p.exists()]
@@ -102,8 +115,6 @@ def run(
         raise fail(f"--output-dir {output_dir}: {exc.strerror or exc}") from None
     jobs = plan_jobs(files, output_dir, models=models, prompts=prompts, choice_seed=seed,
                      make_params=lambda m, p: validate_params(model=m, prompt=p, **common))
-    from rich.progress import Progress
-
     from worker.engine.engine import Engine
 
     try:
@@ -112,12 +123,12 @@ def run(
             engine.model(m)  # every model loads once, up front: a missing one fails here
     except Img2ImgError as exc:
         raise fail(str(exc)) from None
-    with Progress(transient=False) as progress:
-        task = progress.add_task("img2img", total=len(jobs))
+    with progress_bars() as bars:
+        advance = no_bars("img2img", len(jobs)) if as_json else bars("img2img", len(jobs))
         runner = LocalRunner(engine, max_batch_size=settings.max_batch_size,
                              io_threads=settings.io_threads,
                              results_path=output_dir / RESULTS_FILE,
-                             on_result=lambda r: progress.advance(task))
+                             on_result=lambda r: advance(1))
         summary = runner.run(jobs)
     summary.skipped = len(skipped)
     from common.failures import failure_lines
@@ -129,6 +140,14 @@ def run(
              for j in jobs}  # records do not carry these; the gallery shows them
     gallery = write_gallery([{**asked.get(r.get("input"), {}), **r} for r in results],
                             output_dir, title=f"img2img: {output_dir}")
+    if as_json:
+        typer.echo(json.dumps({
+            "done": summary.done, "failed": summary.failed, "skipped": summary.skipped,
+            "seconds": round(summary.seconds, 3),
+            "results": str(output_dir / RESULTS_FILE), "gallery": str(gallery),
+            "failures": [{"input": r.get("input"), "error": r.get("error")}
+                         for r in results if r.get("status") == "failed"]}, indent=2))
+        raise typer.Exit(1 if summary.failed else 0)
     typer.echo(f"{summary.line()}; results in {output_dir / RESULTS_FILE}; gallery {gallery}")
     for line in failure_lines(results, more=f"all in {output_dir / RESULTS_FILE}"):
         typer.echo(line, err=True)
@@ -150,7 +169,7 @@ def serve(
     """Long-poll IMG2IMG_QUEUE_URL, run batches, write results to S3, until stopped."""
     from common.logs import configure_logging
 
-    configure_logging(log_level, fmt="json")
+    configure_logging(log_level_or(log_level), fmt="json")
     import signal
 
     from common.aws import default_region_from_queue

@@ -163,3 +163,58 @@ def test_help_shows_what_to_type_not_python_types(app):
     # Each scheduler is named whole on one line, not cut by a narrow column.
     assert all(any(choice in line for line in run.output.splitlines())
                for choice in Scheduler.__args__)
+
+
+def _enqueue_two(fleet, s3, *flags: str, tty: bool) -> str:
+    """``img2img-producer [flags] enqueue`` of two images; its stderr, from a terminal
+    (a pseudo-terminal) or from a pipe."""
+    import pty
+
+    for key in ("in/a.png", "in/b.png"):
+        s3.put_object(Bucket=fleet.bucket, Key=key, Body=b"x")
+    env = {**os.environ, **fleet.environment(), "PYTHONPATH": str(REPO), "COLUMNS": "120"}
+    command = [sys.executable, "-m", "producer.cli", *flags, "enqueue",
+               f"s3://{fleet.bucket}/in/", "-m", "tiny", "-p", "p"]
+    if not tty:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+    leader, follower = pty.openpty()
+    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=follower,
+                          timeout=120)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert done.returncode == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_bars_show_n_of_n_on_a_terminal_and_nothing_in_a_log(fleet, s3):
+    terminal = _enqueue_two(fleet, s3, tty=True)
+    logged = _enqueue_two(fleet, s3, tty=False)
+    quiet = _enqueue_two(fleet, s3, "--quiet", tty=True)
+
+    assert "enqueue" in terminal and "2/2" in terminal
+    assert "━" not in logged and "2/2" not in logged
+    assert "━" not in quiet and "2/2" not in quiet
+
+
+def test_verbose_logs_more(fleet):
+    env = {**os.environ, **fleet.environment(), "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "producer.cli"]
+
+    plain = subprocess.run([*command, "status"], env=env, capture_output=True, text=True,
+                           timeout=120)
+    loud = subprocess.run([*command, "-vv", "status"], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+    assert plain.returncode == loud.returncode == 0, loud.stderr
+    assert "DEBUG botocore" not in plain.stderr and "DEBUG botocore" in loud.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -293,7 +294,8 @@ def nested_reruns(model_cache: Path, tmp_path_factory: pytest.TempPathFactory
         (nest / f"img{i}.png").write_bytes(png_bytes(pattern_rgb(64, 48, seed=40 + i)))
     args = ["nest", "-m", "tiny", "-p", "x", *FAST_ARGS, "--batch-size", "1"]
     first = run_cli(args, cwd=root, model_cache=model_cache, out=Path("nest/out"))
-    second = run_cli(args, cwd=root, model_cache=model_cache, out=Path("nest/out"))
+    second = run_cli([*args, "--json"], cwd=root, model_cache=model_cache,
+                     out=Path("nest/out"))
     return (Run(first.returncode, first.stdout, first.stderr, root / "nest" / "out"),
             Run(second.returncode, second.stdout, second.stderr, root / "nest" / "out"))
 
@@ -302,8 +304,10 @@ def test_outputs_inside_the_input_folder_are_not_inputs_of_the_rerun(
         nested_reruns: tuple[Run, Run]) -> None:
     first, second = nested_reruns
     assert first.returncode == 0 and second.returncode == 0, second.stderr
-    for run in (first, second):
-        assert "done 3, failed 0, skipped 0" in run.stdout, run.stdout
+    assert "done 3, failed 0, skipped 0" in first.stdout, first.stdout
+    facts = json.loads(second.stdout)  # --json: one object, no bar
+    assert (facts["done"], facts["failed"], facts["skipped"]) == (3, 0, 0), facts
+    assert facts["results"] == "nest/out/results.jsonl" and facts["failures"] == []
     assert sorted(r["input"] for r in second.results) == [f"nest/img{i}.png" for i in range(3)]
     assert not (second.out / "out").exists()
 
