@@ -66,6 +66,11 @@ def _plain_argument(param: TyperArgument) -> None:
         param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
 
 
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 body``, ``2 bodies``: a count with its noun in the right number."""
+    return f"{count} {word if count == 1 else many or word + 's'}"
+
+
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
     """Print ``error: message`` in red on stderr; return the Exit to raise."""
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from common.cli import clear_errors
+from common.cli import clear_errors, plural
 from contract.errors import InvalidJob
 from producer.cli_base import (
     AsJson,
@@ -70,13 +70,14 @@ def _print_redrive(queue_url: str, report: Any, timeout: float) -> None:
                    "stay); nothing was moved")
         return
     if report.method == "move-task":
-        typer.echo(f"started SQS move task {report.task_handle}: about {report.moved} "
-                   f"messages from {report.dlq_url} to {queue_url}")
+        typer.echo(f"started SQS move task {report.task_handle}: about "
+                   f"{plural(report.moved, 'message')} from {report.dlq_url} to {queue_url}")
         return
     stopped = {"empty": "the DLQ is empty", "limit": "--max reached",
                "all": "every message that was in the DLQ at the start was handled",
                "time": f"time limit ({timeout:.0f} s) reached"}.get(report.stopped, "")
-    typer.echo(f"moved {report.moved} messages from {report.dlq_url} to {queue_url}; "
+    typer.echo(f"moved {plural(report.moved, 'message')} from {report.dlq_url} to "
+               f"{queue_url}; "
                f"{stopped}")
     if report.failed:
         typer.echo(f"{report.failed} failed to send and stay in the DLQ", err=True)
@@ -84,7 +85,9 @@ def _print_redrive(queue_url: str, report: Any, timeout: float) -> None:
         typer.echo(f"{report.bounced} moved by this run came back to the DLQ already and "
                    "stay there (failing again: look at the workers' logs)", err=True)
     if report.not_jobs:
-        typer.echo(f"{report.not_jobs} bodies that are not jobs stay in the DLQ:", err=True)
+        typer.echo(f"{plural(report.not_jobs, 'body', 'bodies')} that "
+                   f"{'is not a job stays' if report.not_jobs == 1 else 'are not jobs stay'} "
+                   "in the DLQ:", err=True)
         for reason in report.reasons:
             typer.echo(f"  {reason}", err=True)
 

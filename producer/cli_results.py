@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -153,7 +153,23 @@ def plan(
             interruptions_per_hour=interruptions_per_hour))
     except ValueError as exc:  # a setting the stack or the model refuses
         raise fail(str(exc)) from None
-    typer.echo(json.dumps(made.to_dict(), indent=2) if as_json else made.text())
+    typer.echo(json.dumps(rounded(made.to_dict()), indent=2) if as_json else made.text())
+
+
+# ``plan --json`` gives seconds to a tenth; other numbers (hours, dollars) as computed.
+SECONDS_DECIMALS = 1
+
+
+def rounded(value: Any, key: str = "") -> Any:
+    """A plan's seconds as people write them (908.6, not 908.5999999999999): every
+    number under a key ending in ``seconds``."""
+    if isinstance(value, dict):
+        return {k: rounded(v, k if k.endswith("seconds") else key) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, key) for v in value]
+    if isinstance(value, float) and key:
+        return round(value, SECONDS_DECIMALS)
+    return value
 
 
 def refuse_file_destination(dest: Path, flag: str) -> None:

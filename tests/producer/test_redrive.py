@@ -184,3 +184,14 @@ def test_move_task_where_the_endpoint_has_none_is_one_line_without_html(fleet):
     assert result.exit_code == 2, result.output
     assert "StartMessageMoveTask is not available here" in result.stderr
     assert "<" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_one_of_each_is_counted_in_the_singular(fleet, sqs):
+    fill_dlq(sqs, fleet.dlq_url, 1)
+    sqs.send_message(QueueUrl=fleet.dlq_url, MessageBody="not a job")
+
+    result = runner.invoke(app, ["redrive"])
+
+    assert result.exit_code == 0, result.output
+    assert "moved 1 message from" in result.stdout
+    assert "1 body that is not a job stays in the DLQ" in result.stderr
