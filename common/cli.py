@@ -72,8 +72,11 @@ def plural(count: int, word: str, many: str | None = None) -> str:
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
-    """Print ``error: message`` in red on stderr; return the Exit to raise."""
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    """Print ``error: message`` in red on stderr (its blank lines and trailing space
+    dropped: an AWS message may end in a newline); return the Exit to raise."""
+    text = "\n".join(line.rstrip() for line in str(message).strip().splitlines()
+                     if line.strip())
+    typer.secho(f"error: {text}", err=True, fg=typer.colors.RED)
     return typer.Exit(code)
 
 
@@ -167,5 +170,5 @@ def run_app(app: Callable[[], Any]) -> None:
     try:
         app()
     except InvalidJob as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        fail(str(exc))
         sys.exit(EXIT_BAD_INPUT)

@@ -26,6 +26,8 @@ from contract.job import validate_params
 from contract.settings import load_settings
 from worker.settings import MemoryMode
 
+DEFAULT_INPUTS = Path("data/input_images")
+
 app = typer.Typer(no_args_is_help=True, context_settings=opt.CONTEXT_SETTINGS, cls=HelpGroup,
                   help="Stable Diffusion img2img worker: a local folder or the SQS fleet.")
 
@@ -99,8 +101,11 @@ def run(
         raise fail(str(exc)) from None
     configure_logging(log_level_or(log_level), fmt="text")
 
-    roots = inputs or [Path("data/input_images")]
+    roots = inputs or [DEFAULT_INPUTS]
     missing = [str(p) for p in roots if not p.exists()]
+    if missing and not inputs:
+        raise fail(f"no INPUTS given, and the default folder {DEFAULT_INPUTS} is not in "
+                   f"{Path.cwd()}: pass image files or folders")
     if missing:
         raise fail(f"no such file or folder: {', '.join(missing)}")
     if output_dir.exists() and not output_dir.is_dir():

@@ -218,3 +218,28 @@ def test_verbose_logs_more(fleet):
 
     assert plain.returncode == loud.returncode == 0, loud.stderr
     assert "DEBUG botocore" not in plain.stderr and "DEBUG botocore" in loud.stderr
+
+
+def test_an_error_is_one_line_however_its_message_ends():
+    from common.cli import clear_errors
+    from contract.errors import InvalidJob
+
+    app = typer.Typer()
+
+    @app.command()
+    def broken() -> None:
+        with clear_errors():
+            raise InvalidJob("The specified queue does not exist.\n\n")
+
+    result = runner.invoke(app, [])
+    assert result.exit_code == 2
+    assert result.stderr == "error: The specified queue does not exist.\n"
+
+
+def test_run_without_inputs_names_the_default_it_looked_for(tmp_path):
+    done = subprocess.run([str(Path(sys.executable).with_name("img2img-worker")), "run"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 2, done.stderr
+    assert "no INPUTS given, and the default folder data/input_images is not in " \
+        f"{tmp_path}" in done.stderr
