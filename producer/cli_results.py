@@ -67,13 +67,19 @@ def fetch(
 @app.command()
 def gallery(
     batch_id: BatchIdOpt,
-    to: Annotated[str, typer.Option(
-        help="A local folder (the pages plus copies of the inputs and outputs) or "
-        "s3://bucket/prefix/ (the pages only, linking the images by presigned URL).")],
+    dest: Annotated[str | None, typer.Argument(
+        help="A local folder (the pages plus thumbnails of the inputs and outputs) or "
+        "s3://bucket/prefix/ (the pages only, linking the images by presigned URL).",
+        show_default=False)] = None,
+    to: Annotated[str | None, typer.Option(
+        hidden=True, help="DEST, as an option (older spelling).")] = None,
     output: OutputOpt = None,
+    full_size: Annotated[bool, typer.Option(
+        "--full-size", help="In a local folder: copy the images at full size instead of "
+        "thumbnails.")] = False,
     expires: Annotated[int, typer.Option(
-        help="With --to s3://: seconds the presigned links work, at most 604800 (7 days; "
-        "less with temporary credentials).")] = 7 * 24 * 3600,
+        help="With an s3:// DEST: seconds the presigned links work, at most 604800 (7 "
+        "days; less with temporary credentials).")] = 7 * 24 * 3600,
     page_size: Annotated[int, typer.Option(help="Jobs per page.", min=1)] = 100,
     concurrency: ConcurrencyOpt = None,
     log_level: LogLevel = None,
@@ -83,34 +89,37 @@ def gallery(
     from producer.gallery_export import gallery_to_bucket, gallery_to_folder
     from producer.output_prefix import output_location, require_output
 
+    if dest is not None and to is not None and dest != to:
+        raise fail(f"two destinations: DEST {dest} and --to {to}; give one")
+    dest = dest or to
+    if not dest:
+        raise fail("no destination: pass DEST, a folder or s3://bucket/prefix/")
     with clear_errors():
         settings = settings_from(concurrency=concurrency)
         location = require_output(output_location(output, settings.bucket,
                                                   settings.output_prefix))
         s3 = aws.s3_client(max_pool_connections=settings.concurrency + 4)
-        if to.startswith(S3_SCHEME):
+        if dest.startswith(S3_SCHEME):
             from botocore.config import Config
 
             presigner = aws.make_session().client("s3", config=Config(signature_version="s3v4"))
-            summary = gallery_to_bucket(s3, location, batch_id, parse_s3_uri(to, prefix=True),
+            summary = gallery_to_bucket(s3, location, batch_id, parse_s3_uri(dest, prefix=True),
                                         presigner=presigner, concurrency=settings.concurrency,
                                         expires=expires, page_size=page_size)
         else:
-            refuse_file_destination(Path(to), "--to")
+            refuse_file_destination(Path(dest), "DEST")
             with progress_bars() as bars:
-                summary = gallery_to_folder(s3, location, batch_id, Path(to),
+                summary = gallery_to_folder(s3, location, batch_id, Path(dest),
                                             concurrency=settings.concurrency, progress=bars,
-                                            page_size=page_size)
+                                            page_size=page_size, full_size=full_size)
     typer.echo(summary.line())
     typer.echo(f"open: {summary.index}")
-    report_downloads(summary.downloads.failed)
+    report_downloads(summary.failed)
     if summary.unreadable:
         typer.echo(f"  {summary.unreadable} record(s) could not be read and are left out",
                    err=True)
-    if summary.downloads.failed:
+    if summary.failed:
         raise typer.Exit(1)
-
-
 
 
 @app.command()
