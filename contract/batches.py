@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from contract.locations import COUNTER_SHARDS, counter_shard
 
 FinalStatus = Literal["done", "failed", "cancelled", "expired"]
+MANIFEST_NAMES_KEPT = 5  # models and prompts named in a manifest
 
 
 class BatchManifest(BaseModel):
@@ -32,6 +33,14 @@ class BatchManifest(BaseModel):
     # Jobs per counter shard (contract.locations.counter_shard): lets workers tell when
     # the batch is complete. Absent in manifests of older producers: no batch.complete.
     shard_totals: list[int] | None = None
+    # The models and prompts its jobs use (the first few, in order), for listings.
+    # Absent in manifests of older producers.
+    models: list[str] | None = None
+    prompts: list[str] | None = None
+
+    @staticmethod
+    def first_distinct(values: Iterable[str], limit: int = MANIFEST_NAMES_KEPT) -> list[str]:
+        return list(dict.fromkeys(values))[:limit]
 
     @staticmethod
     def shard_totals_of(job_ids: Iterable[str]) -> list[int]:

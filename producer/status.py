@@ -111,6 +111,8 @@ class BatchProgress:
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "has_manifest": self.manifest is not None,
             "source": self.manifest.source if self.manifest else None,
+            "models": self.manifest.models if self.manifest else None,
+            "prompts": self.manifest.prompts if self.manifest else None,
             "output": self.manifest.output if self.manifest else None,
         }
 

@@ -84,6 +84,8 @@ class StatusReport:
                     created = (f"{progress.started_at:%Y-%m-%d %H:%M:%S} UTC"
                                if progress.manifest else "created ?")
                     out.append(f"  {created}  {progress.line(self.now)}")
+                    if progress.manifest is not None:
+                        out.append(f"    {what_it_ran(progress.manifest)}")
         elif self.batch is None and self.output is None:
             out.append("recent batches: pass --output s3://bucket/prefix/ or set "
                        "IMG2IMG_BUCKET to list them")
@@ -174,6 +176,20 @@ def collect_status(request: StatusRequest, *, make_s3: Callable[[], Any],
         report.priority_url = request.priority_queue_url
         report.priority_depth = queue_depth(make_sqs(), request.priority_queue_url)
     return report
+
+
+PROMPT_SHOWN = 60  # characters of a prompt in the batch list
+
+
+def what_it_ran(manifest: Any) -> str:
+    """A batch's source, models and prompts, on one line of the batch list."""
+    def named(values: list[str] | None) -> str:
+        return "?" if not values else ", ".join(values)
+
+    prompts = [p if len(p) <= PROMPT_SHOWN else p[:PROMPT_SHOWN - 3] + "..."
+               for p in manifest.prompts or []]
+    return (f"source {manifest.source}; model {named(manifest.models)}; prompt "
+            f"{named([repr(p) for p in prompts])}")
 
 
 def _depth_lines(url: str | None, depth: QueueDepth, name: str) -> list[str]:
