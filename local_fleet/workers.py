@@ -36,6 +36,8 @@ class WorkerShare:
 
 
 class WorkerGroup:
+    """The running ``img2img-worker serve`` processes, their health and log files."""
+
     def __init__(self, procs: list[subprocess.Popen], health_files: list[Path],
                  log_files: list[Path]) -> None:
         self.procs = procs
