@@ -11,6 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 MODEL ?= tiny
 WORKERS ?= 1
+KEEP ?=
 ARGS ?=
 
 .PHONY: run test lint bench clean image base-image wheelhouse-torch test-image
@@ -36,9 +37,11 @@ $(VENV)/.test-deps: $(VENV)/.run-deps
 	touch $@
 
 ## The fleet on one machine: embedded S3+SQS, producer, worker(s), outputs in data/output_images.
+## KEEP=1 keeps the embedded S3+SQS up afterwards (until Ctrl-C) for status, fetch, gallery.
 run: $(VENV)/.run-deps
 	$(BIN)/python -m local_fleet --input data/input_images \
-		--output data/output_images --model $(MODEL) --workers $(WORKERS) $(ARGS)
+		--output data/output_images --model $(MODEL) --workers $(WORKERS) \
+		$(if $(KEEP),--keep) $(ARGS)
 
 ## The whole test suite (unit, engine, fleet integration, deployment artefacts) and the linter.
 ## Test files run in parallel processes (most of their time is waiting on worker

@@ -21,6 +21,7 @@ multiply into 20 HTTP attempts per call.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Literal
 
 import boto3
@@ -37,6 +38,27 @@ def client_config(max_pool_connections: int = 32, max_attempts: int = DEFAULT_AT
     return Config(retries={"max_attempts": max_attempts, "mode": mode},
                   max_pool_connections=max_pool_connections,
                   connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S)
+
+
+# https://sqs.<region>.amazonaws.com[.cn]/<account>/<name>, and the legacy
+# https://<region>.queue.amazonaws.com/<account>/<name>.
+_QUEUE_URL_REGION = re.compile(
+    r"^https://(?:sqs\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?|([a-z0-9-]+)\.queue\."
+    r"amazonaws\.com)/")
+
+
+def region_of_queue_url(url: str) -> str | None:
+    """The region an SQS queue URL names, None for other URLs (an emulator's)."""
+    match = _QUEUE_URL_REGION.match(url)
+    return (match.group(1) or match.group(2)) if match else None
+
+
+def default_region_from_queue(queue_url: str | None) -> None:
+    """When no region is configured where boto3 looks (variables, profile), use the
+    queue URL's, so a queue URL alone is enough."""
+    region = region_of_queue_url(queue_url) if queue_url else None
+    if region and make_session().region_name is None:
+        os.environ["AWS_DEFAULT_REGION"] = region
 
 
 def make_session() -> boto3.session.Session:

@@ -108,8 +108,17 @@ def is_aws_error(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """``Operation: Code: message`` for a ClientError, else the exception's text."""
+    """``Operation: Code: message`` for a ClientError, else the exception's text. The
+    bucket is named when S3 says which one does not exist, and an HTML page an endpoint
+    sent instead of an AWS error is not repeated."""
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        return f"{exc.operation_name}: {error_code(exc)}: {error.get('Message') or exc}"
+        message = str(error.get("Message") or exc)
+        if "<html" in message.lower() or message.lstrip().startswith("<!"):
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+            message = (f"the endpoint answered HTTP {status} with a web page, not an AWS "
+                       "answer (is the operation supported there?)")
+        if error_code(exc) == "NoSuchBucket" and error.get("BucketName"):
+            message = f"no bucket {error['BucketName']!r}: {message}"
+        return f"{exc.operation_name}: {error_code(exc)}: {message}"
     return f"{type(exc).__name__}: {exc}"

@@ -3,8 +3,10 @@ GenerationParams) cannot drift apart."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from importlib import metadata
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
@@ -35,7 +37,8 @@ KeepSize = Annotated[bool, typer.Option(
     "--keep-size/--no-keep-size", help="Resize outputs back to the input's size.")]
 Format = Annotated[OutputFormat, typer.Option("--format", help="Output image format.")]
 Scheduler = Annotated[SchedulerName, typer.Option(
-    help="Denoising scheduler; 'model' keeps the one the checkpoint ships with.")]
+    metavar="NAME", help="Denoising scheduler: " + ", ".join(get_args(SchedulerName))
+    + " ('model' keeps the one the checkpoint ships with).")]
 Loras = Annotated[list[str] | None, typer.Option(
     "--lora", help="LoRA adapter as REF[:SCALE] (hub id, s3:// or a path; scale 1 by "
     "default); repeat for up to 4. Refs must match IMG2IMG_ALLOWED_LORAS.")]
@@ -49,6 +52,11 @@ def lora_params(specs: list[str] | None) -> dict[str, list[dict[str, object]]]:
     if not specs:
         return {}
     return {"loras": [parse_lora_spec(spec).model_dump() for spec in specs]}
+
+
+# What the command lines call each job field, so an error names the flag that was typed.
+FLAG_NAMES = {name: "--" + name.replace("_", "-") for name in _DEFAULTS} | {
+    "output_format": "--format", "loras": "--lora"}
 
 NEGATIVE_PROMPT: str = _DEFAULTS["negative_prompt"]
 STRENGTH: float = _DEFAULTS["strength"]
@@ -77,3 +85,54 @@ def _print_version(value: bool) -> None:
 Version = Annotated[bool, typer.Option(
     "--version", help="Print the version and exit.", callback=_print_version,
     is_eager=True, expose_value=False)]
+
+
+# Both apps: -h as well as --help, on every command.
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+def _into_environment(variable: str) -> Callable[[str | None], str | None]:
+    """A flag that sets the AWS variable boto3 reads, before any client is made."""
+    def callback(value: str | None) -> str | None:
+        if value:
+            os.environ[variable] = value
+        return value
+    return callback
+
+
+Region = Annotated[str | None, typer.Option(
+    "--region", metavar="REGION", callback=_into_environment("AWS_REGION"),
+    expose_value=False, help="AWS region (as AWS_REGION). Default: AWS_REGION, the "
+    "profile's, else the one in the queue URL.")]
+Profile = Annotated[str | None, typer.Option(
+    "--profile", metavar="NAME", callback=_into_environment("AWS_PROFILE"),
+    expose_value=False, help="AWS profile (as AWS_PROFILE).")]
+EndpointUrl = Annotated[str | None, typer.Option(
+    "--endpoint-url", metavar="URL", callback=_into_environment("AWS_ENDPOINT_URL"),
+    expose_value=False, help="S3 and SQS endpoint, e.g. a local emulator (as "
+    "AWS_ENDPOINT_URL).")]
+
+
+def _quiet(value: bool) -> bool:
+    if value:
+        from common.cli import set_quiet, set_verbosity
+
+        set_quiet(True)
+        set_verbosity(-1)
+    return value
+
+
+def _verbose(value: int) -> int:
+    if value:
+        from common.cli import set_verbosity
+
+        set_verbosity(value)
+    return value
+
+
+Quiet = Annotated[bool, typer.Option(
+    "--quiet", "-q", callback=_quiet, expose_value=False,
+    help="No progress bars; log errors only.")]
+Verbose = Annotated[int, typer.Option(
+    "--verbose", "-v", count=True, callback=_verbose, expose_value=False,
+    help="Log more: -v info, -vv debug.")]

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from contract.locations import COUNTER_SHARDS, counter_shard
 
 FinalStatus = Literal["done", "failed", "cancelled", "expired"]
+MANIFEST_NAMES_KEPT = 5  # models and prompts named in a manifest
 
 
 class BatchManifest(BaseModel):
@@ -32,6 +33,14 @@ class BatchManifest(BaseModel):
     # Jobs per counter shard (contract.locations.counter_shard): lets workers tell when
     # the batch is complete. Absent in manifests of older producers: no batch.complete.
     shard_totals: list[int] | None = None
+    # The models and prompts its jobs use (the first few, in order), for listings.
+    # Absent in manifests of older producers.
+    models: list[str] | None = None
+    prompts: list[str] | None = None
+
+    @staticmethod
+    def first_distinct(values: Iterable[str], limit: int = MANIFEST_NAMES_KEPT) -> list[str]:
+        return list(dict.fromkeys(values))[:limit]
 
     @staticmethod
     def shard_totals_of(job_ids: Iterable[str]) -> list[int]:
@@ -50,19 +59,30 @@ class BatchCounts(BaseModel):
     cancelled: int = 0
     expired: int = 0
     gpu_seconds: float = 0.0
-    cost_usd: float = 0.0
+    # None until a job with a cost ended (workers without IMG2IMG_GPU_PRICE_PER_HOUR
+    # record none): "no price", not "free".
+    cost_usd: float | None = None
 
-    def add(self, status: FinalStatus, gpu_seconds: float, cost_usd: float) -> BatchCounts:
+    def add(self, status: FinalStatus, gpu_seconds: float,
+            cost_usd: float | None) -> BatchCounts:
         values = self.model_dump()
         values["ended"] += 1
         values[status] += 1
         values["gpu_seconds"] = round(values["gpu_seconds"] + gpu_seconds, 6)
-        values["cost_usd"] = round(values["cost_usd"] + cost_usd, 8)
+        values["cost_usd"] = _plus(values["cost_usd"], cost_usd)
         return BatchCounts(**values)
 
     def __add__(self, other: BatchCounts) -> BatchCounts:
         mine, theirs = self.model_dump(), other.model_dump()
-        return BatchCounts(**{k: mine[k] + theirs[k] for k in mine})
+        summed = {k: mine[k] + theirs[k] for k in mine if k != "cost_usd"}
+        return BatchCounts(**summed, cost_usd=_plus(self.cost_usd, other.cost_usd))
+
+
+def _plus(total: float | None, cost: float | None) -> float | None:
+    """A sum of costs where None is "not priced" (None + None stays None)."""
+    if cost is None:
+        return total
+    return round((total or 0.0) + cost, 8)
 
 
 class CancelOrder(BaseModel):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
 from typing import Annotated, Literal
@@ -225,11 +226,14 @@ def seed_from_job_id(job_id: str) -> int:
     return int(hashlib.sha256(job_id.encode()).hexdigest()[:16], 16) & MAX_SEED
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line per problem, each naming the field and the rejected value."""
+def describe_validation_error(exc: ValidationError,
+                              names: Mapping[str, str] | None = None) -> str:
+    """One line per problem, each naming the field (or what ``names`` calls it: a
+    command line's flag) and the rejected value."""
     parts = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "message"
+        field = (names or {}).get(field, field)
         value = err.get("input")
         shown = repr(value) if not isinstance(value, dict) else "{...}"
         if len(shown) > 80:
@@ -273,12 +277,14 @@ def _refuse_newer_schema(exc: ValidationError) -> None:
                 "upgrade the workers, then redrive the message") from None
 
 
-def validate_params(**values: object) -> GenerationParams:
-    """Build GenerationParams from user input; raise InvalidJob naming the bad fields."""
+def validate_params(*, field_names: Mapping[str, str] | None = None,
+                    **values: object) -> GenerationParams:
+    """Build GenerationParams from user input; raise InvalidJob naming the bad fields
+    (as ``field_names`` calls them, when given: a command line names its flags)."""
     try:
         return GenerationParams(**values)  # type: ignore[arg-type]
     except ValidationError as exc:
-        raise InvalidJob(describe_validation_error(exc)) from None
+        raise InvalidJob(describe_validation_error(exc, field_names)) from None
 
 
 def job_json_schema() -> dict:

@@ -21,6 +21,8 @@ IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Bucket naming rules: 3-63 chars, lowercase letters, digits, dots and hyphens.
 _BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$"
+BUCKET_RULE = ("a bucket name is 3 to 63 lowercase letters, digits, dots and hyphens, "
+               "starting and ending with a letter or digit")
 # S3 object keys: at most 1024 bytes of UTF-8.
 MAX_KEY_BYTES = 1024
 
@@ -69,8 +71,9 @@ def _validate(bucket: str, key: str, uri: str) -> S3Location:
     try:
         return S3Location(bucket=bucket, key=key)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                             for e in exc.errors())
+        problems = "; ".join(
+            BUCKET_RULE if e["type"] == "string_pattern_mismatch" and e["loc"] == ("bucket",)
+            else f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise InvalidJob(f"bad S3 URI {uri!r}: {problems}") from None
 
 

@@ -7,6 +7,7 @@ read at import time: build the object where the program starts (``load_settings`
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
 from pydantic import ValidationError, field_validator
@@ -62,8 +63,10 @@ class CommonSettings(BaseSettings):
 S = TypeVar("S", bound=BaseSettings)
 
 
-def load_settings(cls: type[S], **overrides: Any) -> S:
-    """Build settings, turning a validation error into one that names the variable."""
+def load_settings(cls: type[S], *, flags: Mapping[str, str] | None = None,
+                  **overrides: Any) -> S:
+    """Build settings, turning a validation error into one that names the variable, or
+    the flag (``flags``: field -> flag) when the value came from a command line's flag."""
     try:
         return cls(**overrides)
     except ValidationError as exc:
@@ -72,7 +75,9 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
             if not err["loc"]:  # a check across fields: its message names the variables
                 problems.append(err["msg"].removeprefix("Value error, "))
                 continue
-            name = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
+            field = str(err["loc"][0])
+            name = ((flags or {}).get(field) if field in overrides else None) or (
+                ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper())
             problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
 

@@ -2,9 +2,14 @@
 
 ``make run`` runs this over data/input_images with the tiny model, offline:
 1. start an embedded S3+SQS and create the bucket, queue and DLQ (as infra/ would);
-2. ``img2img-producer enqueue`` uploads the folder and enqueues one job per image;
-3. start ``img2img-worker serve`` process(es) until the queue is drained;
-4. copy the outputs and their result records to the output folder and print a summary.
+2. start ``img2img-worker serve`` process(es) (logs under the output folder's logs/)
+   and wait until each polls the queue, so each gets its share of the jobs;
+3. ``img2img-producer enqueue`` uploads the folder and enqueues one job per image;
+4. follow the batch with ``img2img-producer status --watch``, then stop the workers;
+5. copy the outputs and their result records to the output folder (in place of an
+   earlier run's outputs) and print a summary.
+``--keep`` keeps the embedded S3+SQS up afterwards, ``--only-aws`` starts only it. A
+Ctrl-C stops the workers at once and waits for them.
 """
 
 from __future__ import annotations
@@ -12,20 +17,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from common.aws import s3_client, sqs_client
-from common.folders import output_name
+from common.failures import failure_lines
+from common.folders import output_name, scan_images
 from common.gallery import write_gallery
+from common.results_file import read_results
 from contract.result import FINAL_STATUSES
-from local_fleet.embedded_aws import create_fleet_resources, start_moto_server
+from local_fleet.embedded_aws import FleetResources, create_fleet_resources, start_moto_server
+from local_fleet.workers import WorkerGroup, WorkerShare
 
 BATCH_ID = "local-fleet"
 UPLOAD_PREFIX = "inputs/"
 OUTPUT_PREFIX = "outputs/"
+LOGS_FOLDER = "logs"  # the workers' JSON logs, one file each, under the output folder
+WORKER_START_SECONDS = 300.0  # importing torch and diffusers on a slow disk
+WORKER_IDLE_EXIT = 60  # the runner stops its workers; this only bounds orphans
 
 
 def _bin(name: str) -> str:
@@ -47,84 +61,143 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-side", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--keep", action="store_true",
+                        help="after the run, keep the embedded S3+SQS up (until Ctrl-C) for "
+                        "status, fetch and gallery")
+    parser.add_argument("--only-aws", action="store_true",
+                        help="only bring up the embedded S3+SQS (bucket, queue, DLQ), until "
+                        "Ctrl-C: run the producer and workers yourself")
+    parser.add_argument("--port", type=int, default=0,
+                        help="the embedded S3+SQS's port (default: any free one)")
     args = parser.parse_args(argv)
     models = args.model or ["tiny"]
-    if not args.input.is_dir():
+    if not args.only_aws and not args.input.is_dir():
         print(f"error: input folder {args.input} does not exist", file=sys.stderr)
         return 2
 
     for key, value in {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
         os.environ.setdefault(key, value)
-    server, endpoint = start_moto_server()
+    server, endpoint = start_moto_server(port=args.port)
     try:
-        return _run_fleet(args, models, endpoint)
+        s3, sqs = s3_client(endpoint_url=endpoint), sqs_client(endpoint_url=endpoint)
+        resources = create_fleet_resources(s3, sqs, endpoint_url=endpoint)
+        print(f"embedded S3+SQS at {endpoint}: bucket {resources.bucket}, queue "
+              f"{resources.queue_url.rsplit('/', 1)[-1]} with DLQ (maxReceiveCount "
+              f"{resources.max_receive_count})", flush=True)
+        code = 0 if args.only_aws else _run_fleet(args, models, resources, s3, sqs)
+        if args.keep or args.only_aws:
+            _hold_open(resources)
+        else:
+            print("the embedded S3+SQS stops with this run; `make run KEEP=1` keeps it up "
+                  "for status, fetch and gallery")
+        return code
+    except KeyboardInterrupt:
+        print("interrupted: the workers were stopped", file=sys.stderr)
+        return 130
     finally:
         server.stop()
 
 
-def _run_fleet(args: argparse.Namespace, models: list[str], endpoint: str) -> int:
-    s3, sqs = s3_client(endpoint_url=endpoint), sqs_client(endpoint_url=endpoint)
-    resources = create_fleet_resources(s3, sqs, endpoint_url=endpoint)
-    print(f"embedded S3+SQS at {endpoint}: bucket {resources.bucket}, queue "
-          f"{resources.queue_url.rsplit('/', 1)[-1]} with DLQ (maxReceiveCount "
-          f"{resources.max_receive_count})")
+def _hold_open(resources: FleetResources) -> None:
+    """Print how to reach the embedded S3+SQS from another shell; wait for Ctrl-C."""
+    exports = {**resources.environment(), "IMG2IMG_BUCKET": resources.bucket,
+               "IMG2IMG_OUTPUT_PREFIX": OUTPUT_PREFIX}
+    print("the embedded S3+SQS stays up until Ctrl-C; in another shell:")
+    for key, value in exports.items():
+        print(f"export {key}={shlex.quote(value)}")
+    print(f"img2img-producer status --batch-id {BATCH_ID}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("embedded S3+SQS stopped")
+
+
+def _run_fleet(args: argparse.Namespace, models: list[str], resources: FleetResources,
+               s3: Any, sqs: Any) -> int:
+    images, _ = scan_images(args.input)
+    share = WorkerShare.of(len(images), args.workers, args.batch_size)
     env = dict(os.environ, **resources.environment())
     env.update({
         "IMG2IMG_ALLOWED_MODELS": ",".join(sorted({*models, "tiny", "sd15", "sd21",
                                                    "sd-turbo", "sdxl", "sdxl-turbo"})),
         "IMG2IMG_ALLOWED_INPUTS": f"s3://{resources.bucket}/{UPLOAD_PREFIX}",
         "IMG2IMG_ALLOWED_OUTPUTS": f"s3://{resources.bucket}/{OUTPUT_PREFIX}",
-        "IMG2IMG_MAX_BATCH_SIZE": str(args.batch_size),
+        "IMG2IMG_MAX_BATCH_SIZE": str(share.batch_size),
+        "IMG2IMG_PREFETCH_BATCHES": str(share.prefetch_batches),
         "IMG2IMG_RECEIVE_WAIT_SECONDS": "2",
     })
-    enqueue = [_bin("img2img-producer"), "enqueue", str(args.input),
-               "--bucket", resources.bucket, "--upload-prefix", UPLOAD_PREFIX,
-               "--output", f"s3://{resources.bucket}/{OUTPUT_PREFIX}",
-               "--batch-id", BATCH_ID, "--steps", str(args.steps),
-               "--strength", str(args.strength), "--max-side", str(args.max_side)]
-    for model in models:
-        enqueue += ["--model", model]
-    for prompt in args.prompt or []:
-        enqueue += ["--prompt", prompt]
-    subprocess.run(enqueue, env=env, check=True)
-
-    cores = os.cpu_count() or 1
-    threads = str(max(1, cores // args.workers))
-    workers = []
-    for index in range(args.workers):
-        worker_env = dict(env, OMP_NUM_THREADS=threads,
-                          IMG2IMG_WORKER_ID=f"local-worker-{index + 1}",
-                          IMG2IMG_HEALTH_FILE=f"/tmp/img2img-local-worker-{index + 1}.health",
-                          IMG2IMG_LOG_LEVEL="WARNING")
-        workers.append(subprocess.Popen(
-            [_bin("img2img-worker"), "serve", "--exit-when-idle", "5"], env=worker_env,
-            stdout=subprocess.DEVNULL))
-    started = time.monotonic()
-    watch = subprocess.run(
-        [_bin("img2img-producer"), "status", "--batch-id", BATCH_ID,
-         "--output", f"s3://{resources.bucket}/{OUTPUT_PREFIX}", "--watch",
-         "--interval", "1"], env=env, timeout=args.timeout)
-    for worker in workers:
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.terminate()
-            worker.wait(timeout=120)
-    seconds = time.monotonic() - started
+    threads = str(max(1, (os.cpu_count() or 1) // args.workers))
+    workers = WorkerGroup.start(
+        [_bin("img2img-worker"), "serve", "--exit-when-idle", str(WORKER_IDLE_EXIT)],
+        [dict(env, OMP_NUM_THREADS=threads, IMG2IMG_WORKER_ID=f"local-worker-{i + 1}",
+              IMG2IMG_HEALTH_FILE=str(Path(tempfile.gettempdir())
+                                      / f"img2img-local-worker-{os.getpid()}-{i + 1}.health"),
+              IMG2IMG_LOG_LEVEL="WARNING") for i in range(args.workers)],
+        args.output / LOGS_FOLDER)
+    try:
+        # Every worker polls before the first job is sent, so each gets its share.
+        problem = workers.wait_ready(timeout=WORKER_START_SECONDS)
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr)
+            return 1
+        started = time.monotonic()
+        if subprocess.run(_enqueue_command(args, models, resources), env=env,
+                          start_new_session=True).returncode != 0:
+            return 2
+        watch = subprocess.run(
+            [_bin("img2img-producer"), "status", "--batch-id", BATCH_ID, "--output",
+             f"s3://{resources.bucket}/{OUTPUT_PREFIX}", "--watch", "--interval", "1",
+             "--timeout", str(args.timeout)], env=env, start_new_session=True)
+        workers.stop()  # idle by now: each ends its long poll and exits
+        seconds = time.monotonic() - started
+    finally:
+        if workers.running():  # a Ctrl-C, or the run ended early
+            workers.stop(at_once=True)
     done, failed = _collect(s3, resources.bucket, args.output, args.input)
     dlq = int(sqs.get_queue_attributes(QueueUrl=resources.dlq_url, AttributeNames=[
         "ApproximateNumberOfMessages"])["Attributes"]["ApproximateNumberOfMessages"])
     print(f"fleet of {args.workers} worker(s): done {done}, failed {failed}, in DLQ {dlq}, "
           f"{seconds:.1f} s; outputs and results.jsonl in {args.output}")
     print(f"gallery: {args.output / 'index.html'}")
+    for line in failure_lines(read_results(args.output / "results.jsonl"),
+                              more=f"all in {args.output / 'results.jsonl'}"):
+        print(line, file=sys.stderr)
+    if failed or dlq:
+        print(f"the workers' logs: {args.output / LOGS_FOLDER}")
     return 0 if (watch.returncode == 0 and failed == 0 and dlq == 0) else 1
+
+
+def _enqueue_command(args: argparse.Namespace, models: list[str],
+                     resources: FleetResources) -> list[str]:
+    command = [_bin("img2img-producer"), "enqueue", str(args.input),
+               "--bucket", resources.bucket, "--upload-prefix", UPLOAD_PREFIX,
+               "--output", f"s3://{resources.bucket}/{OUTPUT_PREFIX}",
+               "--batch-id", BATCH_ID, "--steps", str(args.steps),
+               "--strength", str(args.strength), "--max-side", str(args.max_side)]
+    for model in models:
+        command += ["--model", model]
+    for prompt in args.prompt or []:
+        command += ["--prompt", prompt]
+    return command
+
+
+def _remove_previous_outputs(output_dir: Path) -> None:
+    """The images an earlier run copied here (its results.jsonl names them): a run
+    leaves only its own outputs beside its results.jsonl. Other files are kept."""
+    root, previous = output_dir.resolve(), output_dir / "results.jsonl"
+    for record in read_results(previous) if previous.is_file() else []:
+        local = record.get("local_output")
+        if isinstance(local, str) and Path(local).resolve().is_relative_to(root):
+            Path(local).unlink(missing_ok=True)
 
 
 def _collect(s3, bucket: str, output_dir: Path, input_dir: Path) -> tuple[int, int]:
     """Copy outputs (named after their inputs, as the local folder mode names them) and
     write results.jsonl from the records, and the gallery next to them."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    _remove_previous_outputs(output_dir)
     done = failed = 0
     taken: set[Path] = set()
     records = []

@@ -28,21 +28,28 @@ def write_batch_jobs(s3: Any, output: S3Location, batch_id: str,
     return where
 
 
-def job_parameters(s3: Any, output: S3Location, batch_id: str) -> dict[str, dict[str, Any]]:
-    """job_id -> the shown parameters, from the batch's jobs file ({} when it has none)."""
+def read_batch_jobs(s3: Any, output: S3Location, batch_id: str) -> list[dict[str, Any]] | None:
+    """The batch's jobs as sent (each a JSON object with a ``job_id``), or None when the
+    batch has no jobs file (enqueued by another producer)."""
     key = batch_jobs_key(output.key, batch_id)
     try:
         body = s3.get_object(Bucket=output.bucket, Key=key)["Body"].read()
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return {}
+            return None
         raise
-    found: dict[str, dict[str, Any]] = {}
+    found: list[dict[str, Any]] = []
     for line in body.decode("utf-8", "replace").splitlines():
         try:
             job = json.loads(line)
         except ValueError:
             continue
         if isinstance(job, dict) and isinstance(job.get("job_id"), str):
-            found[job["job_id"]] = {k: job[k] for k in SHOWN_PARAMETERS if k in job}
+            found.append(job)
     return found
+
+
+def job_parameters(s3: Any, output: S3Location, batch_id: str) -> dict[str, dict[str, Any]]:
+    """job_id -> the shown parameters, from the batch's jobs file ({} when it has none)."""
+    return {job["job_id"]: {k: job[k] for k in SHOWN_PARAMETERS if k in job}
+            for job in read_batch_jobs(s3, output, batch_id) or []}

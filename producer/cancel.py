@@ -17,7 +17,8 @@ from botocore.exceptions import ClientError
 from common.aws_errors import is_not_found, is_precondition_failed
 from contract.batches import CancelOrder
 from contract.errors import InvalidJob
-from contract.locations import S3Location, batch_cancel_key
+from contract.locations import S3Location, batch_cancel_key, batch_jobs_key
+from producer.batch_jobs import read_batch_jobs
 from producer.manifest import read_manifest
 from producer.status import batch_progress
 
@@ -29,19 +30,36 @@ class CancelResult:
     order: CancelOrder | None  # None: nothing was written (the batch had ended)
     finished: int  # jobs of the batch already ended
     total: int
+    dry_run: bool = False  # the order is what would be written; nothing was
+
+    def to_dict(self, batch_id: str) -> dict[str, Any]:
+        """``cancel --json``."""
+        order = self.order
+        return {"batch_id": batch_id, "dry_run": self.dry_run,
+                "ended_already": order is None, "finished": self.finished,
+                "total": self.total,
+                "cancelled": None if order is None else (
+                    "all" if order.all_jobs else list(order.job_ids)),
+                "reason": None if order is None else order.reason}
 
 
 def cancel(s3: Any, output: S3Location, batch_id: str, *, job_ids: list[str] | None = None,
-           reason: str = "cancelled") -> CancelResult:
-    """Cancel the whole batch (``job_ids`` None) or those jobs of it."""
+           reason: str = "cancelled", dry_run: bool = False) -> CancelResult:
+    """Cancel the whole batch (``job_ids`` None) or those jobs of it; with ``dry_run``,
+    say what the order would be and write nothing."""
     manifest = read_manifest(s3, output, batch_id)
     if manifest is None:
         raise InvalidJob(f"no batch {batch_id!r} under {output.uri} (no manifest): check "
                          "--batch-id and --output")
+    if job_ids is not None:
+        _check_in_batch(s3, output, batch_id, job_ids)
     progress = batch_progress(s3, output, batch_id)
     if progress.complete:
         return CancelResult(order=None, finished=progress.finished, total=manifest.total)
     where = S3Location(bucket=output.bucket, key=batch_cancel_key(output.key, batch_id))
+    if dry_run:
+        return CancelResult(order=_merged(_read(s3, where)[0], job_ids, reason),
+                            finished=progress.finished, total=manifest.total, dry_run=True)
     for _ in range(WRITE_ATTEMPTS):
         current, etag = _read(s3, where)
         if current is not None and all(current.covers(j) for j in job_ids or []) and (
@@ -59,6 +77,23 @@ def cancel(s3: Any, output: S3Location, batch_id: str, *, job_ids: list[str] | N
             if not is_precondition_failed(exc):
                 raise
     raise InvalidJob(f"the cancel order of batch {batch_id} kept changing; try again")
+
+
+def _check_in_batch(s3: Any, output: S3Location, batch_id: str, job_ids: list[str]) -> None:
+    """Refuse job ids the batch does not hold (its jobs file says which it holds; a batch
+    from another producer has none, and its ids cannot be checked)."""
+    jobs = read_batch_jobs(s3, output, batch_id)
+    if jobs is None:
+        return
+    known = {job["job_id"] for job in jobs}
+    unknown = [j for j in dict.fromkeys(job_ids) if j not in known]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more"
+                                          if len(unknown) > 5 else "")
+        raise InvalidJob(f"--job-id {shown}: not a job of batch {batch_id} (its "
+                         f"{len(known)} job ids are in {output.uri}"
+                         f"{batch_jobs_key(output.key, batch_id).removeprefix(output.key)}); "
+                         "nothing was cancelled")
 
 
 def _read(s3: Any, where: S3Location) -> tuple[CancelOrder | None, str | None]:

@@ -13,7 +13,7 @@ import typer
 from common import cli_options as opt
 from common.cli import clear_errors, progress_bars, run_app
 from contract.errors import InvalidJob
-from producer.cli_base import LogLevel, QueueOpt, app, settings_from
+from producer.cli_base import AsJson, LogLevel, QueueOpt, app, echo_json, settings_from
 
 
 class Priority(str, Enum):
@@ -85,6 +85,7 @@ def enqueue(
         "group) to what the backlog needs: never down, a no-op when there is capacity. "
         "Default: on when IMG2IMG_CLUSTER and IMG2IMG_SERVICE are set.")] = None,
     list_page_size: Annotated[int, typer.Option(hidden=True, min=1, max=1000)] = 1000,
+    as_json: AsJson = False,
     log_level: LogLevel = None,
 ) -> None:
     """Turn images into jobs on the queue: 10 per SendMessageBatch, in parallel."""
@@ -114,11 +115,18 @@ def enqueue(
         pool = settings.concurrency + 4
         s3 = aws.s3_client(max_pool_connections=pool)
         sqs = None if dry_run else aws.sqs_client(max_pool_connections=pool)
-        if dry_run:
+        if dry_run or as_json:
             summary = Enqueuer(s3, sqs, options, defaults, no_progress).run()
         else:
             with progress_bars() as bars:
                 summary = Enqueuer(s3, sqs, options, defaults, bars).run()
+    if as_json:
+        if target is not None and summary.enqueued and not dry_run:
+            _start_workers(target, options.queue_url, summary.enqueued, err=True)
+        echo_json(_enqueue_facts(summary, dry_run))
+        if summary.failed:
+            raise typer.Exit(1)
+        return
     if dry_run:
         for job in summary.jobs:
             typer.echo(job.to_json())
@@ -142,6 +150,21 @@ def enqueue(
         raise typer.Exit(1)
 
 
+def _enqueue_facts(summary: Any, dry_run: bool) -> dict[str, Any]:
+    """``enqueue --json``: the batch and its counts (with --dry-run, the jobs too)."""
+    return {
+        "batch_id": summary.batch_id, "source": summary.source,
+        "output": summary.output.uri, "dry_run": dry_run,
+        "manifest": summary.manifest.uri if summary.manifest else None,
+        "found": summary.found, "enqueued": summary.enqueued, "skipped": summary.skipped,
+        "skipped_reasons": summary.skipped_reasons, "uploaded": summary.uploaded,
+        "unchanged": summary.unchanged,
+        "failed": [{"job_id": f.id, "code": f.code, "message": f.message}
+                   for f in summary.failed],
+        **({"jobs": [json.loads(job.to_json()) for job in summary.jobs]} if dry_run else {}),
+    }
+
+
 def _start_target(settings: Any, start: bool | None) -> Any:
     """The fleet to start after sending, or None (``--no-start``, or not configured)."""
     from producer.fleet_start import FleetTarget
@@ -158,8 +181,9 @@ def _start_target(settings: Any, start: bool | None) -> Any:
                        backlog_per_task=settings.backlog_per_task)
 
 
-def _start_workers(target: Any, queue_url: str, sent: int) -> None:
-    """The start call; a failure leaves the jobs queued for the start alarm."""
+def _start_workers(target: Any, queue_url: str, sent: int, *, err: bool = False) -> None:
+    """The start call; a failure leaves the jobs queued for the start alarm. ``err``:
+    its line goes to stderr (``--json`` keeps stdout for the JSON)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     from common import aws
@@ -174,7 +198,7 @@ def _start_workers(target: Any, queue_url: str, sent: int) -> None:
         typer.echo(f"start: not done ({exc}); the jobs are queued and the start alarm "
                    "starts the workers from its next datapoint", err=True)
         return
-    typer.echo(outcome.line())
+    typer.echo(outcome.line(), err=err)
 
 
 @app.command()

@@ -10,8 +10,9 @@ from typing import Annotated, Any
 import typer
 
 from common import cli_options as opt
+from common.cli import HelpGroup, log_level_or
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(no_args_is_help=True, context_settings=opt.CONTEXT_SETTINGS, cls=HelpGroup,
                   help="Enqueue img2img jobs on SQS and follow them.")
 log = logging.getLogger("producer")
 
@@ -45,20 +46,35 @@ LogLevel = Annotated[str | None, typer.Option(
 def _group(log_level: Annotated[str, typer.Option(
                help="Python log level (DEBUG, INFO, WARNING, ...), on stderr; also "
                "accepted after the command.")] = "WARNING",
+           quiet: opt.Quiet = False, verbose: opt.Verbose = 0,
+           region: opt.Region = None, profile: opt.Profile = None,
+           endpoint_url: opt.EndpointUrl = None,
            version: opt.Version = False) -> None:
     """Enqueue img2img jobs on SQS and follow them."""
-    _log_at(log_level)
+    _log_at(log_level_or(log_level))
 
 
 def settings_from(**overrides: Any) -> Any:
+    from common.aws import default_region_from_queue
     from contract.settings import load_settings
     from producer.settings import ProducerSettings
 
-    return load_settings(ProducerSettings,
-                         **{k: v for k, v in overrides.items() if v is not None})
+    settings = load_settings(ProducerSettings,
+                             **{k: v for k, v in overrides.items() if v is not None})
+    default_region_from_queue(settings.queue_url)
+    return settings
 
 
 BatchIdOpt = Annotated[str, typer.Option(help="The batch (enqueue prints its id).")]
+AsJson = Annotated[bool, typer.Option(
+    "--json", help="Print one JSON object on stdout instead of lines (no progress bars).")]
+
+
+def echo_json(value: Any) -> None:
+    """One JSON document on stdout, for scripts."""
+    import json
+
+    typer.echo(json.dumps(value, indent=2, default=str))
 OutputOpt = Annotated[str | None, typer.Option(
     help="The batch's output prefix, s3://bucket/prefix/. Default: IMG2IMG_BUCKET + "
     "IMG2IMG_OUTPUT_PREFIX.")]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any
 
 import typer
 
-from common.cli import clear_errors
+from common.cli import clear_errors, plural
 from contract.errors import InvalidJob
 from producer.cli_base import (
+    AsJson,
     LogLevel,
     QueueOpt,
     app,
+    echo_json,
     settings_from,
 )
 
@@ -27,6 +30,9 @@ def redrive(
     move_task: Annotated[bool, typer.Option(
         "--move-task", help="Use SQS's StartMessageMoveTask: server-side and fast, but it "
         "moves everything, bodies that are not jobs included.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Say how many messages each DLQ holds; move nothing.")] = False,
+    as_json: AsJson = False,
     log_level: LogLevel = None,
 ) -> None:
     """Move jobs from the dead-letter queue back to the job queue, each at most once.
@@ -44,7 +50,11 @@ def redrive(
         urls = [u for u in (settings.priority_queue_url, settings.queue_url) if u]
         reports = [(url, move(aws.sqs_client(), url, max_messages=max_messages,
                               timeout=timeout, use_move_task=move_task,
-                              probe=aws.sqs_client(max_attempts=1))) for url in urls]
+                              probe=aws.sqs_client(max_attempts=1), dry_run=dry_run))
+                   for url in urls]
+    if as_json:
+        echo_json([{"queue_url": url, **asdict(report)} for url, report in reports])
+        raise typer.Exit(1 if any(report.failed for _, report in reports) else 0)
     failed = False
     for url, report in reports:
         _print_redrive(url, report, timeout)
@@ -54,14 +64,20 @@ def redrive(
 
 
 def _print_redrive(queue_url: str, report: Any, timeout: float) -> None:
+    if report.method == "dry-run":
+        typer.echo(f"dry run: {report.dlq_url} holds about {report.moved} message(s) "
+                   f"that redrive would move to {queue_url} (bodies that are not jobs "
+                   "stay); nothing was moved")
+        return
     if report.method == "move-task":
-        typer.echo(f"started SQS move task {report.task_handle}: about {report.moved} "
-                   f"messages from {report.dlq_url} to {queue_url}")
+        typer.echo(f"started SQS move task {report.task_handle}: about "
+                   f"{plural(report.moved, 'message')} from {report.dlq_url} to {queue_url}")
         return
     stopped = {"empty": "the DLQ is empty", "limit": "--max reached",
                "all": "every message that was in the DLQ at the start was handled",
                "time": f"time limit ({timeout:.0f} s) reached"}.get(report.stopped, "")
-    typer.echo(f"moved {report.moved} messages from {report.dlq_url} to {queue_url}; "
+    typer.echo(f"moved {plural(report.moved, 'message')} from {report.dlq_url} to "
+               f"{queue_url}; "
                f"{stopped}")
     if report.failed:
         typer.echo(f"{report.failed} failed to send and stay in the DLQ", err=True)
@@ -69,7 +85,9 @@ def _print_redrive(queue_url: str, report: Any, timeout: float) -> None:
         typer.echo(f"{report.bounced} moved by this run came back to the DLQ already and "
                    "stay there (failing again: look at the workers' logs)", err=True)
     if report.not_jobs:
-        typer.echo(f"{report.not_jobs} bodies that are not jobs stay in the DLQ:", err=True)
+        typer.echo(f"{plural(report.not_jobs, 'body', 'bodies')} that "
+                   f"{'is not a job stays' if report.not_jobs == 1 else 'are not jobs stay'} "
+                   "in the DLQ:", err=True)
         for reason in report.reasons:
             typer.echo(f"  {reason}", err=True)
 
@@ -84,6 +102,9 @@ def cancel(
         "--job-id", help="Cancel only this job of the batch (repeatable).")] = None,
     reason: Annotated[str, typer.Option(help="Recorded in each cancelled job's record.")
                       ] = "cancelled",
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Say what would be cancelled; write nothing.")] = False,
+    as_json: AsJson = False,
     log_level: LogLevel = None,
 ) -> None:
     """Cancel a batch (or some of its jobs): jobs not yet started end as cancelled."""
@@ -96,11 +117,15 @@ def cancel(
         location = require_output(output_location(output, settings.bucket,
                                                   settings.output_prefix))
         result = write_cancel(aws.s3_client(), location, batch_id, job_ids=job_id,
-                              reason=reason)
+                              reason=reason, dry_run=dry_run)
+    if as_json:
+        echo_json(result.to_dict(batch_id))
+        return
     if result.order is None:
         typer.echo(f"batch {batch_id} has already ended ({result.finished} of "
                    f"{result.total} jobs): nothing to cancel")
         return
     what = "every job" if result.order.all_jobs else f"{len(result.order.job_ids)} job(s)"
-    typer.echo(f"batch {batch_id}: {what} not yet started will end as cancelled "
+    will = "would end (dry run: nothing written)" if result.dry_run else "will end"
+    typer.echo(f"batch {batch_id}: {what} not yet started {will} as cancelled "
                f"({result.finished} of {result.total} ended already)")

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from common.cli import clear_errors, fail, progress_bars
+from common.cli import clear_errors, fail, no_bars, progress_bars
 from contract.locations import S3_SCHEME, parse_s3_uri
 from producer.cli_base import (
+    AsJson,
     BatchIdOpt,
     ConcurrencyOpt,
     LogLevel,
     OutputOpt,
     app,
+    echo_json,
     report_downloads,
     settings_from,
 )
@@ -28,6 +30,7 @@ def fetch(
     batch_id: BatchIdOpt,
     output: OutputOpt = None,
     concurrency: ConcurrencyOpt = None,
+    as_json: AsJson = False,
     log_level: LogLevel = None,
 ) -> None:
     """Download a batch's outputs and result records, in parallel; files already there
@@ -36,14 +39,22 @@ def fetch(
     from producer.fetch import fetch_batch
     from producer.output_prefix import output_location, require_output
 
+    refuse_file_destination(dest, "DEST")
     with clear_errors():
         settings = settings_from(concurrency=concurrency)
         location = require_output(output_location(output, settings.bucket,
                                                   settings.output_prefix))
         s3 = aws.s3_client(max_pool_connections=settings.concurrency + 4)
-        with progress_bars() as bars:
+        if as_json:
             summary = fetch_batch(s3, location, batch_id, dest,
-                                  concurrency=settings.concurrency, progress=bars)
+                                  concurrency=settings.concurrency, progress=no_bars)
+        else:
+            with progress_bars() as bars:
+                summary = fetch_batch(s3, location, batch_id, dest,
+                                      concurrency=settings.concurrency, progress=bars)
+    if as_json:
+        echo_json(summary.to_dict())
+        raise typer.Exit(1 if summary.report.failed else 0)
     typer.echo(summary.line())
     report_downloads(summary.report.failed)
     if summary.no_record:
@@ -56,13 +67,19 @@ def fetch(
 @app.command()
 def gallery(
     batch_id: BatchIdOpt,
-    to: Annotated[str, typer.Option(
-        help="A local folder (the pages plus copies of the inputs and outputs) or "
-        "s3://bucket/prefix/ (the pages only, linking the images by presigned URL).")],
+    dest: Annotated[str | None, typer.Argument(
+        help="A local folder (the pages plus thumbnails of the inputs and outputs) or "
+        "s3://bucket/prefix/ (the pages only, linking the images by presigned URL).",
+        show_default=False)] = None,
+    to: Annotated[str | None, typer.Option(
+        hidden=True, help="DEST, as an option (older spelling).")] = None,
     output: OutputOpt = None,
+    full_size: Annotated[bool, typer.Option(
+        "--full-size", help="In a local folder: copy the images at full size instead of "
+        "thumbnails.")] = False,
     expires: Annotated[int, typer.Option(
-        help="With --to s3://: seconds the presigned links work, at most 604800 (7 days; "
-        "less with temporary credentials).")] = 7 * 24 * 3600,
+        help="With an s3:// DEST: seconds the presigned links work, at most 604800 (7 "
+        "days; less with temporary credentials).")] = 7 * 24 * 3600,
     page_size: Annotated[int, typer.Option(help="Jobs per page.", min=1)] = 100,
     concurrency: ConcurrencyOpt = None,
     log_level: LogLevel = None,
@@ -72,33 +89,37 @@ def gallery(
     from producer.gallery_export import gallery_to_bucket, gallery_to_folder
     from producer.output_prefix import output_location, require_output
 
+    if dest is not None and to is not None and dest != to:
+        raise fail(f"two destinations: DEST {dest} and --to {to}; give one")
+    dest = dest or to
+    if not dest:
+        raise fail("no destination: pass DEST, a folder or s3://bucket/prefix/")
     with clear_errors():
         settings = settings_from(concurrency=concurrency)
         location = require_output(output_location(output, settings.bucket,
                                                   settings.output_prefix))
         s3 = aws.s3_client(max_pool_connections=settings.concurrency + 4)
-        if to.startswith(S3_SCHEME):
+        if dest.startswith(S3_SCHEME):
             from botocore.config import Config
 
             presigner = aws.make_session().client("s3", config=Config(signature_version="s3v4"))
-            summary = gallery_to_bucket(s3, location, batch_id, parse_s3_uri(to, prefix=True),
+            summary = gallery_to_bucket(s3, location, batch_id, parse_s3_uri(dest, prefix=True),
                                         presigner=presigner, concurrency=settings.concurrency,
                                         expires=expires, page_size=page_size)
         else:
+            refuse_file_destination(Path(dest), "DEST")
             with progress_bars() as bars:
-                summary = gallery_to_folder(s3, location, batch_id, Path(to),
+                summary = gallery_to_folder(s3, location, batch_id, Path(dest),
                                             concurrency=settings.concurrency, progress=bars,
-                                            page_size=page_size)
+                                            page_size=page_size, full_size=full_size)
     typer.echo(summary.line())
     typer.echo(f"open: {summary.index}")
-    report_downloads(summary.downloads.failed)
+    report_downloads(summary.failed)
     if summary.unreadable:
         typer.echo(f"  {summary.unreadable} record(s) could not be read and are left out",
                    err=True)
-    if summary.downloads.failed:
+    if summary.failed:
         raise typer.Exit(1)
-
-
 
 
 @app.command()
@@ -148,4 +169,30 @@ def plan(
             producer_start=start))
     except ValueError as exc:  # a setting the stack or the model refuses
         raise fail(str(exc)) from None
-    typer.echo(json.dumps(made.to_dict(), indent=2) if as_json else made.text())
+    typer.echo(json.dumps(rounded(made.to_dict()), indent=2) if as_json else made.text())
+
+
+# ``plan --json`` gives seconds to a tenth; other numbers (hours, dollars) as computed.
+SECONDS_DECIMALS = 1
+
+
+def rounded(value: Any, key: str = "") -> Any:
+    """A plan's seconds as people write them (908.6, not 908.5999999999999): every
+    number under a key ending in ``seconds``."""
+    if isinstance(value, dict):
+        return {k: rounded(v, k if k.endswith("seconds") else key) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, key) for v in value]
+    if isinstance(value, float) and key:
+        return round(value, SECONDS_DECIMALS)
+    return value
+
+
+def refuse_file_destination(dest: Path, flag: str) -> None:
+    """A local destination must be a folder (or not exist yet): say so before any work."""
+    for path in (dest, *dest.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "" if path == dest else f" ({path} is a file)"
+                raise fail(f"{flag} {dest} is not a folder{what}")
+            return

@@ -274,7 +274,10 @@ class Enqueuer:
                                  queue_url=options.queue_url, source=summary.source,
                                  output=summary.output.uri,
                                  shard_totals=BatchManifest.shard_totals_of(
-                                     j.job_id for j in jobs))
+                                     j.job_id for j in jobs),
+                                 models=BatchManifest.first_distinct(j.model for j in jobs),
+                                 prompts=BatchManifest.first_distinct(
+                                     j.prompt for j in jobs))
         # Written first, so ``status`` knows the total while the jobs are still going out.
         summary.manifest = write_manifest(self.s3, summary.output, manifest)
         write_batch_jobs(self.s3, summary.output, summary.batch_id, jobs)

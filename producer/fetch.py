@@ -30,6 +30,14 @@ class FetchSummary:
     no_record: list[str] = field(default_factory=list)  # finished job ids without a record
     report: DownloadReport = field(default_factory=DownloadReport)
 
+    def to_dict(self) -> dict[str, Any]:
+        """``fetch --json``."""
+        return {"batch_id": self.batch_id, "dest": str(self.dest), "total": self.total,
+                "done": self.done, "failed": self.failed,
+                "downloaded": self.report.downloaded, "unchanged": self.report.unchanged,
+                "bytes": self.report.bytes, "not_downloaded": self.report.failed,
+                "no_record": self.no_record}
+
     def line(self) -> str:
         total = "?" if self.total is None else str(self.total)
         return (f"batch {self.batch_id}: {self.done + self.failed} of {total} jobs finished "

@@ -1,6 +1,7 @@
-"""``img2img-producer gallery``: a batch's gallery in a local folder (with copies of the
-inputs and outputs) or in S3 (pages linking images by presigned URL, for a private
-bucket). The pages are ``common.gallery``'s; this module finds and places the images."""
+"""``img2img-producer gallery``: a batch's gallery in a local folder (with thumbnails of
+the inputs and outputs, or full-size copies) or in S3 (pages linking images by presigned
+URL, for a private bucket). The pages are ``common.gallery``'s; this module finds and
+places the images."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import posixpath
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,12 @@ from producer.batch_jobs import job_parameters
 from producer.batch_objects import FinishedJob, finished_jobs
 from producer.downloads import Download, DownloadReport, download_all, safe_name
 from producer.fetch import downloads_for
+from producer.thumbnails import Thumbnail, ThumbnailReport, make_thumbnails, thumbnail_name
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 OUTPUTS_FOLDER = "outputs"
 INPUTS_FOLDER = "inputs"
+THUMBS_FOLDER = "thumbs"
 # SigV4 presigned URLs live at most 7 days (and no longer than the credentials that
 # signed them: a role's session ends sooner).
 MAX_EXPIRY_SECONDS = 7 * 24 * 3600
@@ -40,11 +43,18 @@ class GallerySummary:
     records: int = 0
     unreadable: int = 0  # record objects that are not result records
     downloads: DownloadReport = field(default_factory=DownloadReport)
+    thumbnails: ThumbnailReport | None = None  # a local gallery without --full-size
 
     def line(self) -> str:
         copies = f"; {self.downloads.line()}" if self.downloads.downloaded or (
             self.downloads.unchanged or self.downloads.failed) else ""
-        return f"batch {self.batch_id}: gallery of {self.records} jobs{copies}"
+        thumbs = f"; {self.thumbnails.line()}" if self.thumbnails else ""
+        return f"batch {self.batch_id}: gallery of {self.records} jobs{copies}{thumbs}"
+
+    @property
+    def failed(self) -> list[str]:
+        """What could not be downloaded or made into a thumbnail."""
+        return self.downloads.failed + (self.thumbnails.failed if self.thumbnails else [])
 
 
 def input_file_name(uri: str) -> str:
@@ -63,34 +73,56 @@ def with_parameters(records: list[dict[str, Any]],
 
 def gallery_to_folder(s3: Any, output: S3Location, batch_id: str, dest: Path, *,
                       concurrency: int, progress: ProgressFactory,
-                      page_size: int = DEFAULT_PAGE_SIZE) -> GallerySummary:
-    """Download the records, outputs and inputs (skipping what is there) and write the
-    pages into ``dest``: ``index.html``, ``outputs/`` and ``inputs/``."""
+                      page_size: int = DEFAULT_PAGE_SIZE,
+                      full_size: bool = False) -> GallerySummary:
+    """Download the records and write the pages into ``dest``: ``index.html``, the
+    records in ``outputs/``, and a thumbnail of each input and output in ``thumbs/``
+    (with ``full_size``: copies of the images in ``outputs/`` and ``inputs/`` instead).
+    What is there already is kept."""
     jobs = finished_jobs(s3, output, batch_id)
     outputs = dest / OUTPUTS_FOLDER
-    report = download_all(s3, downloads_for(jobs, output.bucket, outputs),
+    wanted = jobs if full_size else [replace(j, output=None) for j in jobs]  # records only
+    report = download_all(s3, downloads_for(wanted, output.bucket, outputs),
                           concurrency=concurrency,
-                          on_file=progress("outputs", _object_count(jobs)))
+                          on_file=progress("records" if not full_size else "outputs",
+                                           _object_count(wanted)))
     records, unreadable = _local_records(jobs, outputs)
+    inputs = sorted({r["input"] for r in records
+                     if str(r.get("input", "")).startswith(S3_SCHEME)})
+    images: dict[tuple[str, str], tuple[str, str, Path]] = {}  # (role, uri) -> where
     for record in records:
         if record.get("output"):
-            record["local_output"] = str(outputs / safe_name(posixpath.basename(
-                record["output"])))
-    inputs = {r["input"] for r in records if str(r.get("input", "")).startswith(S3_SCHEME)}
-    input_downloads = []
-    for uri in sorted(inputs):
+            name = safe_name(posixpath.basename(record["output"]))
+            location = parse_s3_uri(record["output"])
+            images["output", record["output"]] = (
+                location.bucket, location.key, outputs / name if full_size
+                else dest / THUMBS_FOLDER / OUTPUTS_FOLDER / thumbnail_name(name))
+    for uri in inputs:
         location = parse_s3_uri(uri)
-        input_downloads.append(Download(location.bucket, location.key,
-                                        dest / INPUTS_FOLDER / input_file_name(uri)))
-    input_report = download_all(s3, input_downloads, concurrency=concurrency,
-                                on_file=progress("inputs", len(input_downloads)))
+        name = input_file_name(uri)
+        images["input", uri] = (location.bucket, location.key,
+                                dest / INPUTS_FOLDER / name if full_size
+                                else dest / THUMBS_FOLDER / INPUTS_FOLDER / thumbnail_name(name))
+    thumbnails = None
+    if full_size:
+        input_report = download_all(
+            s3, [Download(b, k, path) for (role, _), (b, k, path) in images.items()
+                 if role == "input"],
+            concurrency=concurrency, on_file=progress("inputs", len(inputs)))
+        report = _merged(report, input_report)
+    else:
+        thumbnails = make_thumbnails(
+            s3, [Thumbnail(b, k, path) for b, k, path in images.values()],
+            concurrency=concurrency, on_file=progress("thumbnails", len(images)))
     for record in records:
-        if record.get("input") in inputs:
-            record["local_input"] = str(dest / INPUTS_FOLDER / input_file_name(record["input"]))
+        for role in ("input", "output"):
+            where = images.get((role, record.get(role)))
+            if where is not None:
+                record[f"local_{role}"] = str(where[2])
     index = write_gallery(with_parameters(records, job_parameters(s3, output, batch_id)),
                           dest, title=f"batch {batch_id}", page_size=page_size)
-    return GallerySummary(batch_id, str(index), len(records), unreadable,
-                          _merged(report, input_report))
+    return GallerySummary(batch_id, str(index), len(records), unreadable, report,
+                          thumbnails)
 
 
 def gallery_to_bucket(s3: Any, output: S3Location, batch_id: str, dest: S3Location, *,

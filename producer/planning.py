@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from common.cli_options import FLAG_NAMES
 from contract.errors import InvalidJob, LoraNotAllowed, ModelNotAllowed
 from contract.job import GenerationParams, JobMessage, validate_params
 from contract.locations import S3Location
@@ -65,10 +66,11 @@ class Defaults:
                              "IMG2IMG_DEFAULT_MODELS/IMG2IMG_DEFAULT_PROMPTS")
         for model in self.models:
             self.check_loras(validate_params(model=model, prompt=self.prompts[0],
-                                             **self.common))
+                                             field_names=FLAG_NAMES, **self.common))
             self.check_model(model)
         for prompt in self.prompts:
-            validate_params(model=self.models[0], prompt=prompt, **self.common)
+            validate_params(model=self.models[0], prompt=prompt, field_names=FLAG_NAMES,
+                            **self.common)
 
     def check_model(self, model: str) -> None:
         """ModelNotAllowed when the fleet's allow-list (if known) refuses ``model``."""

@@ -25,6 +25,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from common.aws_errors import describe
 from contract.bodies import BodyKind, read_body
 from contract.errors import InvalidJob
 from producer.queues import dlq_arn_of, queue_arn, queue_counts, url_of_arn
@@ -44,7 +45,7 @@ REASONS_SHOWN = 20
 @dataclass
 class RedriveReport:
     dlq_url: str
-    method: str  # "move-task" or "receive-send-delete"
+    method: str  # "move-task", "receive-send-delete" or "dry-run"
     moved: int = 0  # for a move task: the DLQ depth when it started (it runs in SQS)
     failed: int = 0  # sends that failed; those messages stay in the DLQ
     not_jobs: int = 0  # bodies that are not jobs: left in the DLQ
@@ -68,16 +69,20 @@ def start_move_task(probe: Any, dlq_arn: str, destination_arn: str) -> str:
         return probe.start_message_move_task(SourceArn=dlq_arn,
                                              DestinationArn=destination_arn)["TaskHandle"]
     except (ClientError, BotoCoreError) as exc:
-        raise InvalidJob(f"StartMessageMoveTask is not available here ({exc}); run "
+        raise InvalidJob(f"StartMessageMoveTask is not available here ({describe(exc)}); run "
                          "redrive without --move-task to move messages by hand") from None
 
 
 def redrive(sqs: Any, queue_url: str, *, max_messages: int | None = None,
             timeout: float = DEFAULT_TIMEOUT_S, use_move_task: bool = False,
-            probe: Any | None = None,
+            probe: Any | None = None, dry_run: bool = False,
             clock: Callable[[], float] = time.monotonic) -> RedriveReport:
-    """Move DLQ messages back to ``queue_url`` (see the module docstring)."""
+    """Move DLQ messages back to ``queue_url`` (see the module docstring); with
+    ``dry_run``, only count what the DLQ holds (``moved``: what would be looked at)."""
     dlq_arn, dlq_url = find_dlq(sqs, queue_url)
+    if dry_run:
+        return RedriveReport(dlq_url=dlq_url, method="dry-run",
+                             moved=queue_counts(sqs, dlq_url).visible)
     if use_move_task:
         waiting = queue_counts(sqs, dlq_url).visible
         handle = start_move_task(probe or sqs, dlq_arn, queue_arn(sqs, queue_url))

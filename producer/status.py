@@ -29,6 +29,7 @@ class BatchProgress:
     cancelled: int = 0
     expired: int = 0
     first_marker_at: datetime | None = None
+    last_marker_at: datetime | None = None
     failed_job_ids: list[str] = field(default_factory=list)
     costs: BatchCounts | None = None  # the workers' running totals (gpu seconds, $)
 
@@ -50,14 +51,25 @@ class BatchProgress:
         first marker (a batch enqueued by another producer has no manifest)."""
         return self.manifest.created_at if self.manifest else self.first_marker_at
 
+    @property
+    def finished_at(self) -> datetime | None:
+        """When a complete batch's last job ended (its last marker); None until then."""
+        return self.last_marker_at if self.complete else None
+
     def rate(self, now: datetime) -> float | None:
-        """Finished jobs per second since the start, None before there is one."""
+        """Finished jobs per second from the start to now, or to the batch's end once it
+        is complete (a finished batch's rate stays what it was); None before a job ends."""
         if self.started_at is None or not self.finished:
             return None
-        elapsed = (now - self.started_at).total_seconds()
+        if self.finished_at is not None:  # S3 times are whole seconds: the end's second
+            elapsed = (self.finished_at - self.started_at).total_seconds() + 1
+        else:
+            elapsed = (now - self.started_at).total_seconds()
         return self.finished / elapsed if elapsed > 0 else None
 
     def eta_seconds(self, now: datetime) -> float | None:
+        if self.complete:
+            return 0.0
         rate = self.rate(now)
         if self.total is None or rate is None:
             return None
@@ -78,7 +90,7 @@ class BatchProgress:
         costs = self.costs
         cost = "" if costs is None or not costs.gpu_seconds else (
             f", gpu {costs.gpu_seconds:.1f} s"
-            + (f" (${costs.cost_usd:.4f})" if costs.cost_usd else ""))
+            + (f" (${costs.cost_usd:.4f})" if costs.cost_usd is not None else ""))
         return (f"batch {self.batch_id}: done {self.done}, failed {self.failed}{not_run}, "
                 f"total {total}, rate {'unknown' if rate is None else f'{rate:.2f} jobs/s'}"
                 f"{cost}, {state}")
@@ -96,8 +108,11 @@ class BatchProgress:
             "rate_jobs_per_second": None if rate is None else round(rate, 4),
             "eta_seconds": None if eta is None else round(eta, 1),
             "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "has_manifest": self.manifest is not None,
             "source": self.manifest.source if self.manifest else None,
+            "models": self.manifest.models if self.manifest else None,
+            "prompts": self.manifest.prompts if self.manifest else None,
             "output": self.manifest.output if self.manifest else None,
         }
 
@@ -117,6 +132,8 @@ def batch_progress(s3: Any, output: S3Location, batch_id: str, *,
         modified = obj["LastModified"]
         if progress.first_marker_at is None or modified < progress.first_marker_at:
             progress.first_marker_at = modified
+        if progress.last_marker_at is None or modified > progress.last_marker_at:
+            progress.last_marker_at = modified
     progress.costs = batch_costs(s3, output, batch_id, progress.manifest)
     return progress
 

@@ -84,6 +84,8 @@ class StatusReport:
                     created = (f"{progress.started_at:%Y-%m-%d %H:%M:%S} UTC"
                                if progress.manifest else "created ?")
                     out.append(f"  {created}  {progress.line(self.now)}")
+                    if progress.manifest is not None:
+                        out.append(f"    {what_it_ran(progress.manifest)}")
         elif self.batch is None and self.output is None:
             out.append("recent batches: pass --output s3://bucket/prefix/ or set "
                        "IMG2IMG_BUCKET to list them")
@@ -100,7 +102,7 @@ class StatusReport:
     def problems(self) -> list[str]:
         """What people read on stderr: why a watch stopped short."""
         if self.watched == "timeout":
-            return [f"gave up after {self.timeout} s; is the DLQ holding some of its jobs?"]
+            return [f"gave up after {self.timeout} s: {self._why_unfinished()}"]
         if self.watched == "stalled" and self.batch is not None and self.depth is not None:
             left = (self.batch.total or 0) - self.batch.finished
             return [f"batch {self.batch.batch_id}: {left} job(s) unfinished, nothing is "
@@ -111,6 +113,27 @@ class StatusReport:
             return [f"the queue is drained but the DLQ holds {dead_letters(self.depth)} "
                     "message(s): read the workers' logs, then: img2img-producer redrive"]
         return []
+
+    def _why_unfinished(self) -> str:
+        """What the queue says about work left when a watch timed out."""
+        if self.depth is None:
+            return f"the queue is unknown ({NO_QUEUE_HINT} to see why)"
+        queue, dlq = self.depth.queue, dead_letters(self.depth)
+        waiting = queue.visible + queue.delayed
+        parts = []
+        if queue.in_flight:
+            parts.append(f"{queue.in_flight} message(s) in flight: workers are on them "
+                         "(a longer --timeout may see them end)")
+        elif waiting:
+            parts.append(f"{waiting} message(s) wait on the queue and none is in flight: "
+                         "no worker is taking them (start one: img2img-worker serve)")
+        if dlq:
+            parts.append(f"the DLQ holds {dlq} message(s) (read the workers' logs, then: "
+                         "img2img-producer redrive)")
+        if not parts:
+            return ("nothing is on the queue or in the DLQ: the unfinished jobs' messages "
+                    "are gone (check --batch-id and --output)")
+        return "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         """The same facts for programs; absent parts are null."""
@@ -153,6 +176,20 @@ def collect_status(request: StatusRequest, *, make_s3: Callable[[], Any],
         report.priority_url = request.priority_queue_url
         report.priority_depth = queue_depth(make_sqs(), request.priority_queue_url)
     return report
+
+
+PROMPT_SHOWN = 60  # characters of a prompt in the batch list
+
+
+def what_it_ran(manifest: Any) -> str:
+    """A batch's source, models and prompts, on one line of the batch list."""
+    def named(values: list[str] | None) -> str:
+        return "?" if not values else ", ".join(values)
+
+    prompts = [p if len(p) <= PROMPT_SHOWN else p[:PROMPT_SHOWN - 3] + "..."
+               for p in manifest.prompts or []]
+    return (f"source {manifest.source}; model {named(manifest.models)}; prompt "
+            f"{named([repr(p) for p in prompts])}")
 
 
 def _depth_lines(url: str | None, depth: QueueDepth, name: str) -> list[str]:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from common.cli import bars_shown
 from contract.locations import S3Location
 from producer.queues import QueueDepth, queue_depth
 from producer.status import BatchProgress, batch_progress
@@ -144,6 +145,9 @@ def batch_bar(batch_id: str) -> Iterator[BatchDisplay]:
         TimeRemainingColumn,
     )
 
+    if not bars_shown():
+        yield lambda progress: None
+        return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("done {task.fields[done]} failed {task.fields[failed]}"),
                TimeRemainingColumn())
@@ -163,6 +167,9 @@ def queue_bar(queue_url: str) -> Iterator[QueueDisplay]:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn
 
+    if not bars_shown():
+        yield lambda watch: None
+        return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(),
                TextColumn("consumed {task.completed:.0f}, left {task.fields[left]}, "
                           "dlq {task.fields[dlq]}, eta {task.fields[eta]}"))

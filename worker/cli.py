@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -11,17 +12,30 @@ from typing import Annotated
 import typer
 
 from common import cli_options as opt
-from common.cli import clear_errors, fail, run_app
+from common.cli import (
+    HelpGroup,
+    clear_errors,
+    fail,
+    log_level_or,
+    no_bars,
+    progress_bars,
+    run_app,
+)
 from contract.errors import Img2ImgError, InvalidJob
 from contract.job import validate_params
 from contract.settings import load_settings
 from worker.settings import MemoryMode
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+DEFAULT_INPUTS = Path("data/input_images")
+
+app = typer.Typer(no_args_is_help=True, context_settings=opt.CONTEXT_SETTINGS, cls=HelpGroup,
                   help="Stable Diffusion img2img worker: a local folder or the SQS fleet.")
 
+
 @app.callback()
-def _group(version: opt.Version = False) -> None:
+def _group(quiet: opt.Quiet = False, verbose: opt.Verbose = 0,
+           region: opt.Region = None, profile: opt.Profile = None,
+           endpoint_url: opt.EndpointUrl = None, version: opt.Version = False) -> None:
     """Stable Diffusion img2img worker: a local folder or the SQS fleet."""
 
 
@@ -49,6 +63,9 @@ def run(
         help="fast: all on the GPU; balanced: model CPU offload; lean: sequential offload "
         "(default IMG2IMG_MEMORY_MODE).")] = None,
     log_level: Annotated[str, typer.Option(help="Python log level, on stderr.")] = "WARNING",
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object (counts, files, failures) instead of lines; "
+        "no progress bar.")] = False,
 ) -> None:
     """Process a local folder or files with no AWS at all; writes results.jsonl."""
     from worker.settings import WorkerSettings
@@ -56,7 +73,9 @@ def run(
     overrides = {k: v for k, v in {"max_batch_size": batch_size,
                                     "memory_mode": memory_mode}.items() if v is not None}
     try:
-        settings = load_settings(WorkerSettings, **overrides)
+        settings = load_settings(WorkerSettings, flags={"max_batch_size": "--batch-size",
+                                                        "memory_mode": "--memory-mode"},
+                                 **overrides)
         models = model or settings.default_models
         prompts = prompt or settings.default_prompts
         common = dict(negative_prompt=negative_prompt, strength=strength, steps=steps,
@@ -64,7 +83,8 @@ def run(
                       output_format=output_format, keep_size=keep_size, scheduler=scheduler,
                       **opt.lora_params(lora))
         for m in models:  # validate every option once, before any work
-            validate_params(model=m, prompt=prompts[0] if prompts else "", **common)
+            validate_params(model=m, prompt=prompts[0] if prompts else "",
+                            field_names=opt.FLAG_NAMES, **common)
     except Img2ImgError as exc:
         raise fail(str(exc)) from None
     if not models or not prompts:
@@ -84,15 +104,18 @@ def run(
             check_lora_allowed(parse_lora_spec(spec).ref, settings.allowed_loras)
     except Img2ImgError as exc:
         raise fail(str(exc)) from None
-    configure_logging(log_level, fmt="text")
+    configure_logging(log_level_or(log_level), fmt="text")
 
-    roots = inputs or [Path("data/input_images")]
+    roots = inputs or [DEFAULT_INPUTS]
     missing = [str(p) for p in roots if not p.exists()]
+    if missing and not inputs:
+        raise fail(f"no INPUTS given, and the default folder {DEFAULT_INPUTS} is not in "
+                   f"{Path.cwd()}: pass image files or folders")
     if missing:
         raise fail(f"no such file or folder: {', '.join(missing)}")
     if output_dir.exists() and not output_dir.is_dir():
         raise fail(f"--output-dir {output_dir} is a file, not a folder")
-    files, skipped = collect_inputs(roots)
+    files, skipped = collect_inputs(roots, output_dir)
     if not files:
         raise fail(f"no images in {', '.join(map(str, roots))} (looked for "
                    f"{', '.join(sorted(IMAGE_EXTENSIONS))}; {len(skipped)} other files)")
@@ -102,8 +125,6 @@ def run(
         raise fail(f"--output-dir {output_dir}: {exc.strerror or exc}") from None
     jobs = plan_jobs(files, output_dir, models=models, prompts=prompts, choice_seed=seed,
                      make_params=lambda m, p: validate_params(model=m, prompt=p, **common))
-    from rich.progress import Progress
-
     from worker.engine.engine import Engine
 
     try:
@@ -112,12 +133,12 @@ def run(
             engine.model(m)  # every model loads once, up front: a missing one fails here
     except Img2ImgError as exc:
         raise fail(str(exc)) from None
-    with Progress(transient=False) as progress:
-        task = progress.add_task("img2img", total=len(jobs))
+    with progress_bars() as bars:
+        advance = no_bars("img2img", len(jobs)) if as_json else bars("img2img", len(jobs))
         runner = LocalRunner(engine, max_batch_size=settings.max_batch_size,
                              io_threads=settings.io_threads,
                              results_path=output_dir / RESULTS_FILE,
-                             on_result=lambda r: progress.advance(task))
+                             on_result=lambda r: advance(1))
         summary = runner.run(jobs)
     summary.skipped = len(skipped)
     from common.failures import failure_lines
@@ -129,6 +150,14 @@ def run(
              for j in jobs}  # records do not carry these; the gallery shows them
     gallery = write_gallery([{**asked.get(r.get("input"), {}), **r} for r in results],
                             output_dir, title=f"img2img: {output_dir}")
+    if as_json:
+        typer.echo(json.dumps({
+            "done": summary.done, "failed": summary.failed, "skipped": summary.skipped,
+            "seconds": round(summary.seconds, 3),
+            "results": str(output_dir / RESULTS_FILE), "gallery": str(gallery),
+            "failures": [{"input": r.get("input"), "error": r.get("error")}
+                         for r in results if r.get("status") == "failed"]}, indent=2))
+        raise typer.Exit(1 if summary.failed else 0)
     typer.echo(f"{summary.line()}; results in {output_dir / RESULTS_FILE}; gallery {gallery}")
     for line in failure_lines(results, more=f"all in {output_dir / RESULTS_FILE}"):
         typer.echo(line, err=True)
@@ -138,6 +167,8 @@ def run(
 
 @app.command()
 def serve(
+    queue_url: Annotated[str | None, typer.Option(
+        help="The job queue's URL. Default: IMG2IMG_QUEUE_URL.")] = None,
     exit_when_idle: Annotated[float | None, typer.Option(
         help="Exit after this many seconds with nothing received or held.")] = None,
     max_jobs: Annotated[int | None, typer.Option(
@@ -148,16 +179,19 @@ def serve(
     """Long-poll IMG2IMG_QUEUE_URL, run batches, write results to S3, until stopped."""
     from common.logs import configure_logging
 
-    configure_logging(log_level, fmt="json")
+    configure_logging(log_level_or(log_level), fmt="json")
     import signal
 
+    from common.aws import default_region_from_queue
     from worker.fleet.service import build_worker, install_signal_handlers
     from worker.settings import WorkerSettings
 
     with clear_errors():
-        settings = load_settings(WorkerSettings)
+        settings = load_settings(WorkerSettings,
+                                 **({"queue_url": queue_url} if queue_url else {}))
         if not settings.queue_url:
-            raise InvalidJob("IMG2IMG_QUEUE_URL is not set: the worker needs a queue")
+            raise InvalidJob("no queue: pass --queue-url or set IMG2IMG_QUEUE_URL")
+        default_region_from_queue(settings.queue_url)
         worker = build_worker(settings)
     install_signal_handlers(worker, (signal.SIGTERM, signal.SIGINT))
     worker.run(exit_when_idle=exit_when_idle, max_jobs=max_jobs)

@@ -22,7 +22,7 @@ from typing import Generic, TypeVar
 
 from PIL import Image
 
-from contract.errors import Interrupted, Timeout
+from contract.errors import Img2ImgError, Interrupted, Timeout
 from worker.batching import BatchKey, group_batches
 from worker.engine.engine import BatchStats, Engine
 from worker.jobs import Job, Outcome, Readiness
@@ -325,11 +325,17 @@ class JobPipeline(Generic[J]):
                     and time.perf_counter() > timeout_at and not self._stopping():
                 exc = Timeout(f"the generation ran over its {key.timeout_seconds} s timeout "
                               f"({seconds:.1f} s) and was stopped")
-            elif not isinstance(exc, Interrupted):
+            elif isinstance(exc, Interrupted):
+                pass  # stopping: the jobs go back
+            elif isinstance(exc, Img2ImgError):  # named and expected: its record says why
+                log.warning("batch of %d failed: %s", len(jobs), exc)
+            else:
                 log.exception("batch of %d failed: %r", len(jobs), exc)
-            for job in jobs:
-                job.timings["inference"] = seconds / len(jobs)
-            self.source.batch_ran(key, jobs, seconds, getattr(exc, "batch_stats", None))
+            stats = getattr(exc, "batch_stats", None)
+            if stats is None or stats.pipeline_calls:  # a model that never loaded costs none
+                for job in jobs:
+                    job.timings["inference"] = seconds / len(jobs)
+            self.source.batch_ran(key, jobs, seconds, stats)
             self._end_all(jobs, exc)
             return
         seconds = time.perf_counter() - started

@@ -36,10 +36,20 @@ PREFETCH_BATCHES = 4
 PREFETCH_MIN = 8
 
 
+# The stages a local job spends its own time in (its share of its batch for inference).
+OWN_STAGES = ("read", "inference", "write")
+
+
 @dataclass(eq=False)
 class FileJob(Job):
     input_path: Path = Path()
     output_path: Path = Path()
+
+    def seconds(self) -> float:
+        """The job's own time: its read, its share of its batch, its write. Every file
+        of a run is there from the start, so time spent waiting for the engine says
+        nothing about this image."""
+        return round(sum(self.timings.get(stage, 0.0) for stage in OWN_STAGES), 4)
 
 
 @dataclass
@@ -56,19 +66,28 @@ class RunSummary:
                 f"(not images) in {self.seconds:.1f} s{per_image}")
 
 
-def collect_inputs(inputs: list[Path]) -> tuple[list[tuple[Path, Path]], list[Path]]:
+def collect_inputs(inputs: list[Path], output_dir: Path | None = None
+                   ) -> tuple[list[tuple[Path, Path]], list[Path]]:
     """(image file, path relative to its root) pairs, and files skipped as non-images.
 
     Folders are scanned recursively for image extensions; files named explicitly are
     always attempted, so a mislabelled file gets a failed record rather than silence.
+    A scanned folder's files under ``output_dir`` are left out: outputs written inside
+    the input folder are not inputs of the next run.
     """
+    outputs = output_dir.resolve() if output_dir is not None else None
+
+    def is_output(path: Path) -> bool:
+        return outputs is not None and path.resolve().is_relative_to(outputs)
+
     found: list[tuple[Path, Path]] = []
     skipped: list[Path] = []
     for root in inputs:
         if root.is_dir():
             images, others = scan_images(root)
-            found.extend((image.path, Path(image.relative)) for image in images)
-            skipped.extend(others)
+            found.extend((image.path, Path(image.relative)) for image in images
+                         if not is_output(image.path))
+            skipped.extend(p for p in others if not is_output(p))
         else:
             found.append((root, Path(root.name)))
     return found, skipped
@@ -107,7 +126,6 @@ class FolderSource(JobSource[FileJob]):
         self._lock = threading.Lock()
 
     def prepare(self, job: FileJob) -> Readiness | Outcome:
-        job.received_at = time.monotonic()  # its seconds count from its read, not the plan
         started = time.perf_counter()
         try:
             data = job.input_path.read_bytes()

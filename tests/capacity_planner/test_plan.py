@@ -126,3 +126,22 @@ def test_a_setting_the_stack_refuses_is_one_line() -> None:
     done = plan("--images", "10", "--instance-type", "p4d.24xlarge")
     assert done.returncode == 2
     assert "instanceTypes" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_json_seconds_are_rounded_as_people_write_them() -> None:
+    p = plan_json("--images", "1000")
+
+    def floats(value, key=""):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from floats(v, k if k.endswith("seconds") else key)
+        elif isinstance(value, list):
+            for v in value:
+                yield from floats(v, key)
+        elif isinstance(value, float):
+            yield key, value
+
+    seconds = [(key, number) for key, number in floats(p) if key]
+    assert len(seconds) > 10
+    for key, number in seconds:
+        assert number == round(number, 1), (key, number)

@@ -415,6 +415,14 @@ def test_parse_s3_uri_bad_parts_raise_invalid_job(uri: str) -> None:
         parse_s3_uri(uri)
 
 
+def test_a_bad_bucket_name_is_explained_in_words_not_a_pattern() -> None:
+    with pytest.raises(InvalidJob) as raised:
+        parse_s3_uri("s3://Bad_Bucket/o/", prefix=True)
+    message = str(raised.value)
+    assert "'s3://Bad_Bucket/o/'" in message and "3 to 63 lowercase letters" in message
+    assert "[a-z" not in message and "pattern" not in message
+
+
 def test_output_and_result_keys() -> None:
     key = output_key("outputs", "photos/cat.final.JPG", "0123456789abcdef", "png")
     assert key == "outputs/cat.final.0123456789ab.png"

@@ -187,10 +187,11 @@ def test_same_bytes_under_another_etag_are_recognised_by_their_md5(fleet, s3, tm
 def test_bad_input_is_a_clear_error_with_status_2(fleet, monkeypatch, tmp_path):
     cases = [
         (["enqueue", str(tmp_path / "missing")], "neither an s3:// URI nor a folder"),
-        (["enqueue", f"s3://{fleet.bucket}/in/", "--strength", "1.5"], "strength"),
+        (["enqueue", f"s3://{fleet.bucket}/in/", "--strength", "1.5"], "--strength: "),
         (["enqueue", f"s3://{fleet.bucket}/in/", "--scheduler", "nope"], "scheduler"),
-        (["enqueue", f"s3://{fleet.bucket}/in/", "--max-side", "500"], "max_side"),
-        (["enqueue", "s3://no-such-bucket-here/in/"], "NoSuchBucket"),
+        (["enqueue", f"s3://{fleet.bucket}/in/", "--max-side", "500"], "--max-side: "),
+        (["enqueue", f"s3://{fleet.bucket}/in/", "--seed", "-1"], "--seed: "),
+        (["enqueue", "s3://no-such-bucket-here/in/"], "no bucket 'no-such-bucket-here'"),
         (["enqueue", str(tmp_path)], "--bucket"),
     ]
     for args, named in cases:
@@ -201,6 +202,22 @@ def test_bad_input_is_a_clear_error_with_status_2(fleet, monkeypatch, tmp_path):
     for args in (["enqueue", f"s3://{fleet.bucket}/in/"], ["status"], ["redrive"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and "IMG2IMG_QUEUE_URL" in result.stderr, result.output
+
+
+def test_enqueue_json_gives_the_batch_id_and_counts(fleet, s3, sqs):
+    put_images(s3, fleet.bucket, ["in/a.png", "in/b.png"])
+
+    result = runner.invoke(app, ["enqueue", f"s3://{fleet.bucket}/in/", "-m", "tiny",
+                                 "-p", "p", "--json"])
+
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)
+    assert facts["batch_id"] and (facts["found"], facts["enqueued"]) == (2, 2)
+    assert facts["manifest"] == f"s3://{fleet.bucket}/" + batch_manifest_key(
+        "outputs/", facts["batch_id"])
+    assert facts["failed"] == [] and "jobs" not in facts
+    assert "enqueue" not in result.stderr  # no progress bars
+    assert depth(sqs, fleet.queue_url) == 2
 
 
 def test_console_entry_point_in_a_subprocess(fleet, s3, sqs):

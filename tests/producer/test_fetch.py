@@ -98,3 +98,35 @@ def test_current_means_same_size_and_md5_unless_the_etag_is_not_an_md5(tmp_path)
     assert is_current(path, 5, '"0123456789abcdef0123456789abcdef-3"')  # multipart: size
     assert not is_current(tmp_path / "missing", 5, md5)
     assert [safe_name(n) for n in ("a/b", "..", "", "x.png")] == ["a_b", "_", "_", "x.png"]
+
+
+def test_fetch_into_a_file_is_a_one_line_error(fleet, s3, tmp_path):
+    put_samples(s3, fleet.bucket)
+    jobs = enqueue(fleet.bucket)
+    finish(s3, jobs[0])
+    (tmp_path / "taken").write_text("not a folder")
+
+    into_file = fetch(fleet, tmp_path / "taken", jobs[0].batch_id)
+    under_file = fetch(fleet, tmp_path / "taken" / "sub", jobs[0].batch_id)
+
+    assert into_file.exit_code == 2, into_file.output
+    assert into_file.stderr.strip() == f"error: DEST {tmp_path / 'taken'} is not a folder"
+    assert under_file.exit_code == 2, under_file.output
+    assert f"({tmp_path / 'taken'} is a file)" in under_file.stderr
+    assert "Traceback" not in into_file.output + under_file.output
+    assert (tmp_path / "taken").read_text() == "not a folder"
+
+
+def test_fetch_json_gives_the_counts_and_no_progress_bars(fleet, s3, tmp_path):
+    put_samples(s3, fleet.bucket)
+    jobs = enqueue(fleet.bucket)
+    finish(s3, jobs[0])
+
+    result = fetch(fleet, tmp_path / "j", jobs[0].batch_id, "--json")
+
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)
+    assert (facts["batch_id"], facts["total"], facts["done"], facts["downloaded"]) == (
+        jobs[0].batch_id, 4, 1, 2)
+    assert facts["dest"] == str(tmp_path / "j") and facts["not_downloaded"] == []
+    assert "fetch" not in result.stderr  # no bar

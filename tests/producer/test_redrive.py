@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from types import SimpleNamespace
 
@@ -158,3 +159,39 @@ def test_redrive_stops_at_its_time_limit(fleet, sqs):
     report = redrive(sqs, fleet.queue_url, timeout=10, clock=lambda: next(ticks))
     assert report.stopped == "time" and 0 < report.moved <= 10  # one receive's worth
     assert counts(sqs, fleet.dlq_url) == (15 - report.moved, 0)
+
+
+def test_dry_run_counts_and_json_reports_for_scripts(fleet, sqs):
+    fill_dlq(sqs, fleet.dlq_url, 5)
+
+    dry = runner.invoke(app, ["redrive", "--dry-run"])
+    left = counts(sqs, fleet.dlq_url)
+    moved = runner.invoke(app, ["redrive", "--json"])
+
+    assert dry.exit_code == 0, dry.output
+    assert f"dry run: {fleet.dlq_url} holds about 5 message(s)" in dry.stdout
+    assert left == (5, 0)
+    assert moved.exit_code == 0, moved.output
+    [report] = json.loads(moved.stdout)
+    assert report["queue_url"] == fleet.queue_url and report["dlq_url"] == fleet.dlq_url
+    assert (report["method"], report["moved"], report["failed"]) == (
+        "receive-send-delete", 5, 0)
+
+
+def test_move_task_where_the_endpoint_has_none_is_one_line_without_html(fleet):
+    result = runner.invoke(app, ["redrive", "--move-task"])
+
+    assert result.exit_code == 2, result.output
+    assert "StartMessageMoveTask is not available here" in result.stderr
+    assert "<" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_one_of_each_is_counted_in_the_singular(fleet, sqs):
+    fill_dlq(sqs, fleet.dlq_url, 1)
+    sqs.send_message(QueueUrl=fleet.dlq_url, MessageBody="not a job")
+
+    result = runner.invoke(app, ["redrive"])
+
+    assert result.exit_code == 0, result.output
+    assert "moved 1 message from" in result.stdout
+    assert "1 body that is not a job stays in the DLQ" in result.stderr

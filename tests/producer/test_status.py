@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 
 from typer.testing import CliRunner
 
@@ -53,6 +54,25 @@ def test_batch_progress_counts_across_list_pages(fleet, s3):
     assert progress.first_marker_at is not None
 
 
+def test_a_finished_batchs_rate_is_counted_to_its_end_not_to_now(fleet, s3):
+    jobs = enqueue_batch(fleet, s3, 2)
+    for job in jobs:
+        mark(s3, job, "done")
+    from contract.locations import parse_s3_uri
+
+    progress = batch_progress(s3, parse_s3_uri(f"s3://{fleet.bucket}/outputs/", prefix=True),
+                              jobs[0].batch_id)
+    assert progress.complete and progress.finished_at == progress.last_marker_at
+    later = progress.finished_at + timedelta(hours=1)
+    at_end = progress.rate(progress.finished_at)
+
+    assert at_end is not None and progress.rate(later) == at_end
+    assert progress.to_dict(later)["finished_at"] == progress.finished_at.isoformat()
+    unfinished = batch_progress(s3, parse_s3_uri(f"s3://{fleet.bucket}/outputs/",
+                                                 prefix=True), "b-none")
+    assert unfinished.finished_at is None
+
+
 def test_watch_returns_when_every_job_is_done_or_failed(fleet, s3):
     jobs = enqueue_batch(fleet, s3, 4)
     mark(s3, jobs[0], "done")
@@ -87,6 +107,20 @@ def test_watch_gives_up_after_its_timeout(fleet, s3):
 
     assert result.exit_code == 1, result.output
     assert "done 1, failed 0, total 2" in result.stdout and "gave up" in result.stderr
+
+
+def test_a_watch_with_no_worker_says_the_jobs_wait_on_the_queue(fleet, s3):
+    """Nothing in the DLQ: the timeout says what the queue shows, not a guess about it."""
+    jobs = enqueue_batch(fleet, s3, 2)
+
+    result = runner.invoke(app, ["status", "--batch-id", jobs[0].batch_id, "--output",
+                                 f"s3://{fleet.bucket}/outputs/", "--watch",
+                                 "--interval", "0.1", "--timeout", "0.3"])
+
+    assert result.exit_code == 1, result.output
+    assert "2 message(s) wait on the queue and none is in flight: no worker is taking " \
+        "them" in result.stderr
+    assert "DLQ" not in result.stderr
 
 
 def test_an_unknown_batch_is_an_error_watched_or_not(fleet):

@@ -84,9 +84,15 @@ def test_without_a_batch_id_the_recent_batches_are_listed_newest_first(fleet, s3
     assert lines[0].startswith(f"queue {fleet.queue_url}: visible 4")
     header = lines.index(f"batches under s3://{fleet.bucket}/outputs/, newest first:")
     assert f"batch {second_id}: done 0, failed 0, total 2" in lines[header + 1]
-    assert f"batch {first[0].batch_id}: done 1, failed 0, total 2" in lines[header + 2]
+    # Each batch says what it ran: source, model and prompt.
+    assert lines[header + 2].strip() == (f"source s3://{fleet.bucket}/in/; model tiny; "
+                                         "prompt 'another prompt'")
+    assert f"batch {first[0].batch_id}: done 1, failed 0, total 2" in lines[header + 3]
+    assert lines[header + 4].strip() == f"source s3://{fleet.bucket}/in/; model tiny; prompt 'p'"
     assert lines[header + 1].lstrip().startswith("20")  # its creation time
-    assert [b["batch_id"] for b in json.loads(newest.stdout)["batches"]] == [second_id]
+    batches = json.loads(newest.stdout)["batches"]
+    assert [b["batch_id"] for b in batches] == [second_id]
+    assert (batches[0]["models"], batches[0]["prompts"]) == (["tiny"], ["another prompt"])
 
 
 def test_without_batches_or_an_output_prefix_it_says_what_to_pass(fleet, s3):

@@ -174,3 +174,29 @@ def test_refused_and_unwanted_jobs_never_reach_the_engine(stub_pipeline, stub_en
     assert [names for _, names in stub_engine.batches] == [["kept"]]
     assert error_type(stub_source, "cancelled") == "Cancelled"
     assert stub_source.dropped_jobs == ["released"]
+
+
+def test_a_model_that_never_loaded_charges_no_gpu_time_and_logs_no_traceback(
+        stub_pipeline, stub_source, model_cache, tmp_path, caplog):
+    """The real engine, asked for a model folder that is not a model."""
+    from worker.engine.engine import Engine
+    from worker.settings import WorkerSettings
+
+    missing = tmp_path / "no-model"
+    missing.mkdir()
+    engine = Engine(WorkerSettings(model_cache=model_cache, allowed_models=[str(missing)],
+                                   device="cpu"))
+    pipeline = stub_pipeline(engine=engine)
+    jobs = [make_job(f"m{i}", model=str(missing)) for i in range(2)]
+    for job in jobs:
+        pipeline.submit(job)
+    with caplog.at_level("WARNING"):
+        pipeline.run(until=lambda: stub_source.settled() >= len(jobs))
+
+    for job in jobs:
+        record = stub_source.outcomes[job.job_id].record
+        assert record.status == "failed" and record.error.type == "ModelNotFound"
+        assert record.gpu_seconds is None and record.cost_usd is None
+    failures = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert failures and all(r.exc_info is None for r in failures)
+    assert "no model_index.json" in failures[0].getMessage()

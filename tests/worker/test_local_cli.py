@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -184,12 +185,13 @@ def test_webp_and_no_keep_size_give_the_model_size(model_cache: Path,
 @pytest.mark.parametrize(
     ("args", "env", "named"),
     [
-        (["--strength", "2"], {}, "strength"),
-        (["--max-side", "100"], {}, "max_side"),
-        (["--batch-size", "0"], {}, "IMG2IMG_MAX_BATCH_SIZE"),
+        (["--strength", "2"], {}, "--strength: "),
+        (["--max-side", "100"], {}, "--max-side: "),
+        (["--batch-size", "0"], {}, "--batch-size: "),
+        ([], {"IMG2IMG_MAX_BATCH_SIZE": "0"}, "IMG2IMG_MAX_BATCH_SIZE: "),
         ([], {"IMG2IMG_MEMORY_MODE": "turbo"}, "IMG2IMG_MEMORY_MODE"),
     ],
-    ids=["strength", "max-side", "batch-size", "env"],
+    ids=["strength", "max-side", "batch-size", "batch-size-env", "env"],
 )
 def test_bad_option_exits_2_naming_it(args: list[str], env: dict[str, str], named: str,
                                       model_cache: Path, tmp_path: Path) -> None:
@@ -277,3 +279,46 @@ def test_three_inputs_with_the_same_name_get_distinct_outputs(tmp_path: Path) ->
     files = [(tmp_path / f"d{i}" / "x.png", Path("x.png")) for i in range(3)]
     outputs = [j.output_path for j in _plan(files, tmp_path / "out")]
     assert len(set(outputs)) == 3, outputs
+
+
+# -- an output folder inside the input folder, run twice ------------------------------------
+
+@pytest.fixture(scope="module")
+def nested_reruns(model_cache: Path, tmp_path_factory: pytest.TempPathFactory
+                  ) -> tuple[Run, Run]:
+    """``run nest --output-dir nest/out`` twice, one image per batch."""
+    root = tmp_path_factory.mktemp("nested")
+    nest = root / "nest"
+    nest.mkdir()
+    for i in range(3):
+        (nest / f"img{i}.png").write_bytes(png_bytes(pattern_rgb(64, 48, seed=40 + i)))
+    args = ["nest", "-m", "tiny", "-p", "x", *FAST_ARGS, "--batch-size", "1"]
+    first = run_cli(args, cwd=root, model_cache=model_cache, out=Path("nest/out"))
+    second = run_cli([*args, "--json"], cwd=root, model_cache=model_cache,
+                     out=Path("nest/out"))
+    return (Run(first.returncode, first.stdout, first.stderr, root / "nest" / "out"),
+            Run(second.returncode, second.stdout, second.stderr, root / "nest" / "out"))
+
+
+def test_outputs_inside_the_input_folder_are_not_inputs_of_the_rerun(
+        nested_reruns: tuple[Run, Run]) -> None:
+    first, second = nested_reruns
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    assert "done 3, failed 0, skipped 0" in first.stdout, first.stdout
+    facts = json.loads(second.stdout)  # --json: one object, no bar
+    assert (facts["done"], facts["failed"], facts["skipped"]) == (3, 0, 0), facts
+    assert facts["results"] == "nest/out/results.jsonl" and facts["failures"] == []
+    assert sorted(r["input"] for r in second.results) == [f"nest/img{i}.png" for i in range(3)]
+    assert not (second.out / "out").exists()
+
+
+def test_local_seconds_are_each_jobs_own_not_the_time_since_the_start(
+        nested_reruns: tuple[Run, Run]) -> None:
+    """One image per batch: the last job waited for two batches before its own; its
+    ``seconds`` are its read, its batch and its write, nothing of that wait."""
+    records = nested_reruns[1].results
+    for record in records:
+        own = sum(record["timings"][stage] for stage in ("read", "inference", "write"))
+        assert record["seconds"] == pytest.approx(own, abs=0.01), record
+    inference = [r["timings"]["inference"] for r in records]
+    assert max(r["seconds"] for r in records) < sum(inference)

@@ -68,7 +68,7 @@ class BatchProgress:
         self._lock = threading.Lock()
 
     def count(self, output: S3Location, batch_id: str | None, job_id: str,
-              status: FinalStatus, gpu_seconds: float = 0.0, cost_usd: float = 0.0,
+              status: FinalStatus, gpu_seconds: float = 0.0, cost_usd: float | None = None,
               message_id: str = "") -> Completed | None:
         """Count one ended job; a ``Completed`` when it completed the batch for us
         (``message_id``: the delivery that ended it, named in the claim)."""
@@ -118,7 +118,7 @@ class BatchProgress:
         return manifest
 
     def _increment(self, location: S3Location, status: FinalStatus, gpu_seconds: float,
-                   cost_usd: float) -> BatchCounts | None:
+                   cost_usd: float | None) -> BatchCounts | None:
         for attempt in range(COUNT_ATTEMPTS):
             data, etag = self.storage.read_json(location)
             counts = BatchCounts.model_validate(data or {}).add(status, gpu_seconds, cost_usd)

@@ -130,13 +130,15 @@ class QueueConsumer:
         shift = (self._rounds // self.fair_share - 1) % (count - 1) + 1
         return self.queues[shift:] + self.queues[:shift]
 
-    def receive(self, max_messages: int) -> list[Delivery]:
+    def receive(self, max_messages: int, wait_seconds: int | None = None) -> list[Delivery]:
         """Up to ``max_messages`` (at most 10) from the first queue in this round's order
-        that has any; only the last queue asked long-polls."""
+        that has any; only the last queue asked long-polls (``wait_seconds``, default
+        the consumer's)."""
         order = self.poll_order()
         count = max(1, min(max_messages, MAX_RECEIVE_MESSAGES))
         for index, queue in enumerate(order):
-            wait = self.wait_seconds if index == len(order) - 1 else 0
+            wait = ((self.wait_seconds if wait_seconds is None else wait_seconds)
+                    if index == len(order) - 1 else 0)
             messages = queue.receive(count, wait, self.visibility_timeout, time.monotonic())
             if messages:
                 return [self._hold(Delivery(message, queue)) for message in messages]

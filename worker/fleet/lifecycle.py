@@ -61,7 +61,7 @@ class JobLifecycle:
         try:
             completed = self.progress.count(
                 wire.output, job.batch_id, job.job_id, record.status,  # type: ignore[arg-type]
-                gpu_seconds=record.gpu_seconds or 0.0, cost_usd=record.cost_usd or 0.0,
+                gpu_seconds=record.gpu_seconds or 0.0, cost_usd=record.cost_usd,
                 message_id=job.message_id)
         except Exception as exc:  # noqa: BLE001 - the job is done; its count is not vital
             log.warning("job %s: could not count it in its batch: %r", job.job_id, exc,

@@ -16,6 +16,7 @@ everything at once); STOPPED.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -164,6 +165,7 @@ class Worker:
         self.notifier.close()
         self.protection.update(busy=False)
         self._set_state(WorkerState.STOPPED)
+        self.health.stopped(self.fatal or "exited")
         log.info(self.summary_line())
 
     def _set_state(self, state: WorkerState) -> None:
@@ -254,7 +256,7 @@ class Worker:
             if room <= 0:
                 continue
             try:
-                deliveries = self.consumer.receive(room)
+                deliveries = self.consumer.receive(room, wait_seconds=self._receive_wait())
             except Exception as exc:  # noqa: BLE001 - SQS hiccups must not kill the loop
                 if self._receive_failed(exc):
                     return
@@ -307,6 +309,16 @@ class Worker:
             return True
         time.sleep(RECEIVE_RETRY_SECONDS)
         return False
+
+    def _receive_wait(self) -> int:
+        """The long poll's wait: never past the moment --exit-when-idle ends the run
+        (SQS waits whole seconds, at least 1 here so an idle worker does not spin)."""
+        wait = self.settings.receive_wait_seconds
+        limit = self._exit_when_idle
+        if limit is None:
+            return wait
+        idle_for = time.monotonic() - max(self._last_activity, self.source.last_ended)
+        return max(1, min(wait, math.ceil(limit - idle_for)))
 
     def _idle_exit(self) -> bool:
         """True when --exit-when-idle should end the run now (asked by the receiver

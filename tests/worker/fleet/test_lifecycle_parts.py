@@ -196,3 +196,43 @@ def test_an_unreachable_endpoint_is_counted_not_waited_for(fleet):
     notifier.publish(job_event(_record(), output=None))
     notifier.close()
     assert (notifier.delivered, notifier.undelivered) == (0, 2)
+
+
+def test_a_batch_run_without_a_gpu_price_reports_its_cost_as_null(fleet, s3):
+    """Workers without IMG2IMG_GPU_PRICE_PER_HOUR record no cost: the batch's event and
+    ``status --json`` say null (not priced), not 0.0 (free)."""
+    from typer.testing import CliRunner
+
+    from contract.job import GenerationParams, JobMessage
+    from producer.cli import app
+    from worker.fleet.fleet_jobs import FleetJob
+
+    wires = [JobMessage.create(input=S3Location(bucket=fleet.bucket, key=f"in/{i}.png"),
+                               input_etag=None, output_prefix=S3Location(
+                                   bucket=fleet.bucket, key=OUT),
+                               params=GenerationParams(model="tiny", prompt="p"),
+                               batch_id="unpriced") for i in range(2)]
+    _manifest(s3, fleet.bucket, "unpriced", [w.job_id for w in wires])
+    hook = WebhookReceiver()
+    notifier = Notifier(topic_arn=None, sns_client=None, webhook_url=hook.url,
+                        webhook_secret=None, sleep_for=0)
+    lifecycle = JobLifecycle(notifier, BatchProgress(S3Storage(s3), "w"),
+                             CancelWatch(S3Storage(s3), max_age=5), worker_id="w")
+    for wire in wires:
+        job = FleetJob(job_id=wire.job_id, params=wire.params, source=wire.input.uri,
+                       batch_id=wire.batch_id, wire=wire)
+        job.timings["inference"] = 0.25
+        record = job.done_record(wire.output.uri, "w")  # no price
+        _marker(s3, fleet.bucket, "unpriced", wire.job_id, "done")
+        assert lifecycle.ended(job, record, announce_job=False)
+    notifier.close()
+    status = CliRunner().invoke(app, ["status", "--batch-id", "unpriced", "--output",
+                                      f"s3://{fleet.bucket}/{OUT}", "--json"])
+
+    (_, body), = hook.received
+    event = json.loads(body)
+    assert event["type"] == "batch.complete" and event["gpu_seconds"] == pytest.approx(0.5)
+    assert event["cost_usd"] is None
+    assert status.exit_code == 0, status.output
+    batch = json.loads(status.stdout)["batch"]
+    assert batch["gpu_seconds"] == pytest.approx(0.5) and batch["cost_usd"] is None

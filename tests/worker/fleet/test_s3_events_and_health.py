@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -111,19 +112,49 @@ def test_running_worker_keeps_its_health_file_fresh(fleet, model_cache, tmp_path
     assert worker.wait() == 0
 
 
+def test_an_idle_exit_comes_on_time_and_leaves_the_worker_unhealthy(fleet, model_cache,
+                                                                    tmp_path):
+    """A 20 s long poll does not hold --exit-when-idle 2 back; the worker that exited
+    is unhealthy at once (its last beats are still recent), and so is one killed."""
+    env = worker_env(fleet, model_cache, tmp_path, receive_wait_seconds=20)
+    worker = WorkerProcess(env, "--exit-when-idle", "2")
+    worker.wait_for(lambda e: "starting" in e.get("message", ""), timeout=60)
+    started = time.monotonic()
+    assert worker.wait(timeout=60) == 0
+    idle_exit = time.monotonic() - started
+    check = subprocess.run([WORKER_BIN, "healthcheck"], env=env, capture_output=True,
+                           text=True)
+    killed_env = worker_env(fleet, model_cache, tmp_path / "k")
+    killed = WorkerProcess(killed_env, "--exit-when-idle", "60")
+    killed.wait_for(lambda e: "starting" in e.get("message", ""), timeout=60)
+    killed.signal(signal.SIGKILL)
+    killed.wait()
+    after_kill = subprocess.run([WORKER_BIN, "healthcheck"], env=killed_env,
+                                capture_output=True, text=True)
+
+    assert idle_exit < 10, f"took {idle_exit:.1f} s"
+    assert check.returncode == 1, check.stdout
+    assert "unhealthy: the worker stopped: exited" in check.stdout
+    assert after_kill.returncode == 1, after_kill.stdout
+    assert "is not running" in after_kill.stdout
+
+
 def test_serve_without_a_queue_url_fails_naming_the_variable(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "IMG2IMG_QUEUE_URL"}
     result = subprocess.run([WORKER_BIN, "serve"], env=env, capture_output=True, text=True,
                             timeout=60, cwd=tmp_path)
     assert result.returncode == 2 and "IMG2IMG_QUEUE_URL" in result.stderr
+    assert "--queue-url" in result.stderr
 
 
 def test_serve_on_a_queue_that_does_not_exist_stops_with_a_clear_error(fleet, model_cache,
                                                                         tmp_path):
+    """The queue named by --queue-url, and the endpoint by --endpoint-url."""
     env = worker_env(fleet, model_cache, tmp_path)
-    env["IMG2IMG_QUEUE_URL"] = fleet.queue_url + "-missing"
-    result = subprocess.run([WORKER_BIN, "serve"], env=env, capture_output=True, text=True,
-                            timeout=120)
+    del env["IMG2IMG_QUEUE_URL"], env["AWS_ENDPOINT_URL"]
+    result = subprocess.run([WORKER_BIN, "--endpoint-url", fleet.endpoint_url, "serve",
+                             "--queue-url", fleet.queue_url + "-missing"], env=env,
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "cannot receive from" in result.stderr and "-missing" in result.stderr
 
@@ -131,7 +162,8 @@ def test_serve_on_a_queue_that_does_not_exist_stops_with_a_clear_error(fleet, mo
 def test_serve_without_an_aws_region_says_so(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")}
-    env.update(IMG2IMG_QUEUE_URL="https://sqs.us-east-1.amazonaws.com/123456789012/q",
+    # An emulator's queue URL names no region (an AWS one does: it would be used).
+    env.update(IMG2IMG_QUEUE_URL="http://127.0.0.1:9/123456789012/q",
                AWS_CONFIG_FILE=str(tmp_path / "no-config"))
     result = subprocess.run([WORKER_BIN, "serve"], env=env, capture_output=True, text=True,
                             timeout=60, cwd=tmp_path)
