@@ -55,6 +55,7 @@ class FleetJob(Job):
     delivery: Delivery | None = None
     from_event: bool = False  # made from an S3 notification
     claimed: bool = False  # this delivery holds the job's running record
+    found: dict | None = None  # the final record another delivery left (FINISHED*)
 
     @classmethod
     def of(cls, wire: JobMessage, delivery: Delivery, *, from_event: bool) -> FleetJob:
@@ -121,6 +122,7 @@ def claim(storage: S3Storage, job: FleetJob, *, worker_id: str,
         status = data.get("status")
         if status == "done" or (status in FINAL_STATUSES
                                 and _finished(data, job) is Claim.FINISHED_HERE):
+            job.found = data
             return _finished(data, job)  # a failed record of another message: run again
         if status == "running" and not _claim_lapsed(data, job.message_id):
             return Claim.WAIT
@@ -137,6 +139,7 @@ def recheck(storage: S3Storage, job: FleetJob, *, worker_id: str,
     go (released, or its lease ran out), else WAIT."""
     data, _ = storage.read_json(job.result_location())
     if data is not None and data.get("status") in FINAL_STATUSES:
+        job.found = data
         return _finished(data, job)
     if data is not None and data.get("status") == "running" and not _claim_lapsed(
             data, job.message_id):

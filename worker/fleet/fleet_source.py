@@ -179,9 +179,7 @@ class FleetSource(JobSource[FleetJob]):
             claim = fleet_jobs.claim(self.storage, job, worker_id=self.worker_id,
                                      lease_seconds=self.lease_seconds)
             if claim is Claim.FINISHED:
-                fleet_jobs.write_marker(self.storage, wire.output, job.batch_id, job.job_id,
-                                        "done")
-                return Outcome(Status.DUPLICATE, reason="already done")
+                return self._finished_elsewhere(job)
             if claim is Claim.FINISHED_HERE:
                 return self._ended_by_this_message(job)
             if claim is Claim.WAIT:
@@ -197,12 +195,34 @@ class FleetSource(JobSource[FleetJob]):
         """An earlier delivery of this very message ended the job, then lost the message
         (a crash before the delete): acknowledge, and count it, since that delivery may
         not have (a count too many is caught when the batch's markers are counted)."""
-        data, _ = self.storage.read_json(job.result_location())
+        data = job.found
+        if data is None:
+            data, _ = self.storage.read_json(job.result_location())
         record = ResultRecord.model_validate(data)
         fleet_jobs.write_marker(self.storage, job.job.output, job.batch_id, job.job_id,
                                 record.status)
         return Outcome(Status.DUPLICATE, record=record,
                        reason="ended by an earlier delivery of this message")
+
+    def _finished_elsewhere(self, job: FleetJob) -> Outcome:
+        """Another message ended the job (a duplicate delivery, or the same job enqueued
+        in another batch: a twin). It runs once, but it ends in every batch that holds
+        it: this delivery leaves the job's marker in its own batch and, when that batch
+        is not the one the record names, counts it there (without the engine time, which
+        the batch that ran it carries), so that batch completes and is announced too."""
+        try:
+            record = ResultRecord.model_validate(job.found)
+        except ValueError:
+            record = None  # unreadable: at least mark it done, as before
+        status = record.status if record is not None else "done"
+        fleet_jobs.write_marker(self.storage, job.job.output, job.batch_id, job.job_id,
+                                status)
+        if record is None or not job.batch_id or record.batch_id == job.batch_id:
+            return Outcome(Status.DUPLICATE, reason=f"already {status}")
+        twin = record.model_copy(update={"batch_id": job.batch_id, "gpu_seconds": 0.0,
+                                         "cost_usd": None})
+        return Outcome(Status.DUPLICATE, record=twin,
+                       reason=f"already {status} in batch {record.batch_id}")
 
     def write(self, job: FleetJob, image: Image.Image) -> Outcome:
         record = fleet_jobs.write_output(self.storage, job, image, self.worker_id,
@@ -273,7 +293,7 @@ class FleetSource(JobSource[FleetJob]):
         elif outcome.status is Status.DUPLICATE:
             self._count("duplicates")
             log.info("job %s %s; acknowledging", job.job_id, outcome.reason, extra=extra)
-            if record is not None:  # this message's earlier delivery ended it
+            if record is not None:  # an earlier delivery of it, or a twin in another batch
                 settle = self.lifecycle.ended(job, record, announce_job=False)
         elif outcome.status is Status.SKIPPED:
             self._count("skipped")
@@ -368,6 +388,9 @@ class FleetSource(JobSource[FleetJob]):
         try:
             claim = fleet_jobs.recheck(self.storage, job, worker_id=self.worker_id,
                                        lease_seconds=self.lease_seconds)
+            ended = (self._ended_by_this_message(job) if claim is Claim.FINISHED_HERE
+                     else self._finished_elsewhere(job) if claim is Claim.FINISHED
+                     else None)
         except Exception as exc:  # noqa: BLE001
             self.ended(job, self.failure(job, exc))
             return False
@@ -375,8 +398,8 @@ class FleetSource(JobSource[FleetJob]):
             with self._lock:
                 self._running.setdefault(job.job_id, job)
             return True  # claimed now: prepare only reads the input
-        if claim in (Claim.FINISHED, Claim.FINISHED_HERE):
-            self.ended(job, Outcome(Status.DUPLICATE, reason="ended under another delivery"))
+        if ended is not None:
+            self.ended(job, ended)
         else:
             with self._lock:
                 self._waiting.append(job)
