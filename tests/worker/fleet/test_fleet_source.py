@@ -91,11 +91,14 @@ class Rig:
         self._loop.start()
         self._count = 0
 
-    def deliver(self, body: str) -> Delivery:
-        """Take one message as the receiver does: its jobs go to the pipeline."""
+    def deliver(self, body: str, message_id: str | None = None) -> Delivery:
+        """Take one message as the receiver does: its jobs go to the pipeline
+        (``message_id``: a redelivery of that message)."""
         self._count += 1
-        message = ReceivedMessage(message_id=f"m{self._count}", receipt_handle="r",
-                                  body=body, receive_count=1, received_at=time.monotonic())
+        message = ReceivedMessage(message_id=message_id or f"m{self._count}",
+                                  receipt_handle="r", body=body,
+                                  receive_count=2 if message_id else 1,
+                                  received_at=time.monotonic())
         delivery = Delivery(message, queue=None)  # type: ignore[arg-type]
         intake = self.source.take(delivery)
         for chore in intake.chores:
@@ -256,3 +259,35 @@ def test_a_twin_that_finds_its_job_done_counts_in_its_own_batch_too(rig, fleet):
     record = rig.record("out/wide.")
     assert record["batch_id"] == "res-2" and record["gpu_seconds"] is not None
     _assert_both_batches_complete(rig, fleet, first)
+
+
+def test_a_job_not_yet_marked_keeps_its_message_and_its_redelivery_counts_it(rig, fleet):
+    """The done record is written, the batch marker is not (S3 fails, as a crash would
+    stop it): the message is handed back, and its redelivery marks and counts the job
+    without running it again, so the batch still completes."""
+    from contract.errors import StorageUnavailable
+
+    first, _ = _twin_batches(rig, fleet)
+    put = rig.source.storage.put
+    failing = {"left": 1}
+
+    def flaky_put(location, data, content_type):
+        if "/_batches/" in location.key and failing["left"]:
+            failing["left"] -= 1
+            raise StorageUnavailable("S3 down while marking")
+        return put(location, data, content_type)
+
+    rig.source.storage.put = flaky_put  # type: ignore[method-assign]
+    rig.deliver(first[0].to_json())
+    rig.consumer.wait(1)
+    assert rig.consumer.retried == [("m1", 0)] and not rig.consumer.acked
+    for job in first[1:]:
+        rig.deliver(job.to_json())
+    rig.consumer.wait(3)
+    rig.deliver(first[0].to_json(), message_id="m1")  # the redelivery
+    rig.consumer.wait(4)
+    assert sorted(rig.consumer.acked) == ["m1", "m2", "m3"]
+    assert rig.images_generated() == 3, "not run again"
+    claim = json.loads(rig.s3.get_object(
+        Bucket=fleet.bucket, Key="out/_batches/res-1/complete.json")["Body"].read())
+    assert claim["announced"] is True and claim["done"] == 3

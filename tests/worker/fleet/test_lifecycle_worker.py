@@ -161,7 +161,7 @@ def test_a_job_in_two_batches_runs_once_and_completes_both(events_run):
     for batch_id, outputs in (("res-1", 3), ("res-2", 1)):
         status = runner.invoke(app, ["status", "--batch-id", batch_id, "--output", output,
                                      "--json"], env=resources.environment())
-        facts = json.loads(status.stdout)
+        facts = json.loads(status.stdout)["batch"]
         assert (facts["done"], facts["complete"]) == (outputs, True), facts
         dest = events_run["tmp"] / f"fetched-{batch_id}"
         fetched = runner.invoke(app, ["fetch", str(dest), "--batch-id", batch_id,
