@@ -244,10 +244,11 @@ class FleetSource(JobSource[FleetJob]):
 
     def _commit_ends(self, ends: list[tuple[FleetJob, Outcome, ResultRecord]]) -> None:
         """Jobs that ended close together: the markers still due (one per batch), their
-        counts (one write per counter), then their messages. A job whose marker could
-        not be written is not counted and its message comes back (the redelivery finds
-        the job ended, marks and counts it); so is one that completed a batch whose
-        announcement was not delivered."""
+        counts (one write per counter), their messages settled; then the batches they
+        completed announced, each before the one message its claim names is settled. A
+        job whose marker could not be written is not counted and its message comes back
+        (the redelivery finds the job ended, marks and counts it); so does a message
+        whose batch's announcement was not delivered."""
         due = [job for job, _, record in ends if job.marker_due and record.status == "done"]
         unmarked: set[int] = set()
         if due:
@@ -258,17 +259,23 @@ class FleetSource(JobSource[FleetJob]):
                             "messages come back", len(due), exc)
                 unmarked = {id(job) for job in due}
         try:
-            held = self.lifecycle.count([(job, record) for job, _, record in ends
-                                         if id(job) not in unmarked])
+            completed = self.lifecycle.count([(job, record) for job, _, record in ends
+                                              if id(job) not in unmarked])
         except Exception:  # noqa: BLE001 - never leave a message unsettled for this
             log.exception("counting %d ended job(s) failed", len(ends))
-            held = set()
+            completed = []
+        naming = {batch.message_id for batch in completed}
         for job, outcome, _ in ends:
             if id(job) in unmarked:
-                outcome = Outcome.retry("its batch marker could not be written", 0)
-            elif job.message_id and job.message_id in held:
-                outcome = Outcome.retry("its batch's announcement was not delivered", 0)
-            self._settle(job, outcome)
+                self._settle(job, Outcome.retry("its batch marker could not be written", 0))
+            elif not (job.message_id and job.message_id in naming):
+                self._settle(job, outcome)
+        unannounced = {batch.message_id for batch in completed
+                       if not self.lifecycle.announce(batch)}
+        for job, outcome, _ in ends:
+            if id(job) not in unmarked and job.message_id and job.message_id in naming:
+                self._settle(job, outcome if job.message_id not in unannounced else
+                             Outcome.retry("its batch's announcement was not delivered", 0))
 
     def _settle(self, job: FleetJob, outcome: Outcome) -> None:
         with self._lock:

@@ -47,13 +47,15 @@ class JobLifecycle:
         return Cancelled(f"cancelled before it started: {reason}") if reason else None
 
     def ended(self, job: FleetJob, record: ResultRecord, *, announce_job: bool) -> bool:
-        """One job: ``announce_job`` (unless an earlier delivery did), then ``count``.
-        False when the job's message must not be settled yet."""
+        """One job: ``announce_job`` (unless an earlier delivery did), ``count``, and
+        ``announce`` the batch it completed. False when the job's message must not be
+        settled yet: its batch's announcement was not delivered (the worker is
+        stopping), and its redelivery announces it."""
         if record.status not in FINAL_STATUSES:
             return True
         if announce_job:
             self.announce_job(job, record)
-        return job.message_id not in self.count([(job, record)])
+        return all(self.announce(batch) for batch in self.count([(job, record)]))
 
     def announce_job(self, job: FleetJob, record: ResultRecord) -> None:
         """The job's event, to wherever events go (delivered in the background)."""
@@ -62,12 +64,10 @@ class JobLifecycle:
             self.notifier.publish(job_event(record, output=record.output),
                                   callback_url=wire.callback_url)
 
-    def count(self, ended: list[tuple[FleetJob, ResultRecord]]) -> set[str]:
+    def count(self, ended: list[tuple[FleetJob, ResultRecord]]) -> list[Completed]:
         """Count jobs that ended close together in their batches' totals (one write per
-        counter they touch) and announce the batches they completed. The message ids
-        that must not be settled yet: each named by a batch it completed whose
-        announcement was not delivered (the worker is stopping); its redelivery
-        announces the batch."""
+        counter they touch); the batches they completed, to ``announce`` before the
+        message each names (``Completed.message_id``) is settled."""
         ends = [Ended(job.job.output, job.batch_id, job.job_id,
                       record.status,  # type: ignore[arg-type]
                       gpu_seconds=record.gpu_seconds or 0.0,
@@ -77,14 +77,11 @@ class JobLifecycle:
             completed = self.progress.count_all(ends)
         except Exception as exc:  # noqa: BLE001 - the jobs are done; counts are not vital
             log.warning("could not count %d job(s) in their batches: %r", len(ends), exc)
-            return set()
-        held = set()
+            return []
         for batch in completed:
             log.info("batch %s complete: %s", batch.batch_id, batch.counts.model_dump(),
                      extra={"batch_id": batch.batch_id})
-            if not self.announce(batch):
-                held.add(batch.message_id)
-        return held
+        return completed
 
     def announce(self, completed: Completed) -> bool:
         """Publish ``batch.complete`` and wait for its delivery before the last job's
