@@ -19,6 +19,7 @@ from capacity_planner.fleet_inputs import (
 from capacity_planner.outcome import SimulationResult
 from capacity_planner.plan import PlanRequest, duration, make_plan
 from capacity_planner.prices import ON_DEMAND_USD_PER_HOUR
+from capacity_planner.requests import request_cost
 from capacity_planner.simulator import FleetSimulator
 from capacity_planner.stack_policy import (
     ScalingPolicy,
@@ -32,32 +33,57 @@ INSTANCE = "g5.xlarge"
 PRICE = ON_DEMAND_USD_PER_HOUR[INSTANCE]
 
 
-def drain_and_cost() -> str:
+def previous_policy(config_policy: ScalingPolicy) -> ScalingPolicy:
+    """The policy before the fast start: the start alarm sets 1 task, target tracking
+    alone scales in, the capacity provider alone releases instances, no producer start,
+    no warm pool."""
+    return dataclasses.replace(config_policy, start_from_backlog=False, idle_datapoints=0,
+                               release_instances_when_idle=False, producer_start=False,
+                               warm_pool_size=0)
+
+
+def drain_and_cost(variant: str) -> str:
+    """``variant``: "previous", "deployed" (producer start, no warm pool) or "warm pool"
+    (deployed, warmPoolSize = maxTasks)."""
     lines = ["| images | max tasks | drain | first result | GPU-hours billed (busy) | "
-             "cost | $ per 1,000 images |", "|---|---|---|---|---|---|---|"]
+             "GPU above the busy floor | GPU $ per 1,000 | requests $ per 1,000 | "
+             "$ per 1,000 images |", "|---|---|---|---|---|---|---|---|---|"]
     for images in (10_000, 100_000, 1_000_000):
         for tasks in (4, 16, 64):
-            plan = make_plan(PlanRequest(images=images, max_tasks=tasks,
-                                         instance_type=INSTANCE))
-            r, cost = plan.result, plan.cost(plan.on_demand_price)
-            assert cost is not None
-            lines.append(
-                f"| {images:,} | {tasks} | {duration(r.drain_seconds)} | "
-                f"{duration(r.first_result_seconds)} | {r.gpu_hours.billed:,.1f} "
-                f"({r.gpu_hours.busy:,.1f}) | ${cost['total_usd']:,.2f} | "
-                f"${cost['per_1000_images_usd']:.3f} |")
+            lines.append(drain_and_cost_row(variant, images, tasks))
     return "\n".join(lines)
 
 
-def cold_start() -> str:
-    plan = make_plan(PlanRequest(images=1000, instance_type=INSTANCE))
+def drain_and_cost_row(variant: str, images: int, tasks: int) -> str:
+    """One row of ``drain_and_cost``."""
+    pool = tasks if variant == "warm pool" else 0
+    policy = scaling_policy_of(fleet_config(maxTasks=tasks, warmPoolSize=pool))
+    if variant == "previous":
+        policy = previous_policy(policy)
+    r = _run(Workload.burst(images), policy)
+    gpu = (r.cost(PRICE) or 0.0) * 1000 / images
+    requests = request_cost(images).per_1000_images_usd
+    return (f"| {images:,} | {tasks} | {duration(r.drain_seconds)} | "
+            f"{duration(r.first_result_seconds)} | {r.gpu_hours.billed:,.1f} "
+            f"({r.gpu_hours.busy:,.1f}) | "
+            f"{r.gpu_hours.billed / r.gpu_hours.busy - 1:.1%} | ${gpu:.3f} | "
+            f"${requests:.4f} | ${gpu + requests:.3f} |")
+
+
+def cold_start(warm_pool: int = 0) -> str:
+    plan = make_plan(PlanRequest(images=1000, instance_type=INSTANCE,
+                                 warm_pool_size=warm_pool))
     c, s = plan.result.cold_start, plan.start_up
+    booted = ("stopped warm-pool instance started, ECS agent registered" if warm_pool
+              else "instance booted, ECS agent registered, driver checked")
+    pulled = ("worker image already on the instance" if warm_pool
+              else "worker image pulled")
     steps = [
-        ("first datapoint with jobs waiting (end of the first minute)", 60.0),
-        ("the start alarm reads it (metric delay) and sets 1 task", c.start_decision),
-        ("capacity provider launches an instance", c.instance_launched),
-        ("instance booted, ECS agent registered, driver checked", c.instance_ready),
-        ("worker image pulled", (c.instance_ready or 0) + s.image_pull),
+        ("jobs sent; the producer's start call sets the tasks and instances the backlog "
+         "needs", c.start_decision),
+        ("the GPU group launches the instance(s)", c.instance_launched),
+        (booted, c.instance_ready),
+        (pulled, (c.instance_ready or 0) + (0 if warm_pool else s.image_pull)),
         ("model loaded: the worker takes jobs", c.task_running),
         ("first result (prepare, one batch of 8, write)", c.first_result),
     ]
@@ -78,24 +104,26 @@ def _run(workload: Workload, policy: ScalingPolicy, start_up: StartUp | None = N
 def policy_what_ifs() -> str:
     """The same workloads under changed policies (the simulator takes any policy)."""
     base = scaling_policy_of(fleet_config())
+    previous = previous_policy(base)
     trickle = Workload(3600, rate_per_second=1.0)  # a steady hour, one image a second
     burst = Workload.burst(10_000)
     rows = [
         ("a steady hour at 1 image/s", "the stack as deployed", trickle, base, None),
+        ("", "the previous policy (start alarm, target tracking)", trickle, previous,
+         None),
         ("", "one task always warm (min tasks 1)", trickle,
          dataclasses.replace(base, min_tasks=1), None),
-        ("", "backlogPerTask 8", trickle,
-         dataclasses.replace(base, backlog_per_task=8), None),
-        ("", "instance image and model cached (pull 0, load 20 s)", trickle, base,
-         StartUp(image_pull=0, model_load=20)),
+        ("", "a warm pool of 4", trickle,
+         dataclasses.replace(base, warm_pool_size=4), None),
+        ("", "no producer start (the start alarm)", trickle,
+         dataclasses.replace(base, producer_start=False), None),
         ("a burst of 10,000", "the stack as deployed", burst, base, None),
-        ("", "the start alarm sets 4 tasks, not 1", burst,
-         dataclasses.replace(base, start_tasks=4), None),
-        ("", "scale in after 3 empty minutes (not 15)", burst,
-         dataclasses.replace(base, low_datapoints=3), None),
-        ("", "the above, and instances go 2 min after their task", burst,
-         dataclasses.replace(base, low_datapoints=3),
-         StartUp(instance_scale_in=120)),
+        ("", "the previous policy (start alarm, target tracking)", burst, previous, None),
+        ("", "a warm pool of 4", burst, dataclasses.replace(base, warm_pool_size=4), None),
+        ("", "no producer start (the start alarm)", burst,
+         dataclasses.replace(base, producer_start=False), None),
+        ("", "idle alarm after 3 empty minutes (not 1)", burst,
+         dataclasses.replace(base, idle_datapoints=3), None),
         ("", "maxTasks 16", burst, dataclasses.replace(base, max_tasks=16), None),
     ]
     lines = ["| workload | policy | drain | p50 / p99 latency | GPU-hours billed (busy) | "
@@ -112,10 +140,14 @@ def policy_what_ifs() -> str:
 
 
 def main() -> None:
-    print("## Drain and cost (g5.xlarge on demand, 1.0 s/image assumed)\n")
-    print(drain_and_cost())
-    print("\n## Cold start\n")
+    for variant in ("deployed", "warm pool", "previous"):
+        print(f"## Drain and cost, {variant} (g5.xlarge on demand, 1.0 s/image assumed)\n")
+        print(drain_and_cost(variant))
+        print()
+    print("## Cold start, no warm pool\n")
     print(cold_start())
+    print("\n## Cold start, warm pool\n")
+    print(cold_start(warm_pool=4))
     print("\n## Policy what-ifs\n")
     print(policy_what_ifs())
 

@@ -87,7 +87,13 @@ class StartUp:
       (a task placed on an instance that already ran one skips ``boot`` and
       ``image_pull``);
     - ``instance_scale_in``: an instance with no task -> terminated (the capacity
-      provider's target tracking scales in after 15 one-minute datapoints).
+      provider's target tracking scales in after 15 one-minute datapoints);
+    - ``start_call``: the producer's last message sent -> its UpdateService and
+      SetDesiredCapacity calls answered (the task and the instance are wanted);
+    - ``warm_resume``: a stopped warm-pool instance started -> ECS agent registered (no
+      boot-time driver check, no image pull: both were done when it was warmed);
+    - ``instance_release``: the idle alarm set the group to 0 -> an instance with no
+      task terminated (its task first stops: SIGTERM on an idle worker).
     """
 
     metric_delay: float = 60.0
@@ -96,11 +102,19 @@ class StartUp:
     image_pull: float = 90.0
     model_load: float = 60.0
     instance_scale_in: float = 15 * 60.0
+    start_call: float = 5.0
+    warm_resume: float = 45.0
+    instance_release: float = 60.0
 
     @property
     def new_instance(self) -> float:
         """Wanted -> taking jobs, on a new instance."""
         return self.capacity + self.boot + self.image_pull + self.model_load
+
+    @property
+    def warm_refill(self) -> float:
+        """Billed seconds to warm one instance for the pool: boot, pull, then stop."""
+        return self.boot + self.image_pull
 
 
 @dataclass(frozen=True)

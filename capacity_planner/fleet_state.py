@@ -56,6 +56,7 @@ class Instance:
     launch_cancelled: bool = False
     task: Task | None = None
     has_image: bool = False
+    from_pool: bool = False
     idle_token: int = 0
     tasks_started: int = 0
     startup_seconds: float = 0.0

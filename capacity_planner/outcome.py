@@ -39,13 +39,15 @@ class ColdStartTimes:
 class GpuHours:
     """Instance-hours billed, split: engine busy (completed batches), engine time lost
     to interruptions, start-up (launch -> worker taking jobs), tail (after the last
-    result until terminated), and the rest (running, waiting for work)."""
+    result until terminated), warming the warm pool's replacements, and the rest
+    (running, waiting for work)."""
 
     billed: float
     busy: float
     lost_to_interruptions: float
     startup: float
     tail: float
+    warm_pool_refill: float = 0.0
 
     @property
     def idle(self) -> float:
@@ -54,7 +56,7 @@ class GpuHours:
     @property
     def waiting(self) -> float:
         return max(0.0, self.billed - self.busy - self.lost_to_interruptions - self.startup
-                   - self.tail)
+                   - self.tail - self.warm_pool_refill)
 
 
 @dataclass(frozen=True)

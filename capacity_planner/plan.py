@@ -19,6 +19,7 @@ from capacity_planner.fleet_inputs import (
 )
 from capacity_planner.outcome import SimulationResult
 from capacity_planner.prices import HourlyPrice, list_price, price_for
+from capacity_planner.requests import RequestCost, request_cost
 from capacity_planner.simulator import FleetSimulator
 from capacity_planner.stack_policy import (
     ScalingPolicy,
@@ -49,6 +50,8 @@ class PlanRequest:
     spot: bool = False
     price_per_hour: float | None = None
     interruptions_per_hour: float | None = None
+    warm_pool_size: int | None = None
+    producer_start: bool = True
     start_up: StartUp = field(default_factory=StartUp)
 
 
@@ -65,6 +68,7 @@ class Plan:
     result: SimulationResult
     on_demand_price: HourlyPrice | None
     spot_price: HourlyPrice | None
+    requests: RequestCost
     assumptions: tuple[str, ...]
 
     # -- the numbers a reader checks by hand ------------------------------------------
@@ -99,9 +103,14 @@ class Plan:
     def cost(self, price: HourlyPrice | None) -> dict[str, Any] | None:
         if price is None:
             return None
-        total = self.result.gpu_hours.billed * price.usd
-        return {"usd_per_hour": price.usd, "source": price.source, "total_usd": total,
-                "per_1000_images_usd": 1000 * total / self.workload.images}
+        gpu = self.result.gpu_hours.billed * price.usd
+        floor = self.result.gpu_hours.busy * price.usd
+        total = gpu + self.requests.total_usd
+        return {"usd_per_hour": price.usd, "source": price.source, "gpu_usd": gpu,
+                "requests_usd": self.requests.total_usd, "total_usd": total,
+                "per_1000_images_usd": 1000 * total / self.workload.images,
+                "busy_gpu_floor_usd": floor,
+                "gpu_above_floor": gpu / floor - 1 if floor else None}
 
     # -- output -----------------------------------------------------------------------
 
@@ -117,6 +126,8 @@ class Plan:
                 "prefetch_batches": self.worker.prefetch_batches,
                 "max_tasks": self.policy.max_tasks,
                 "backlog_per_task": self.policy.backlog_per_task,
+                "warm_pool_size": self.policy.warm_pool_size,
+                "producer_start": self.policy.producer_start,
                 "instance_type": self.instance_type,
                 "spot": self.spot,
                 "interruptions_per_hour": self.interruptions_per_hour,
@@ -135,9 +146,11 @@ class Plan:
             "gpu_hours": {"billed": hours.billed, "busy": hours.busy, "idle": hours.idle,
                           "startup": hours.startup, "waiting": hours.waiting,
                           "tail_after_last_result": hours.tail,
+                          "warm_pool_refill": hours.warm_pool_refill,
                           "lost_to_interruptions": hours.lost_to_interruptions},
             "cost": {"on_demand": self.cost(self.on_demand_price),
                      "spot": self.cost(self.spot_price)},
+            "requests": self.requests.to_dict(),
             "cold_start_seconds": asdict(r.cold_start),
             "fleet": {"peak_tasks": r.peak_tasks, "batches": r.batches,
                       "interruptions": r.interruptions, "jobs_rerun": r.jobs_rerun,
@@ -164,8 +177,13 @@ class Plan:
             f"  GPU-hours      {hours.billed:.2f} billed: {hours.busy:.2f} busy, "
             f"{hours.idle:.2f} idle (start-up {hours.startup:.2f}, waiting "
             f"{hours.waiting:.2f}, after the last result {hours.tail:.2f}"
+            + (f", warming the pool {hours.warm_pool_refill:.2f}"
+               if hours.warm_pool_refill else "")
             + (f", lost to interruptions {hours.lost_to_interruptions:.2f}"
                if hours.lost_to_interruptions else "") + ")",
+            f"  requests       ${self.requests.total_usd:,.2f} = "
+            f"${self.requests.per_1000_images_usd:.4f} per 1,000 images (S3, SQS, SNS; "
+            f"{self.requests.source})",
         ]
         for label, price in (("on demand", self.on_demand_price), ("Spot", self.spot_price)):
             cost = self.cost(price)
@@ -174,13 +192,17 @@ class Plan:
                              f"--price-per-hour" + (" with --spot" if label == "Spot" else ""))
             else:
                 lines.append(f"  cost, {label:9s} ${cost['total_usd']:,.2f} = "
-                             f"${cost['per_1000_images_usd']:.3f} per 1,000 images at "
-                             f"{price.line()}")
+                             f"${cost['per_1000_images_usd']:.3f} per 1,000 images: GPU "
+                             f"${cost['gpu_usd']:,.2f} ({cost['gpu_above_floor']:.1%} above "
+                             f"the busy-GPU floor) at {price.line()}, requests "
+                             f"${cost['requests_usd']:,.2f}")
         c = r.cold_start
         if c.start_decision is not None:
+            starter = "producer start" if self.policy.producer_start else "start alarm"
+            pool = " (warm pool)" if self.policy.warm_pool_size else ""
             lines.append(
-                f"  cold start     first worker after {duration(c.task_running)}: start "
-                f"alarm {duration(c.start_decision)}, instance launched "
+                f"  cold start     first worker after {duration(c.task_running)}: "
+                f"{starter} {duration(c.start_decision)}, instance{pool} launched "
                 f"{duration(c.instance_launched)}, ready {duration(c.instance_ready)}, "
                 f"image + model {duration(_minus(c.task_running, c.instance_ready))}")
         parts = self.components()
@@ -218,7 +240,7 @@ def duration(seconds: float | None) -> str:
 def make_plan(request: PlanRequest) -> Plan:
     config = fleet_config(**context_from({
         "maxTasks": request.max_tasks, "backlogPerTask": request.backlog_per_task,
-        "spot": request.spot,
+        "spot": request.spot, "warmPoolSize": request.warm_pool_size,
         "instanceTypes": [request.instance_type] if request.instance_type else None}))
     instance_type = config.instance_types[0]
     assumptions: list[str] = []
@@ -235,10 +257,11 @@ def make_plan(request: PlanRequest) -> Plan:
         if request.spot:
             assumptions.append(f"{rate:g} Spot interruptions per instance-hour")
     assumptions.append("start-up times (metric delay, capacity, boot, image pull, model "
-                       "load, instance scale-in) are assumptions: docs/scaling.md")
+                       "load, instance scale-in, start call, warm resume, instance "
+                       "release) are assumptions: docs/scaling.md")
     workload = Workload(request.images, rate_per_second=request.rate_per_second)
     engine = EngineSpeed(per_image_seconds=seconds)
-    policy = scaling_policy_of(config)
+    policy = scaling_policy_of(config, producer_start=request.producer_start)
     result = FleetSimulator(workload, engine=engine, worker=worker,
                             stop=stop_timings_of(config), policy=policy,
                             start_up=request.start_up,
@@ -252,4 +275,5 @@ def make_plan(request: PlanRequest) -> Plan:
                          if not request.spot else list_price(instance_type, spot=False)),
         spot_price=(price_for(instance_type, spot=True, given_per_hour=given)
                     if request.spot else list_price(instance_type, spot=True)),
+        requests=request_cost(request.images),
         assumptions=tuple(assumptions))

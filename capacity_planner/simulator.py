@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from capacity_planner.autoscaling import Action, Autoscaler, Datapoint, Decision
+from capacity_planner.fast_capacity import FastCapacity
 from capacity_planner.fleet_inputs import (
     EngineSpeed,
     SpotInterruptions,
@@ -53,7 +54,7 @@ from capacity_planner.workload import Workload
 DEFAULT_HORIZON_SECONDS = 90 * 24 * 3600.0
 
 
-class FleetSimulator(WorkerLoop):
+class FleetSimulator(WorkerLoop, FastCapacity):
     def __init__(self, workload: Workload, *, engine: EngineSpeed,
                  worker: WorkerPipeline, stop: StopTimings,
                  policy: ScalingPolicy | None = None, start_up: StartUp | None = None,
@@ -97,6 +98,7 @@ class FleetSimulator(WorkerLoop):
         self.peak_tasks = 0
         self.last_result: float | None = None
         self.first: dict[str, float] = {}
+        self._init_fast_capacity()
 
     # -- the event loop ---------------------------------------------------------------
 
@@ -134,6 +136,7 @@ class FleetSimulator(WorkerLoop):
         self.queue.push(self.now, count)
         self._arrivals_left -= count
         self._serve_all()
+        self._after_enqueue()
 
     def _serve_all(self) -> None:
         """New visible jobs. Every running worker with room has a receive waiting, and
@@ -163,12 +166,10 @@ class FleetSimulator(WorkerLoop):
         assert self.autoscaler is not None
         decision = self.autoscaler.observe(point, desired=self.desired, now=self.now)
         if decision is not None:
-            self.decisions.append(decision)
-            self.desired = decision.desired_after
-            self._reconcile()
+            self._apply(decision)
         self._maybe_finish()
 
-    def _reconcile(self) -> None:
+    def _reconcile(self, *, launch_now: bool = False) -> None:
         """Start or stop tasks until as many are wanted as are active."""
         active = [t for t in self.tasks if not t.stop_when_idle
                   and t.state in (TaskState.WAITING, TaskState.STARTING, TaskState.RUNNING)]
@@ -179,7 +180,7 @@ class FleetSimulator(WorkerLoop):
                 task.stop_when_idle = False  # wanted again before it went idle
                 short -= 1
             for _ in range(short):
-                self._start_task()
+                self._start_task(launch_now=launch_now)
         elif short < 0:
             newest_first = sorted(active, key=lambda t: -t.id)
             order = ([t for t in newest_first if t.state is TaskState.WAITING]
@@ -200,17 +201,12 @@ class FleetSimulator(WorkerLoop):
         self._schedule_interruption(instance)
         self._at(0.0, self._task_running, task)
 
-    def _start_task(self) -> None:
+    def _start_task(self, *, launch_now: bool = False) -> None:
         task = Task(next(self._ids), TaskState.WAITING)
         self.tasks.append(task)
         free = [i for i in self.instances if i.alive and i.task is None and i.reclaim_at is None]
         free.sort(key=lambda i: (i.ready_at is None, i.launched_at is None, i.id))
-        if free:
-            instance = free[0]
-        else:
-            instance = Instance(next(self._ids))
-            self.instances.append(instance)
-            self._at(self.now + self.start_up.capacity, self._launch, instance)
+        instance = free[0] if free else self._new_instance(launch_now=launch_now)
         instance.task, task.instance = task, instance
         instance.idle_token += 1  # a pending scale-in of this instance no longer applies
         if instance.ready_at is not None:
@@ -222,7 +218,7 @@ class FleetSimulator(WorkerLoop):
         instance.launched_at = self.now
         self.first.setdefault("instance_launched", self.now)
         self._schedule_interruption(instance)
-        self._at(self.now + self.start_up.boot, self._instance_ready, instance)
+        self._at(self.now + self._boot_seconds(instance), self._instance_ready, instance)
 
     def _instance_ready(self, instance: Instance) -> None:
         if not instance.alive:
@@ -283,7 +279,7 @@ class FleetSimulator(WorkerLoop):
     def _idle(self, instance: Instance) -> None:
         instance.idle_token += 1
         if self.policy is not None:
-            self._at(self.now + self.start_up.instance_scale_in, self._scale_in_instance,
+            self._at(self.now + self._idle_seconds(), self._scale_in_instance,
                      instance, instance.idle_token)
 
     def _scale_in_instance(self, instance: Instance, token: int) -> None:
@@ -358,7 +354,7 @@ class FleetSimulator(WorkerLoop):
     def _result(self) -> SimulationResult:
         end = self.now
         drain = self.last_result if self.completed == self.workload.images else None
-        billed = tail = startup = 0.0
+        billed, tail, startup = self.refill_seconds, 0.0, 0.0
         for instance in self.instances:
             if instance.launched_at is None:
                 continue
@@ -367,10 +363,12 @@ class FleetSimulator(WorkerLoop):
             startup += instance.startup_seconds
             if drain is not None:
                 tail += max(0.0, stop - max(instance.launched_at, drain))
-        starts = [d.at for d in self.decisions if d.action is Action.START]
+        starts = [d.at for d in self.decisions
+                  if d.action in (Action.START, Action.PRODUCER_START)]
         hours = GpuHours(billed=billed / 3600, busy=self.busy_seconds / 3600,
                          lost_to_interruptions=self.lost_seconds / 3600,
-                         startup=startup / 3600, tail=tail / 3600)
+                         startup=startup / 3600, tail=tail / 3600,
+                         warm_pool_refill=self.refill_seconds / 3600)
         return SimulationResult(
             images=self.workload.images, completed=self.completed, drain_seconds=drain,
             latency_p50=weighted_percentile(self.latencies, 0.50),

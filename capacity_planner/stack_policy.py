@@ -1,7 +1,8 @@
 """The scaling policy the CDK stack deploys, read from ``infra`` (never from CDK itself).
 
 ``infra/config.py`` (the deployment settings: ``maxTasks``, ``backlogPerTask``, Spot,
-stop deadline) and ``infra/scaling_policy.py`` (cooldowns, the start alarm) are the
+stop deadline, warm pool) and ``infra/scaling_policy.py`` (cooldowns, the start and
+idle alarms) are the
 numbers ``infra/scaling.py`` synthesizes; the planner reads the same objects, so a
 change to the stack changes the plan. Application Auto Scaling's own alarms for target
 tracking are AWS's, not ours: their shape is stated here.
@@ -29,7 +30,17 @@ TRACKING_LOW_FRACTION = 0.9
 
 @dataclass(frozen=True)
 class ScalingPolicy:
-    """Backlog-per-task target tracking plus the start-from-zero alarm, in numbers."""
+    """Backlog-per-task target tracking, the start-from-zero and idle alarms, the
+    producer's start call and the warm pool, in numbers.
+
+    ``start_from_backlog``: the start sets ceil(waiting / backlog_per_task) tasks (at
+    least ``start_tasks``, at most ``max_tasks``), else exactly ``start_tasks``.
+    ``idle_datapoints`` (0: no idle alarm): that many periods in a row with nothing
+    visible or in flight set the service to 0, and with ``release_instances_when_idle``
+    the GPU group to 0. ``producer_start``: the producer raises the service (and the
+    group) to the backlog's need right after it enqueues, instead of waiting for the
+    start alarm. ``warm_pool_size``: stopped instances with the image already pulled.
+    """
 
     min_tasks: int
     max_tasks: int
@@ -44,6 +55,12 @@ class ScalingPolicy:
     high_datapoints: int = TRACKING_HIGH_DATAPOINTS
     low_datapoints: int = TRACKING_LOW_DATAPOINTS
     low_fraction: float = TRACKING_LOW_FRACTION
+    start_from_backlog: bool = False
+    idle_datapoints: int = 0
+    idle_cooldown: float = 60.0
+    release_instances_when_idle: bool = False
+    producer_start: bool = False
+    warm_pool_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,7 +79,9 @@ def fleet_config(**context: Any) -> FleetConfig:
     return FleetConfig.from_context(context)
 
 
-def scaling_policy_of(config: FleetConfig) -> ScalingPolicy:
+def scaling_policy_of(config: FleetConfig, *, producer_start: bool = True) -> ScalingPolicy:
+    """The deployed policy; ``producer_start`` says whether the producer's start call is
+    used (``img2img-producer enqueue --start``, the default once the fleet is named)."""
     return ScalingPolicy(
         min_tasks=scaling_policy.MIN_TASKS,
         max_tasks=config.max_tasks,
@@ -73,6 +92,12 @@ def scaling_policy_of(config: FleetConfig) -> ScalingPolicy:
         start_period=scaling_policy.START_ALARM_PERIOD_SECONDS,
         start_evaluation_periods=scaling_policy.START_ALARM_EVALUATION_PERIODS,
         start_cooldown=scaling_policy.START_COOLDOWN_SECONDS,
+        start_from_backlog=scaling_policy.START_FROM_BACKLOG,
+        idle_datapoints=scaling_policy.IDLE_ALARM_EVALUATION_PERIODS,
+        idle_cooldown=scaling_policy.IDLE_COOLDOWN_SECONDS,
+        release_instances_when_idle=scaling_policy.RELEASE_INSTANCES_WHEN_IDLE,
+        producer_start=producer_start,
+        warm_pool_size=config.warm_pool_size,
     )
 
 

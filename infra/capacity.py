@@ -29,6 +29,8 @@ class GpuCapacity:
     cluster: ecs.Cluster
     provider: ecs.AsgCapacityProvider
     auto_scaling_group: autoscaling.AutoScalingGroup
+    launch_template: ec2.LaunchTemplate
+    instance_role: iam.Role
 
 
 def gpu_capacity(stack: Stack, config: FleetConfig) -> GpuCapacity:
@@ -36,7 +38,7 @@ def gpu_capacity(stack: Stack, config: FleetConfig) -> GpuCapacity:
     # Container Insights publishes RunningTaskCount, which the scaling math divides by.
     cluster = ecs.Cluster(stack, "Cluster", vpc=vpc,
                           container_insights_v2=ecs.ContainerInsights.ENABLED)
-    asg = _gpu_instances(stack, config, vpc, cluster)
+    asg, launch_template, instance_role = _gpu_instances(stack, config, vpc, cluster)
     provider = ecs.AsgCapacityProvider(
         stack, "GpuCapacityProvider",
         auto_scaling_group=asg,
@@ -47,7 +49,8 @@ def gpu_capacity(stack: Stack, config: FleetConfig) -> GpuCapacity:
         machine_image_type=ecs.MachineImageType.AMAZON_LINUX_2,  # ecs.config user data
     )
     cluster.add_asg_capacity_provider(provider)
-    return GpuCapacity(vpc=vpc, cluster=cluster, provider=provider, auto_scaling_group=asg)
+    return GpuCapacity(vpc=vpc, cluster=cluster, provider=provider, auto_scaling_group=asg,
+                       launch_template=launch_template, instance_role=instance_role)
 
 
 def _public_vpc(stack: Stack, config: FleetConfig) -> ec2.Vpc:
@@ -67,8 +70,8 @@ def _public_vpc(stack: Stack, config: FleetConfig) -> ec2.Vpc:
     )
 
 
-def _gpu_instances(stack: Stack, config: FleetConfig, vpc: ec2.IVpc,
-                   cluster: ecs.Cluster) -> autoscaling.AutoScalingGroup:
+def _gpu_instances(stack: Stack, config: FleetConfig, vpc: ec2.IVpc, cluster: ecs.Cluster,
+                   ) -> tuple[autoscaling.AutoScalingGroup, ec2.LaunchTemplate, iam.Role]:
     security_group = ec2.SecurityGroup(
         stack, "InstanceSecurityGroup", vpc=vpc, allow_all_outbound=True,
         description="GPU workers: outbound only (S3, SQS, ECR, model hub)")
@@ -96,28 +99,37 @@ def _gpu_instances(stack: Stack, config: FleetConfig, vpc: ec2.IVpc,
                 config.root_volume_gib, volume_type=ec2.EbsDeviceVolumeType.GP3,
                 encrypted=True, delete_on_termination=True))],
     )
-    return autoscaling.AutoScalingGroup(
+    # A warm pool takes no mixed-instances policy: the group launches the first type.
+    launch = ({"launch_template": launch_template} if config.warm_pool_size else
+              {"mixed_instances_policy": _mixed_instances(config, launch_template)})
+    group = autoscaling.AutoScalingGroup(
         stack, "GpuAsg",
         vpc=vpc,
         vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC),
         min_capacity=0,
         # One GPU task per instance (xlarge sizes have one GPU).
         max_capacity=config.max_tasks,
-        mixed_instances_policy=autoscaling.MixedInstancesPolicy(
-            launch_template=launch_template,
-            launch_template_overrides=[
-                autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(t))
-                for t in config.instance_types],
-            instances_distribution=autoscaling.InstancesDistribution(
-                on_demand_base_capacity=0,
-                on_demand_percentage_above_base_capacity=0 if config.spot else 100,
-                on_demand_allocation_strategy=(
-                    autoscaling.OnDemandAllocationStrategy.PRIORITIZED),
-                spot_allocation_strategy=(
-                    autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED),
-            ),
-        ),
         capacity_rebalance=config.spot,
+        **launch,
+    )
+    return group, launch_template, instance_role
+
+
+def _mixed_instances(config: FleetConfig,
+                     launch_template: ec2.LaunchTemplate) -> autoscaling.MixedInstancesPolicy:
+    return autoscaling.MixedInstancesPolicy(
+        launch_template=launch_template,
+        launch_template_overrides=[
+            autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(t))
+            for t in config.instance_types],
+        instances_distribution=autoscaling.InstancesDistribution(
+            on_demand_base_capacity=0,
+            on_demand_percentage_above_base_capacity=0 if config.spot else 100,
+            on_demand_allocation_strategy=(
+                autoscaling.OnDemandAllocationStrategy.PRIORITIZED),
+            spot_allocation_strategy=(
+                autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED),
+        ),
     )
 
 

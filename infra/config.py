@@ -114,6 +114,9 @@ class FleetConfig(BaseModel):
     log_retention_days: int = 30
     max_azs: int = Field(3, ge=1, le=6)
     min_driver_version: int = Field(580, ge=0)
+    # Stopped GPU instances kept ready (image pulled) for a fast start; 0: no warm pool.
+    # Auto Scaling warm pools take one on-demand instance type (no mixed instances).
+    warm_pool_size: int = Field(0, ge=0)
     # Jobs that should not wait behind the main queue: a second queue with its own DLQ.
     priority_queue: bool = False
     # The events topic (always there) and who hears it.
@@ -233,6 +236,9 @@ class FleetConfig(BaseModel):
         problems += [f"inputPrefix/outputPrefix/uploadsPrefix: prefixes must not nest: "
                      f"{a!r} is inside {b!r}"
                      for a in prefixes for b in prefixes if a is not b and a.startswith(b)]
+        if self.warm_pool_size and self.spot:
+            problems.append("warmPoolSize needs on-demand capacity: Auto Scaling warm pools "
+                            "do not take Spot instances (set spot=false or warmPoolSize=0)")
         if self.webhook_secret and not self.webhook_url:
             problems.append("webhookSecret is set but webhookUrl is empty: the secret signs "
                             "webhook calls")

@@ -15,9 +15,12 @@ from infra.alarms import fleet_alarms
 from infra.capacity import gpu_capacity
 from infra.config import FleetConfig
 from infra.events import fleet_events
+from infra.idle_scale_in import idle_scale_in
+from infra.producer_policy import producer_policy
 from infra.queues import job_queues
 from infra.scaling import scale_on_queue_depth
 from infra.storage import fleet_bucket, notify_uploads
+from infra.warm_pool import warm_pool
 from infra.worker_role import worker_task_role
 from infra.worker_service import worker_repository, worker_service
 
@@ -38,6 +41,7 @@ class Img2ImgFleetStack(Stack):
         self.events = fleet_events(self, config)
         self.repository = worker_repository(self)
         self.capacity = gpu_capacity(self, config)
+        self.warm_pool = warm_pool(config, self.capacity, self.repository)
         self.task_role = worker_task_role(
             self, config, bucket=self.bucket, queues=self.queues,
             cluster=self.capacity.cluster, events_topic=self.events.topic)
@@ -48,6 +52,13 @@ class Img2ImgFleetStack(Stack):
         self.scalable_target = scale_on_queue_depth(
             self, config, queues=self.queues, cluster=self.capacity.cluster,
             service=self.worker.service)
+        self.idle = idle_scale_in(
+            self, queues=self.queues, cluster=self.capacity.cluster,
+            service=self.worker.service, target=self.scalable_target,
+            group=self.capacity.auto_scaling_group)
+        self.producer_policy = producer_policy(
+            self, config, bucket=self.bucket, queues=self.queues, service=self.worker.service,
+            group=self.capacity.auto_scaling_group)
         self.alarm_topic = fleet_alarms(self, config, queues=self.queues)
         self._outputs()
 
@@ -63,6 +74,7 @@ class Img2ImgFleetStack(Stack):
             "RepositoryUri": self.repository.repository_uri,
             "LogGroupName": self.worker.log_group.log_group_name,
             "AlarmTopicArn": self.alarm_topic.topic_arn,
+            "ProducerPolicyArn": self.producer_policy.managed_policy_arn,
             "EventsTopicArn": self.events.topic.topic_arn,
         }
         if self.queues.priority is not None and self.queues.priority_dlq is not None:

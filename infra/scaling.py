@@ -24,9 +24,9 @@ from infra.scaling_policy import (
     START_ALARM_EVALUATION_PERIODS,
     START_ALARM_PERIOD_SECONDS,
     START_COOLDOWN_SECONDS,
-    START_TASKS,
     TRACKING_SCALE_IN_COOLDOWN_SECONDS,
     TRACKING_SCALE_OUT_COOLDOWN_SECONDS,
+    start_task_counts,
 )
 
 _Query = appscaling.CfnScalingPolicy.TargetTrackingMetricDataQueryProperty
@@ -44,8 +44,21 @@ def scale_on_queue_depth(scope: Construct, config: FleetConfig, *, queues: JobQu
         max_capacity=config.max_tasks,
     )
     _track_backlog_per_task(scope, config, target, queues, cluster, service)
-    _start_from_zero(scope, target, queues, cluster, service)
+    _start_from_zero(scope, config, target, queues, cluster, service)
     return target
+
+
+def start_tiers(backlog_per_task: int, max_tasks: int) -> list[tuple[int, int | None, int]]:
+    """(lower, upper, tasks) step bounds over ``waiting - 1`` (the alarm's threshold is
+    1): ``waiting`` jobs get the smallest of ``start_task_counts`` that is at least
+    ceil(waiting / backlog_per_task); the last tier has no upper bound."""
+    counts = start_task_counts(max_tasks)
+    tiers: list[tuple[int, int | None, int]] = []
+    for i, tasks in enumerate(counts):
+        lower = 0 if i == 0 else counts[i - 1] * backlog_per_task
+        upper = None if i == len(counts) - 1 else tasks * backlog_per_task
+        tiers.append((lower, upper, tasks))
+    return tiers
 
 
 def _query(metric_id: str, namespace: str, name: str, dimensions: dict[str, str],
@@ -60,7 +73,7 @@ def _query(metric_id: str, namespace: str, name: str, dimensions: dict[str, str]
                     name=k, value=v) for k, v in dimensions.items()])))
 
 
-def _queue_metric_ids(queues: JobQueues) -> list[tuple[str, sqs.IQueue]]:
+def queue_metric_ids(queues: JobQueues) -> list[tuple[str, sqs.IQueue]]:
     """(metric id prefix, queue) for every queue the worker consumes."""
     prefixes = {id(queues.main): "", id(queues.priority): "priority"}
     return [(prefixes[id(q)], q) for q in queues.consumed]
@@ -77,7 +90,7 @@ def _track_backlog_per_task(scope: Construct, config: FleetConfig,
     """
     metrics: list[_Query] = []
     terms: list[str] = []
-    for prefix, queue in _queue_metric_ids(queues):
+    for prefix, queue in queue_metric_ids(queues):
         dims = {"QueueName": queue.queue_name}
         for suffix, name in (("visible", "ApproximateNumberOfMessagesVisible"),
                              ("inflight", "ApproximateNumberOfMessagesNotVisible")):
@@ -106,28 +119,31 @@ def _track_backlog_per_task(scope: Construct, config: FleetConfig,
     )
 
 
-def _start_from_zero(scope: Construct, target: appscaling.ScalableTarget, queues: JobQueues,
+def _start_from_zero(scope: Construct, config: FleetConfig,
+                     target: appscaling.ScalableTarget, queues: JobQueues,
                      cluster: ecs.ICluster, service: ecs.IService) -> None:
     """With no task, RunningTaskCount is missing and the backlog ratio has no value, so
     target tracking cannot act; this alarm starts the first task.
 
     CloudWatch repeats an Application Auto Scaling alarm action every period while the
     alarm stays in ALARM, and the first task stays PENDING for minutes while a GPU
-    instance boots: the action must be idempotent (desired count exactly 1), never "+1",
-    which would climb towards maxTasks before anything runs. The guard on
+    instance boots: the action must be idempotent (an exact desired count), never "+1",
+    which would climb towards maxTasks before anything runs. The alarm's value is the
+    number of jobs waiting (0 while a task runs or is wanted), and its ExactCapacity
+    tiers set the tasks that backlog needs (``start_tiers``). The guard on
     DesiredTaskCount only narrows when it fires; nothing relies on Container Insights
     publishing it while the task is pending.
     """
     waiting = {f"{prefix}visible": queue_metric(queue, "ApproximateNumberOfMessagesVisible",
                                                 "Maximum")
-               for prefix, queue in _queue_metric_ids(queues)}
+               for prefix, queue in queue_metric_ids(queues)}
     any_waiting = " + ".join(f"FILL({metric_id}, 0)" for metric_id in waiting)
     alarm = cloudwatch.Alarm(
         scope, "StartFromZeroAlarm",
         alarm_description="Jobs are waiting and no worker task runs or is wanted",
         metric=cloudwatch.MathExpression(
             expression=f"IF(({any_waiting}) > 0 AND FILL(running, 0) == 0 AND "
-                       "FILL(desired, 0) == 0, 1, 0)",
+                       f"FILL(desired, 0) == 0, {any_waiting}, 0)",
             using_metrics={
                 **waiting,
                 "running": service_metric(cluster, service, "RunningTaskCount"),
@@ -147,5 +163,6 @@ def _start_from_zero(scope: Construct, target: appscaling.ScalableTarget, queues
         adjustment_type=appscaling.AdjustmentType.EXACT_CAPACITY,
         cooldown=Duration.seconds(START_COOLDOWN_SECONDS),
     )
-    start.add_adjustment(adjustment=START_TASKS, lower_bound=0)
+    for lower, upper, tasks in start_tiers(config.backlog_per_task, config.max_tasks):
+        start.add_adjustment(adjustment=tasks, lower_bound=lower, upper_bound=upper)
     alarm.add_alarm_action(cw_actions.ApplicationScalingAction(start))

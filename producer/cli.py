@@ -79,6 +79,10 @@ def enqueue(
     callback_url: Annotated[str | None, typer.Option(
         help="POST each job's end event here (the workers' IMG2IMG_ALLOWED_CALLBACKS must "
         "admit it).")] = None,
+    start: Annotated[bool | None, typer.Option(
+        "--start/--no-start", help="After sending, raise the worker service (and its GPU "
+        "group) to what the backlog needs: never down, a no-op when there is capacity. "
+        "Default: on when IMG2IMG_CLUSTER and IMG2IMG_SERVICE are set.")] = None,
     list_page_size: Annotated[int, typer.Option(hidden=True, min=1, max=1000)] = 1000,
     log_level: LogLevel = None,
 ) -> None:
@@ -89,6 +93,7 @@ def enqueue(
 
     with clear_errors():
         settings = settings_from(queue_url=queue_url, bucket=bucket, concurrency=concurrency)
+        target = _start_target(settings, start)
         defaults = Defaults(
             models=list(model or settings.default_models),
             prompts=list(prompt or settings.default_prompts),
@@ -119,6 +124,8 @@ def enqueue(
         typer.echo(f"dry run, nothing sent: {summary.line()}", err=True)
         return
     typer.echo(summary.line())
+    if target is not None and summary.enqueued:
+        _start_workers(target, options.queue_url, summary.enqueued)
     for reason in summary.skipped_reasons[:20]:
         typer.echo(f"  skipped: {reason}", err=True)
     if len(summary.skipped_reasons) > 20:
@@ -132,6 +139,41 @@ def enqueue(
                    f"--output {summary.output.uri} --watch")
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _start_target(settings: Any, start: bool | None) -> Any:
+    """The fleet to start after sending, or None (``--no-start``, or not configured)."""
+    from producer.fleet_start import FleetTarget
+
+    named = bool(settings.cluster and settings.service)
+    if start is False or (start is None and not named):
+        return None
+    if not named:
+        raise InvalidJob("--start needs IMG2IMG_CLUSTER and IMG2IMG_SERVICE (the stack's "
+                         "ClusterName and ServiceName outputs); IMG2IMG_GPU_GROUP "
+                         "(AutoScalingGroupName) starts its instances too")
+    return FleetTarget(cluster=settings.cluster, service=settings.service,
+                       group=settings.gpu_group, max_tasks=settings.max_tasks,
+                       backlog_per_task=settings.backlog_per_task)
+
+
+def _start_workers(target: Any, queue_url: str, sent: int) -> None:
+    """The start call; a failure leaves the jobs queued for the start alarm."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from common import aws
+    from producer.fleet_start import queue_backlog, start_fleet
+
+    try:
+        backlog = max(sent, queue_backlog(aws.sqs_client(), queue_url))
+        outcome = start_fleet(aws.client("ecs"),
+                              aws.client("autoscaling") if target.group else None,
+                              target, backlog)
+    except (BotoCoreError, ClientError, InvalidJob) as exc:
+        typer.echo(f"start: not done ({exc}); the jobs are queued and the start alarm "
+                   "starts the workers from its next datapoint", err=True)
+        return
+    typer.echo(outcome.line())
 
 
 @app.command()

@@ -126,6 +126,12 @@ def plan(
     interruptions_per_hour: Annotated[float | None, typer.Option(
         help="Spot reclaims per instance-hour (default with --spot: an assumption).",
         min=0)] = None,
+    warm_pool_size: Annotated[int | None, typer.Option(
+        help="The stack's warmPoolSize: stopped instances kept ready (default: the "
+        "stack's).", min=0)] = None,
+    start: Annotated[bool, typer.Option(
+        "--start/--no-start", help="Whether enqueue starts the fleet itself (its "
+        "default) or waits for the start alarm.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")
                        ] = False,
     log_level: LogLevel = None,
@@ -138,7 +144,8 @@ def plan(
             images=images, rate_per_second=rate, seconds_per_image=seconds_per_image,
             batch_size=batch_size, max_tasks=max_tasks, backlog_per_task=backlog_per_task,
             instance_type=instance_type, spot=spot, price_per_hour=price_per_hour,
-            interruptions_per_hour=interruptions_per_hour))
+            interruptions_per_hour=interruptions_per_hour, warm_pool_size=warm_pool_size,
+            producer_start=start))
     except ValueError as exc:  # a setting the stack or the model refuses
         raise fail(str(exc)) from None
     typer.echo(json.dumps(made.to_dict(), indent=2) if as_json else made.text())

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from contract.settings import CommonSettings, split_list
+from infra.config import FleetConfig
 
 
 class ProducerSettings(CommonSettings):
@@ -20,6 +21,16 @@ class ProducerSettings(CommonSettings):
     # The workers' IMG2IMG_ALLOWED_MODELS, when set for the producer too: enqueue then
     # refuses models the fleet would refuse. Unset: no check here (the workers still do).
     allowed_models: Annotated[list[str] | None, NoDecode] = None
+    # The fleet enqueue starts (the stack's ClusterName, ServiceName and
+    # AutoScalingGroupName outputs); with cluster and service set, enqueue starts the
+    # workers itself (producer/fleet_start.py) unless told --no-start.
+    cluster: str | None = None
+    service: str | None = None
+    gpu_group: str | None = None
+    # The stack's maxTasks and backlogPerTask: the start tiers.
+    max_tasks: Annotated[int, Field(ge=1)] = FleetConfig.model_fields["max_tasks"].default
+    backlog_per_task: Annotated[int, Field(ge=1)] = (
+        FleetConfig.model_fields["backlog_per_task"].default)
 
     @field_validator("allowed_models", mode="before")
     @classmethod

@@ -32,14 +32,15 @@ def test_a_steady_drain_is_images_times_seconds_over_tasks_plus_the_cold_start()
     # GPU time at the full fleet: N * s / T.
     gpu = images * seconds / tasks
     assert p["steady_state"]["gpu_seconds_at_full_fleet"] == pytest.approx(gpu)
-    # Cold start: the start alarm reads the first minute's datapoint a metric delay
-    # after it, then capacity, boot, image pull and model load, each as listed.
+    # Cold start: the producer's start call answers start_call after the jobs are sent;
+    # it raises the GPU group too, so no capacity-provider reaction: boot, image pull
+    # and model load follow, each as listed.
     s = p["start_up_seconds"]
     cold = p["cold_start_seconds"]
-    assert cold["start_decision"] == 60 + s["metric_delay"]
+    assert p["inputs"]["producer_start"] is True
+    assert cold["start_decision"] == s["start_call"]
     assert cold["task_running"] == pytest.approx(
-        cold["start_decision"] + s["capacity"] + s["boot"] + s["image_pull"]
-        + s["model_load"])
+        cold["start_decision"] + s["boot"] + s["image_pull"] + s["model_load"])
     # Drain = N * s / T + cold start, plus the minutes one task works alone before the
     # others join (under 2 % of this drain).
     drain = p["drain_seconds"]
@@ -50,22 +51,47 @@ def test_a_steady_drain_is_images_times_seconds_over_tasks_plus_the_cold_start()
     hours = p["gpu_hours"]
     assert hours["busy"] == pytest.approx(images * seconds / 3600, rel=1e-9)
     assert hours["billed"] == pytest.approx(
-        hours["busy"] + hours["startup"] + hours["waiting"] + hours["tail_after_last_result"])
+        hours["busy"] + hours["startup"] + hours["waiting"] + hours["tail_after_last_result"]
+        + hours["warm_pool_refill"])
     cost = p["cost"]["on_demand"]
     assert cost["usd_per_hour"] == ON_DEMAND_USD_PER_HOUR["g5.xlarge"] == 1.006
-    assert cost["total_usd"] == pytest.approx(hours["billed"] * 1.006, rel=1e-9)
+    assert cost["gpu_usd"] == pytest.approx(hours["billed"] * 1.006, rel=1e-9)
+    assert cost["busy_gpu_floor_usd"] == pytest.approx(hours["busy"] * 1.006, rel=1e-9)
+    # The requests: the dated table's counts per job at its prices, for every image.
+    r = p["requests"]
+    per_job = r["requests_per_job"]
+    assert r["total_usd"] == pytest.approx(images * (
+        per_job["s3_put"] * 0.005 / 1000 + per_job["s3_get"] * 0.0004 / 1000
+        + per_job["sqs"] * 0.40 / 1e6 + per_job["sns"] * 0.50 / 1e6), rel=1e-9)
+    assert cost["total_usd"] == pytest.approx(cost["gpu_usd"] + r["total_usd"], rel=1e-9)
     assert cost["per_1000_images_usd"] == pytest.approx(1000 * cost["total_usd"] / images)
     assert PRICES_DATE in cost["source"] and PRICES_REGION in cost["source"]
     assert p["cost"]["spot"] is None  # no Spot price is known, none is made up
+
+
+def test_the_warm_pool_and_the_start_call_are_plan_options() -> None:
+    cold = plan_json("--images", "1000", "--no-start")
+    warm = plan_json("--images", "1000", "--warm-pool-size", "4")
+    assert cold["inputs"]["producer_start"] is False and cold["inputs"]["warm_pool_size"] == 0
+    assert warm["inputs"]["producer_start"] is True and warm["inputs"]["warm_pool_size"] == 4
+    s = cold["start_up_seconds"]
+    # Without the start call the alarm reads the first minute a metric delay late, and
+    # the capacity provider reacts; a warm-pool instance only resumes, with its image.
+    assert cold["cold_start_seconds"]["start_decision"] == 60 + s["metric_delay"]
+    assert cold["cold_start_seconds"]["task_running"] == pytest.approx(
+        120 + s["capacity"] + s["boot"] + s["image_pull"] + s["model_load"])
+    assert warm["cold_start_seconds"]["task_running"] == pytest.approx(
+        s["start_call"] + s["warm_resume"] + s["model_load"])
+    assert warm["gpu_hours"]["warm_pool_refill"] > 0
 
 
 def test_a_small_batch_is_dominated_by_the_cold_start_and_the_idle_tail() -> None:
     p = plan_json("--images", "500", "--seconds-per-image", "1")
     assert p["dominated_by"] == "cold start"
     hours = p["gpu_hours"]
-    # After the last result the fleet waits 15 datapoints to scale in, then the
-    # instance 15 more minutes: far more than 500 s of work.
-    assert hours["tail_after_last_result"] > hours["busy"]
+    # 500 jobs start ceil(500 / 32) = 16 tasks, capped at 4; each instance boots, pulls
+    # and loads (4 minutes) for about two minutes of work.
+    assert hours["startup"] > hours["busy"]
 
 
 def test_spot_with_a_given_price() -> None:
@@ -74,7 +100,7 @@ def test_spot_with_a_given_price() -> None:
     assert p["inputs"]["spot"] is True and p["inputs"]["interruptions_per_hour"] == 0.5
     spot = p["cost"]["spot"]
     assert spot["usd_per_hour"] == 0.4 and "--price-per-hour" in spot["source"]
-    assert spot["total_usd"] == pytest.approx(p["gpu_hours"]["billed"] * 0.4, rel=1e-9)
+    assert spot["gpu_usd"] == pytest.approx(p["gpu_hours"]["billed"] * 0.4, rel=1e-9)
     assert p["fleet"]["complete"] and p["fleet"]["peak_tasks"] == 8
 
 

@@ -2,10 +2,14 @@
 
 The scenario below is small enough to follow by hand; each number in the assertions is
 derived in the comments from the policy (infra defaults: maxTasks 4, backlogPerTask 32)
-and the start-up times chosen here.
+and the start-up times chosen here. It follows target tracking alone: the start alarm
+setting one task, no producer start and no idle alarm (tests/capacity_planner/
+test_fast_start.py follows those).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -13,16 +17,26 @@ from capacity_planner.autoscaling import Action, Autoscaler, Datapoint
 from capacity_planner.fleet_inputs import EngineSpeed, StartUp, WorkerPipeline
 from capacity_planner.simulator import FleetSimulator
 from capacity_planner.stack_policy import (
+    ScalingPolicy,
     fleet_config,
     scaling_policy_of,
     stop_timings_of,
 )
 from capacity_planner.workload import Workload
+from infra.scaling_policy import START_MAX_TIERS, start_task_counts
 
 # No metric delay; a task on a new instance runs 60 + 60 + 60 + 55 = 235 s after it is
 # wanted (the odd 55 keeps task starts off minute boundaries, where datapoints are taken).
 HAND_START_UP = StartUp(metric_delay=0, capacity=60, boot=60, image_pull=60, model_load=55,
                         instance_scale_in=900)
+
+
+def tracking_only(**context: str) -> ScalingPolicy:
+    """The stack's policy with the start alarm setting exactly 1 task, no idle alarm and
+    no producer start: target tracking's own behaviour."""
+    return dataclasses.replace(scaling_policy_of(fleet_config(**context)),
+                               start_from_backlog=False, idle_datapoints=0,
+                               producer_start=False)
 
 
 def hand_run(images: int = 1000):
@@ -31,7 +45,7 @@ def hand_run(images: int = 1000):
         Workload.burst(images), engine=EngineSpeed(per_image_seconds=1.0),
         worker=WorkerPipeline(max_batch_size=8, prefetch_batches=2, prepare_seconds=0,
                               write_seconds=0),
-        stop=stop_timings_of(config), policy=scaling_policy_of(config),
+        stop=stop_timings_of(config), policy=tracking_only(),
         start_up=HAND_START_UP).run()
 
 
@@ -81,7 +95,7 @@ def test_the_metric_delay_moves_every_decision() -> None:
     delayed = StartUp(**{**HAND_START_UP.__dict__, "metric_delay": 60})
     r = FleetSimulator(Workload.burst(1000), engine=EngineSpeed(per_image_seconds=1.0),
                        worker=WorkerPipeline(prepare_seconds=0, write_seconds=0),
-                       stop=stop_timings_of(config), policy=scaling_policy_of(config),
+                       stop=stop_timings_of(config), policy=tracking_only(),
                        start_up=delayed).run()
     assert [(d.at, d.action) for d in r.decisions[:2]] == [(120, Action.START),
                                                              (540, Action.SCALE_OUT)]
@@ -92,7 +106,7 @@ def point(at: float, backlog: int, running: int, desired: int) -> Datapoint:
 
 
 def test_target_tracking_needs_three_high_datapoints_in_a_row() -> None:
-    scaler = Autoscaler(scaling_policy_of(fleet_config(maxTasks=10)))
+    scaler = Autoscaler(tracking_only(maxTasks="10"))
     assert scaler.observe(point(60, 100, 1, 1), desired=1, now=60) is None
     assert scaler.observe(point(120, 100, 1, 1), desired=1, now=120) is None
     # A datapoint at the target breaks the run.
@@ -105,7 +119,7 @@ def test_target_tracking_needs_three_high_datapoints_in_a_row() -> None:
 
 
 def test_no_running_task_means_no_value_and_breaks_the_run() -> None:
-    scaler = Autoscaler(scaling_policy_of(fleet_config()))
+    scaler = Autoscaler(tracking_only())
     assert scaler.observe(point(60, 500, 1, 1), desired=1, now=60) is None
     assert scaler.observe(point(120, 500, 1, 1), desired=1, now=120) is None
     # running 0, desired 1 (a task is starting): no value, and no start either.
@@ -113,7 +127,7 @@ def test_no_running_task_means_no_value_and_breaks_the_run() -> None:
     assert scaler.observe(point(240, 500, 1, 1), desired=1, now=240) is None
 
 
-def test_the_start_alarm_sets_exactly_one_task_and_cools_down() -> None:
+def test_the_start_alarm_sets_an_exact_count_and_cools_down() -> None:
     scaler = Autoscaler(scaling_policy_of(fleet_config()))
     first = scaler.observe(point(60, 5, 0, 0), desired=0, now=60)
     assert first is not None and (first.action, first.desired_after) == (Action.START, 1)
@@ -128,7 +142,7 @@ def test_the_start_alarm_sets_exactly_one_task_and_cools_down() -> None:
 
 
 def test_scale_in_needs_fifteen_low_datapoints_and_respects_its_cooldown() -> None:
-    scaler = Autoscaler(scaling_policy_of(fleet_config(maxTasks=8)))
+    scaler = Autoscaler(tracking_only(maxTasks="8"))
     decisions = [scaler.observe(point(60 * i, 40, 4, 4), desired=4, now=60 * i)
                  for i in range(1, 16)]
     # 40 / 4 = 10 per task, below 0.9 * 32: the 15th datapoint scales in to
@@ -151,7 +165,8 @@ def test_policy_numbers_are_the_stacks() -> None:
     pytest.importorskip("aws_cdk", reason="the infra extra (aws-cdk-lib) is not installed")
     from tests.support.infra_synth import synth
 
-    for context in ({}, {"maxTasks": "8", "backlogPerTask": "16", "spot": "true"}):
+    for context in ({}, {"maxTasks": "8", "backlogPerTask": "16", "spot": "true"},
+                    {"maxTasks": "64"}):
         config = fleet_config(**context)
         policy, stop = scaling_policy_of(config), stop_timings_of(config)
         s = synth(context)
@@ -165,12 +180,40 @@ def test_policy_numbers_are_the_stacks() -> None:
         assert tracking["TargetValue"] == policy.backlog_per_task
         assert tracking["ScaleOutCooldown"] == policy.scale_out_cooldown
         assert tracking["ScaleInCooldown"] == policy.scale_in_cooldown
-        (step,) = [p["StepScalingPolicyConfiguration"] for p in policies
-                   if p["PolicyType"] == "StepScaling"]
-        assert step["Cooldown"] == policy.start_cooldown
-        assert step["StepAdjustments"][0]["ScalingAdjustment"] == policy.start_tasks
+        steps = {p["StepScalingPolicyConfiguration"]["Cooldown"]:
+                 p["StepScalingPolicyConfiguration"] for p in policies
+                 if p["PolicyType"] == "StepScaling"}
+        assert set(steps) == {policy.start_cooldown, policy.idle_cooldown}
+        step = steps[policy.start_cooldown]
+        # One ExactCapacity tier per start count: ceil(waiting / backlogPerTask) rounded
+        # up to the next count, 1 to maxTasks.
+        assert [a["ScalingAdjustment"] for a in step["StepAdjustments"]] == (
+            start_task_counts(policy.max_tasks))
+        assert [a["ScalingAdjustment"] for a in steps[policy.idle_cooldown][
+            "StepAdjustments"]] == [policy.min_tasks]
+        (idle,) = [a for a in s.alarms() if "Nothing waiting or in flight" in str(a)]
+        assert idle["EvaluationPeriods"] == policy.idle_datapoints
         (alarm,) = [a for a in s.alarms() if "Waiting jobs with no worker" in str(a)]
         assert alarm["EvaluationPeriods"] == policy.start_evaluation_periods
         periods = {m["MetricStat"]["Period"] for m in alarm["Metrics"] if "MetricStat" in m}
         assert periods == {policy.start_period}
         assert float(s.env()["IMG2IMG_STOP_DEADLINE"]) == stop.stop_deadline
+
+
+def test_above_twenty_tasks_the_start_rounds_up_to_twenty_tiers() -> None:
+    """Application Auto Scaling takes 20 step adjustments per policy: with maxTasks 64
+    the counts are 1 to 12 one by one, then further apart; a backlog gets the next count
+    up, never fewer tasks than it needs, and one job still one task."""
+    from capacity_planner.autoscaling import tasks_for_backlog
+
+    counts = start_task_counts(64)
+    assert len(counts) == START_MAX_TIERS and counts[0] == 1 and counts[-1] == 64
+    assert counts == sorted(set(counts))
+    policy = scaling_policy_of(fleet_config(maxTasks=64))
+    for backlog in (1, 32, 33, 12 * 32, 12 * 32 + 1, 52 * 32 + 1, 10**6):
+        need = min(64, -(-backlog // 32))
+        got = tasks_for_backlog(policy, backlog)
+        assert got in counts and got >= need, backlog
+        assert got == min(c for c in counts if c >= need)
+    assert tasks_for_backlog(policy, 1) == 1
+    assert tasks_for_backlog(policy, 13 * 32) == 14  # 13 is not a count: the next up

@@ -22,6 +22,7 @@ VARIANTS = {
                  "maxTasks": "8", "alarmEmail": "ops@example.com",
                  "modelsUri": "s3://my-model-store/weights"}, None),
     "everything-on": (EVERYTHING_ON, None),
+    "warm-pool": ({"warmPoolSize": "2", "priorityQueue": "true", "maxTasks": "64"}, None),
     "bound-to-an-account": (
         {f"availability-zones:account={ACCOUNT}:region={REGION}":
          [f"{REGION}{z}" for z in "abc"], **EVERYTHING_ON}, (ACCOUNT, REGION)),

@@ -65,26 +65,29 @@ def test_target_tracking_on_backlog_per_task(template: Synth) -> None:
     assert expression == f"({numerator}) / {running}"
 
 
-def test_start_from_zero_is_idempotent(template: Synth) -> None:
-    """The alarm's action may run once a minute while the first instance boots: it sets
-    the desired count to exactly 1 instead of adding 1 each time."""
+def test_start_from_zero_sets_the_backlogs_need_exactly(template: Synth) -> None:
+    """The alarm's action may run once a minute while the first instance boots: its
+    value is the number of jobs waiting, and each ExactCapacity tier sets exactly
+    ceil(waiting / backlogPerTask) tasks (1 to maxTasks), never "+1"."""
     from aws_cdk.assertions import Match
 
     template.template.has_resource_properties("AWS::ApplicationAutoScaling::ScalingPolicy", {
         "PolicyType": "StepScaling",
         "StepScalingPolicyConfiguration": Match.object_like({
             "AdjustmentType": "ExactCapacity",
-            "StepAdjustments": [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}]})})
-    ((step_id, step),) = _policies(template, "StepScaling").items()
+            "StepAdjustments": Match.array_with([
+                {"MetricIntervalLowerBound": 0, "MetricIntervalUpperBound": 32,
+                 "ScalingAdjustment": 1}])})})
+    (alarm,) = [a for a in template.alarms() if "Waiting jobs with no worker" in str(a)]
+    (step_id,) = refs(alarm["AlarmActions"])
+    step = template.json["Resources"][step_id]["Properties"]
     config = step["StepScalingPolicyConfiguration"]
     assert config["AdjustmentType"] == "ExactCapacity"
-    (adjustment,) = config["StepAdjustments"]
-    assert adjustment["ScalingAdjustment"] == 1
-    assert adjustment["MetricIntervalLowerBound"] == 0
-    assert "MetricIntervalUpperBound" not in adjustment
-
-    (alarm,) = [a for a in template.alarms() if step_id in refs(a.get("AlarmActions", []))]
-    assert refs(alarm["AlarmActions"]) == {step_id}
+    # Bounds are offsets from the threshold (1): waiting 1..32 -> 1 task, 33..64 -> 2,
+    # 65..96 -> 3, 97 and more -> 4 (maxTasks).
+    tiers = [(a["MetricIntervalLowerBound"], a.get("MetricIntervalUpperBound"),
+              a["ScalingAdjustment"]) for a in config["StepAdjustments"]]
+    assert tiers == [(0, 32, 1), (32, 64, 2), (64, 96, 3), (96, None, 4)]
     assert "OKActions" not in alarm  # nothing pins the count when jobs run out
     metrics = {m["Id"]: m for m in alarm["Metrics"]}
     (expression,) = [m["Expression"] for m in metrics.values() if m.get("ReturnData")]
@@ -95,5 +98,18 @@ def test_start_from_zero_is_idempotent(template: Synth) -> None:
     assert {m["MetricName"] for m in waiting.values()} == {"ApproximateNumberOfMessagesVisible"}
     any_waiting = " + ".join(f"FILL({i}, 0)" for i in waiting)
     running = _metric_ids(alarm["Metrics"])["RunningTaskCount"]
-    assert expression.startswith(f"IF(({any_waiting}) > 0 AND FILL({running}, 0) == 0")
+    desired = _metric_ids(alarm["Metrics"])["DesiredTaskCount"]
+    assert expression == (f"IF(({any_waiting}) > 0 AND FILL({running}, 0) == 0 AND "
+                          f"FILL({desired}, 0) == 0, {any_waiting}, 0)")
     assert alarm["Threshold"] == 1 and alarm["EvaluationPeriods"] == 1
+
+
+def test_start_tiers_follow_the_context() -> None:
+    s = synth({"maxTasks": "6", "backlogPerTask": "10"})
+    (alarm,) = [a for a in s.alarms() if "Waiting jobs with no worker" in str(a)]
+    (step_id,) = refs(alarm["AlarmActions"])
+    adjustments = s.json["Resources"][step_id]["Properties"][
+        "StepScalingPolicyConfiguration"]["StepAdjustments"]
+    assert [(a["MetricIntervalLowerBound"], a.get("MetricIntervalUpperBound"),
+             a["ScalingAdjustment"]) for a in adjustments] == [
+        (0, 10, 1), (10, 20, 2), (20, 30, 3), (30, 40, 4), (40, 50, 5), (50, None, 6)]
