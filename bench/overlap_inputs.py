@@ -52,11 +52,29 @@ def upload_and_make_jobs(s3, bucket: str, jobs: int, size: int, params: dict,
         return list(pool.map(one, range(jobs))), len(data)
 
 
-def s3_capacity(s3, bucket: str, input_key: str, output_format: str, threads: int,
-                seconds: float = 3.0) -> float:
-    """Job-equivalents per second the S3 endpoint serves alone: ``threads`` threads
-    repeat one job's S3 requests (conditional claim PUT, input GET, conditional output
-    PUT, result record, marker) with no worker around them. Where this is near the engine's ceiling,
+def write_batch_manifest(s3, bucket: str, queue_url: str, jobs: list) -> None:
+    """The batch's manifest, as ``img2img-producer enqueue`` writes it, so the workers
+    keep the batch's totals and announce it as they do in production."""
+    from contract.batches import BatchManifest
+    from contract.locations import batch_manifest_key, output_dir
+
+    first = jobs[0]
+    folder = output_dir(first.output.key)
+    manifest = BatchManifest(
+        batch_id=first.batch_id, total=len(jobs), queue_url=queue_url,
+        source=f"s3://{bucket}/in/", output=f"s3://{bucket}/{folder}",
+        shard_totals=BatchManifest.shard_totals_of(job.job_id for job in jobs))
+    s3.put_object(Bucket=bucket, Key=batch_manifest_key(folder, first.batch_id),
+                  Body=manifest.model_dump_json(), ContentType="application/json")
+
+
+def moto_alone(s3, sqs, bucket: str, input_key: str, output_format: str, threads: int,
+               seconds: float = 3.0) -> float:
+    """Job-equivalents per second the S3+SQS endpoint serves alone: ``threads`` threads
+    repeat a job's essential requests with no worker around them: a conditional claim
+    PUT, the input GET, a conditional output PUT and the record PUT, and per 10 jobs a
+    SendMessageBatch, a ReceiveMessage and a DeleteMessageBatch of 10. The same
+    yardstick whatever the worker under test does; where a run's jobs/s comes near it,
     the endpoint, not the worker, limits the run."""
     from contract.job import OutputFormat
     from worker.images import decode_image, encode_image
@@ -64,6 +82,7 @@ def s3_capacity(s3, bucket: str, input_key: str, output_format: str, threads: in
     image = decode_image(s3.get_object(Bucket=bucket, Key=input_key)["Body"].read(),
                          max_pixels=10**8)
     output = encode_image(image, OutputFormat(output_format))
+    queue_url = sqs.create_queue(QueueName=f"{bucket}-alone")["QueueUrl"]
     stop = time.perf_counter() + seconds
     counter = itertools.count()
     done: list[int] = []
@@ -78,8 +97,16 @@ def s3_capacity(s3, bucket: str, input_key: str, output_format: str, threads: in
             s3.put_object(Bucket=bucket, Key=f"probe/{i}.{output_format}", Body=output,
                           IfNoneMatch="*")
             s3.put_object(Bucket=bucket, Key=f"probe/{i}.json", Body=b"{}" * 200)
-            s3.put_object(Bucket=bucket, Key=f"probe_batches/{i}.done", Body=b"")
             n += 1
+            if n % 10 == 0:
+                sqs.send_message_batch(QueueUrl=queue_url, Entries=[
+                    {"Id": str(j), "MessageBody": "{}" * 400} for j in range(10)])
+                got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
+                                          WaitTimeSeconds=0).get("Messages", [])
+                if got:
+                    sqs.delete_message_batch(QueueUrl=queue_url, Entries=[
+                        {"Id": str(j), "ReceiptHandle": m["ReceiptHandle"]}
+                        for j, m in enumerate(got)])
         done.append(n)
 
     started = time.perf_counter()

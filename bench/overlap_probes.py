@@ -73,53 +73,65 @@ def timed_queue_class():
     return TimedQueue
 
 
-def timed_storage_class():
-    from worker.fleet.storage import S3Storage
+def request_kind(operation: str, params: dict[str, Any]) -> str:
+    """What one S3 request of a job is for, from its operation and key alone (so the
+    count holds for any version of the worker)."""
+    key = str(params.get("Key") or params.get("Prefix") or "")
+    if operation.startswith("ListObjects"):
+        return "LIST batch"
+    if "/_batches/" in f"/{key}":
+        name = key.rsplit("/", 1)[-1]
+        if "/counts/" in key:
+            what = "counter"
+        elif name in ("manifest.json", "cancel.json", "complete.json"):
+            what = name.removesuffix(".json")
+        else:
+            what = "marker"
+        return f"{_VERB.get(operation, operation)} {what}"
+    if key.endswith(".json"):
+        if operation == "PutObject":
+            if params.get("IfNoneMatch"):
+                return "PUT claim"
+            return "PUT claim takeover" if params.get("IfMatch") else "PUT record"
+        return f"{_VERB.get(operation, operation)} record"
+    if operation == "GetObject":
+        return "GET input"
+    return f"{_VERB.get(operation, operation)} output"
 
-    class TimedStorage(S3Storage):
-        """Records the seconds (wall, and this thread's CPU) of every S3 request by kind."""
 
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.seconds: dict[str, list[float]] = defaultdict(list)
-            self.cpu_seconds: dict[str, float] = defaultdict(float)
-            self._lock = threading.Lock()
+_VERB = {"GetObject": "GET", "PutObject": "PUT", "HeadObject": "HEAD",
+         "DeleteObject": "DELETE"}
 
-        def _timed(self, name: str, fn, *args: Any, **kwargs: Any):
-            started, cpu = time.perf_counter(), time.thread_time()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                with self._lock:
-                    self.seconds[name].append(time.perf_counter() - started)
-                    self.cpu_seconds[name] += time.thread_time() - cpu
 
-        def read_object(self, location):
-            return self._timed("get_input", super().read_object, location)
+class RequestMeter:
+    """Counts every S3 request a boto3 client makes, by kind (``request_kind``), and the
+    calling thread's CPU seconds inside botocore for each (botocore runs a call on the
+    caller's thread, from parameter building to the parsed response)."""
 
-        def read_json(self, location):
-            return self._timed("get_result_record", super().read_json, location)
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = defaultdict(int)
+        self.cpu_seconds: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+        self._local = threading.local()
 
-        def put_if_absent(self, location, data, content_type, metadata=None):
-            kind = "put_claim" if location.key.endswith(".json") else "put_output_if_absent"
-            return self._timed(kind, super().put_if_absent, location, data, content_type,
-                               metadata)
+    def install(self, s3: Any) -> None:
+        events = s3.meta.events
+        events.register("before-parameter-build.s3", self._started)
+        events.register("after-call.s3", self._ended)
+        events.register("after-call-error.s3", self._ended)
 
-        def put_if_match(self, location, data, content_type, etag):
-            return self._timed("put_claim_takeover", super().put_if_match, location, data,
-                               content_type, etag)
+    def _started(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        self._local.current = (request_kind(model.name, params), time.thread_time())
 
-        def head_metadata(self, location):
-            return self._timed("head_output", super().head_metadata, location)
-
-        def delete(self, location):
-            return self._timed("delete_claim", super().delete, location)
-
-        def put(self, location, data, content_type):
-            kind = "put_result_record" if location.key.endswith(".json") else "put_marker"
-            return self._timed(kind, super().put, location, data, content_type)
-
-    return TimedStorage
+    def _ended(self, **_: Any) -> None:
+        current = getattr(self._local, "current", None)
+        if current is None:
+            return
+        self._local.current = None
+        kind, cpu = current
+        with self._lock:
+            self.counts[kind] += 1
+            self.cpu_seconds[kind] += time.thread_time() - cpu
 
 
 @contextlib.contextmanager

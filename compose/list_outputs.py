@@ -49,9 +49,9 @@ def batch_counts(s3: object, bucket: str, prefix: str) -> dict[str, tuple[int, i
         if name == MANIFEST:
             body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[attr-defined]
             totals[batch_id] = int(json.loads(body)["total"])
-        elif name.endswith((".done", ".failed")):
+        elif name.endswith((".done", ".failed")):  # <job id>[+<job id>...].<status>
             counts = finished.setdefault(batch_id, [0, 0])
-            counts[0 if name.endswith(".done") else 1] += 1
+            counts[0 if name.endswith(".done") else 1] += len(name.split("+"))
     return {b: (total, *finished.get(b, [0, 0])) for b, total in totals.items()}
 
 

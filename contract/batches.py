@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contract.locations import COUNTER_SHARDS, counter_shard
+from contract.locations import counter_shard, counter_shards_for
 
 FinalStatus = Literal["done", "failed", "cancelled", "expired"]
 MANIFEST_NAMES_KEPT = 5  # models and prompts named in a manifest
@@ -30,8 +30,10 @@ class BatchManifest(BaseModel):
     source: str
     output: str  # the output prefix, s3://bucket/prefix/
     not_enqueued: int = 0  # jobs whose send failed (not counted in total)
-    # Jobs per counter shard (contract.locations.counter_shard): lets workers tell when
-    # the batch is complete. Absent in manifests of older producers: no batch.complete.
+    # Jobs per counter shard (contract.locations.counter_shard over as many shards as
+    # the list is long: 16 from older producers, fewer for small batches now): lets
+    # workers tell when the batch is complete. Absent in manifests of older producers:
+    # no batch.complete.
     shard_totals: list[int] | None = None
     # The models and prompts its jobs use (the first few, in order), for listings.
     # Absent in manifests of older producers.
@@ -44,9 +46,10 @@ class BatchManifest(BaseModel):
 
     @staticmethod
     def shard_totals_of(job_ids: Iterable[str]) -> list[int]:
-        totals = [0] * COUNTER_SHARDS
-        for job_id in job_ids:
-            totals[counter_shard(job_id)] += 1
+        ids = list(job_ids)
+        totals = [0] * counter_shards_for(len(ids))
+        for job_id in ids:
+            totals[counter_shard(job_id, len(totals))] += 1
         return totals
 
 

@@ -114,9 +114,11 @@ def result_key(output_key_: str) -> str:
     return output_key_ + RESULT_SUFFIX
 
 
-# Per-batch status markers: an empty object per finished job, under the output folder,
-# so ``img2img-producer status`` counts a batch with one LIST per 1000 jobs instead of
-# reading every result record. Layout: <output dir>/_batches/<batch_id>/<job_id>.<status>
+# Per-batch status markers: empty objects under the output folder whose names say which
+# jobs finished and how, so ``img2img-producer status`` counts a batch with one LIST
+# instead of reading every result record. Layout:
+# <output dir>/_batches/<batch_id>/<job_id>[+<job_id>...].<status>: a worker marks the
+# jobs of one batch that it counts together (same status) with one object.
 BATCHES_FOLDER = "_batches"
 MANIFEST_NAME = "manifest.json"
 # The batch's jobs as enqueued, one JSON message per line: what each job asked for
@@ -134,8 +136,35 @@ def batch_prefix(output_dir_: str, batch_id: str) -> str:
     return f"{output_dir_}{BATCHES_FOLDER}/{batch_id}/"
 
 
+MARKER_JOIN = "+"  # never in a job id (contract.job: [A-Za-z0-9_-])
+_MARKER_NAME_BYTES = 800  # what a marker's name may take of S3's 1024-byte key
+
+
 def batch_marker_key(output_key_: str, batch_id: str, job_id: str, status: str) -> str:
     return f"{batch_prefix(output_dir(output_key_), batch_id)}{job_id}.{status}"
+
+
+def batch_marker_keys(output_key_: str, batch_id: str, job_ids: list[str],
+                      status: str) -> list[str]:
+    """The markers of several jobs with one status: as few objects as the key limit
+    allows (about 24 jobs each)."""
+    keys, chunk = [], []
+    for job_id in job_ids:
+        if chunk and len(MARKER_JOIN.join([*chunk, job_id])) > _MARKER_NAME_BYTES:
+            keys.append(batch_marker_key(output_key_, batch_id, MARKER_JOIN.join(chunk),
+                                         status))
+            chunk = []
+        chunk.append(job_id)
+    if chunk:
+        keys.append(batch_marker_key(output_key_, batch_id, MARKER_JOIN.join(chunk), status))
+    return keys
+
+
+def marker_jobs(name: str) -> tuple[list[str], str]:
+    """A marker's job ids and status, from its name (``a+b.done`` -> ``[a, b]``,
+    ``done``); other names of the batch folder give a status that is not one."""
+    stem, _, status = posixpath.basename(name).rpartition(".")
+    return [job_id for job_id in stem.split(MARKER_JOIN) if job_id], status
 
 
 def batch_manifest_key(output_dir_: str, batch_id: str) -> str:
@@ -150,8 +179,17 @@ CANCEL_NAME = "cancel.json"
 COMPLETE_NAME = "complete.json"
 
 
-def counter_shard(job_id: str) -> int:
-    return int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16) % COUNTER_SHARDS
+# A small batch keeps one counter: its jobs are counted together, one write for many.
+JOBS_PER_SHARD = 2000
+
+
+def counter_shards_for(total: int) -> int:
+    """How many counter shards a batch of ``total`` jobs gets (1 to COUNTER_SHARDS)."""
+    return max(1, min(COUNTER_SHARDS, -(-total // JOBS_PER_SHARD)))
+
+
+def counter_shard(job_id: str, shards: int = COUNTER_SHARDS) -> int:
+    return int(hashlib.sha256(job_id.encode()).hexdigest()[:8], 16) % shards
 
 
 def batch_counter_key(output_dir_: str, batch_id: str, shard: int) -> str:

@@ -1,7 +1,7 @@
 """A batch's objects in S3: for each finished job, its result record and its output.
 
-The batch's markers (``<output>_batches/<batch_id>/<job_id>.done|failed``) say which jobs
-finished and how. Outputs are ``<output><stem>.<job_id[:12]>.<ext>`` with the record
+The batch's markers (``<output>_batches/<batch_id>/<job_id>[+<job_id>...].done|failed``)
+say which jobs finished and how. Outputs are ``<output><stem>.<job_id[:12]>.<ext>`` with the record
 next to them at ``<output key>.json``, so one delimited listing of the output folder finds
 them all by name, without reading a record.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contract.errors import InvalidJob
-from contract.locations import RESULT_SUFFIX, S3Location, batch_prefix
+from contract.locations import RESULT_SUFFIX, S3Location, batch_prefix, marker_jobs
 from producer.listing import iter_objects
 from producer.manifest import read_manifest
 from producer.status import DONE, FAILED
@@ -42,9 +42,11 @@ def finished_jobs(s3: Any, output: S3Location, batch_id: str) -> list[FinishedJo
     """The batch's finished jobs, sorted by record key; InvalidJob for an unknown batch."""
     statuses: dict[str, str] = {}
     for obj in iter_objects(s3, output.bucket, batch_prefix(output.key, batch_id)):
-        job_id, _, status = posixpath.basename(obj["Key"]).rpartition(".")
+        job_ids, status = marker_jobs(obj["Key"])
         if status in (DONE, FAILED):
-            statuses[job_id] = status
+            for job_id in job_ids:
+                if statuses.get(job_id) != DONE:
+                    statuses[job_id] = status
     if not statuses and read_manifest(s3, output, batch_id) is None:
         raise InvalidJob(f"no batch {batch_id} under {output.uri}: no manifest and no "
                          "finished job; check --batch-id and --output")

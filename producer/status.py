@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import posixpath
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -11,7 +10,13 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from contract.batches import BatchCounts
-from contract.locations import RESULT_SUFFIX, S3Location, batch_counter_key, batch_prefix
+from contract.locations import (
+    RESULT_SUFFIX,
+    S3Location,
+    batch_counter_key,
+    batch_prefix,
+    marker_jobs,
+)
 from contract.result import ResultRecord
 from producer.listing import MAX_KEYS_PER_LIST, iter_objects
 from producer.manifest import BatchManifest, read_manifest
@@ -121,19 +126,24 @@ def batch_progress(s3: Any, output: S3Location, batch_id: str, *,
                    page_size: int = MAX_KEYS_PER_LIST) -> BatchProgress:
     """Count the batch's markers, one LIST per ``page_size`` of them."""
     progress = BatchProgress(batch_id=batch_id, manifest=read_manifest(s3, output, batch_id))
+    statuses: dict[str, str] = {}  # a job marked twice (a redelivery) counts once
     for obj in iter_objects(s3, output.bucket, batch_prefix(output.key, batch_id), page_size,
                             delimiter="/"):
-        job_id, _, status = posixpath.basename(obj["Key"]).rpartition(".")
+        job_ids, status = marker_jobs(obj["Key"])
         if status not in FINAL:
             continue  # the manifest, the cancel order
-        setattr(progress, status, getattr(progress, status) + 1)
-        if status == FAILED:
-            progress.failed_job_ids.append(job_id)
+        for job_id in job_ids:
+            if statuses.get(job_id) != DONE:
+                statuses[job_id] = status
         modified = obj["LastModified"]
         if progress.first_marker_at is None or modified < progress.first_marker_at:
             progress.first_marker_at = modified
         if progress.last_marker_at is None or modified > progress.last_marker_at:
             progress.last_marker_at = modified
+    for job_id, status in statuses.items():
+        setattr(progress, status, getattr(progress, status) + 1)
+        if status == FAILED:
+            progress.failed_job_ids.append(job_id)
     progress.costs = batch_costs(s3, output, batch_id, progress.manifest)
     return progress
 

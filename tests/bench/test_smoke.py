@@ -72,13 +72,16 @@ def test_overlap_bench_keeps_books(moto_endpoint):
     assert result["done"] == 16 and result["failed"] == 0
     assert 0 < result["engine_busy_fraction"] <= 1
     assert 0 < result["engine_busy_fraction_first_to_last_batch"] <= 1
-    assert result["jobs_per_s"] > 0 and result["plumbing_ms_per_job"] > 0
+    assert result["jobs_per_s"] > 0 and result["moto_alone_jobs_per_s"] > 0
     assert result["batches"] >= 2
-    assert result["s3_requests_per_job"] >= 4  # claim, input, output, record, marker
+    assert result["s3_requests_per_job"] >= 4  # claim, input, output, record, batch
+    kinds = result["s3_requests_per_job_by_kind"]
+    assert kinds["GET input"] == kinds["PUT output"] == kinds["PUT claim"] == 1
+    assert kinds["PUT record"] == 1 and kinds["PUT counter"] > 0  # the batch has a manifest
     assert set(result["recorded_stage_ms"]) == {"download", "decode", "encode", "upload"}
     cpu = result["worker_cpu_ms_per_job_by_stage"]
     named = {k: v for k, v in cpu.items() if not k.startswith("everything else")}
-    assert {"decode", "encode", "s3 put_claim", "s3 get_input", "s3 put_output_if_absent",
+    assert {"decode", "encode", "s3 PUT claim", "s3 GET input", "s3 PUT output",
             "sqs receive", "sqs delete"} <= set(named)
     assert all(v > 0 for v in named.values())
     # Stages are parts of the process's CPU (here moto shares the process, so more).

@@ -73,6 +73,24 @@ def test_a_finished_batchs_rate_is_counted_to_its_end_not_to_now(fleet, s3):
     assert unfinished.finished_at is None
 
 
+def test_group_markers_count_each_of_their_jobs_once(fleet, s3):
+    """Workers mark jobs ended together with one object naming them all; a job marked
+    again by a redelivery counts once, and done wins over an earlier failed try."""
+    from contract.locations import batch_marker_keys, parse_s3_uri
+
+    jobs = enqueue_batch(fleet, s3, 5)
+    for key in batch_marker_keys(jobs[0].output.key, jobs[0].batch_id,
+                                 [j.job_id for j in jobs[:3]], "done"):
+        s3.put_object(Bucket=fleet.bucket, Key=key, Body=b"")
+    mark(s3, jobs[0], "done")  # the redelivery of one of them
+    mark(s3, jobs[3], "failed")
+    mark(s3, jobs[1], "failed")  # an earlier failed try of a job that then ran
+    progress = batch_progress(s3, parse_s3_uri(f"s3://{fleet.bucket}/outputs/", prefix=True),
+                              jobs[0].batch_id)
+    assert (progress.done, progress.failed, progress.total) == (3, 1, 5)
+    assert progress.failed_job_ids == [jobs[3].job_id] and not progress.complete
+
+
 def test_watch_returns_when_every_job_is_done_or_failed(fleet, s3):
     jobs = enqueue_batch(fleet, s3, 4)
     mark(s3, jobs[0], "done")

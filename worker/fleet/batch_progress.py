@@ -1,14 +1,18 @@
 """A batch's running totals and its one ``batch.complete``, kept by the workers in S3.
 
-Each job that ends counts once in one of COUNTER_SHARDS small counter objects (the one
-its id hashes to), with a conditional write: a GET and a PUT per job, contended only by
-the jobs of the same shard. When a shard reaches the number of jobs the manifest gives
-it, the worker reads the other shards; when all are full it counts the batch's markers
-once (a LIST, so a job counted twice after a crash cannot end a batch early) and claims
-``complete.json`` with a conditional PUT. Exactly one worker wins that claim, whichever
-ends the last job, and announces the batch, then marks the claim ``announced``.
+Ended jobs are counted in small counter objects (a batch of up to 2000 jobs has one; a
+larger one up to COUNTER_SHARDS, each job counting in the one its id hashes to), with
+conditional writes. A worker counts together the jobs it ended close together
+(``count_all``): one write per counter they touch, and no read before it when this
+worker wrote that counter last (it remembers the version it wrote; a write over a
+version someone else replaced fails, and the counter is read again). When a counter
+reaches the number of jobs the manifest gives it, the worker reads the other counters;
+when all are full it counts the batch's markers once (a LIST, so a job counted twice
+after a crash cannot end a batch early) and claims ``complete.json`` with a conditional
+PUT. Exactly one worker wins that claim, whichever ends the last job, and announces the
+batch, then marks the claim ``announced``.
 
-The claim names the message of the job that won it, and that message is deleted only
+The claim names the message of a job that won it, and that message is deleted only
 after the announcement: a worker that dies in between leaves an unannounced claim, and the
 message's redelivery (the job counts again, the batch is full again) takes the claim over
 and announces. So a crash can repeat a ``batch.complete`` (subscribers deduplicate by
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import posixpath
 import random
 import threading
 import time
@@ -28,13 +31,13 @@ from datetime import datetime, timezone
 
 from contract.batches import BatchCounts, BatchManifest, FinalStatus
 from contract.locations import (
-    COUNTER_SHARDS,
     S3Location,
     batch_complete_key,
     batch_counter_key,
     batch_manifest_key,
     batch_prefix,
     counter_shard,
+    marker_jobs,
     output_dir,
 )
 from worker.fleet.storage import S3Storage
@@ -45,6 +48,7 @@ JSON = "application/json"
 # Conditional-write attempts on one counter before the count is given up (logged).
 COUNT_ATTEMPTS = 12
 MANIFEST_CACHE = 256  # batches whose manifest a worker remembers
+COUNTER_CACHE = 1024  # counters whose last written version a worker remembers
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,20 @@ class Completed:
     total: int
     counts: BatchCounts
     claim: S3Location  # complete.json
+    message_id: str = ""  # the message named in the claim: settled after the announcement
+
+
+@dataclass(frozen=True)
+class Ended:
+    """One ended job, as its batch counts it."""
+
+    output: S3Location
+    batch_id: str
+    job_id: str
+    status: FinalStatus
+    gpu_seconds: float = 0.0
+    cost_usd: float | None = None  # None: the job was not priced
+    message_id: str = ""  # the delivery that ended it
 
 
 class BatchProgress:
@@ -65,6 +83,7 @@ class BatchProgress:
         self.worker_id = worker_id
         self._sleep = sleep
         self._manifests: dict[tuple[str, str, str], BatchManifest | None] = {}
+        self._counters: dict[str, tuple[BatchCounts, str]] = {}  # uri -> what we wrote
         self._lock = threading.Lock()
 
     def count(self, output: S3Location, batch_id: str | None, job_id: str,
@@ -74,24 +93,59 @@ class BatchProgress:
         (``message_id``: the delivery that ended it, named in the claim)."""
         if not batch_id:
             return None
-        folder = output_dir(output.key)
-        manifest = self._manifest(output.bucket, folder, batch_id)
-        if manifest is None or manifest.shard_totals is None:
+        completed = self.count_all([Ended(output, batch_id, job_id, status, gpu_seconds,
+                                          cost_usd, message_id)])
+        return completed[0] if completed else None
+
+    def count_all(self, ended: list[Ended]) -> list[Completed]:
+        """Count ended jobs, each batch's together (one write per counter touched); the
+        batches they completed for us. A batch whose counter cannot be read or written
+        is logged and left uncounted (the jobs are done; their markers still say so).
+        """
+        batches: dict[tuple[str, str, str], list[Ended]] = {}
+        for end in ended:
+            if end.batch_id:
+                batches.setdefault((end.output.bucket, output_dir(end.output.key),
+                                    end.batch_id), []).append(end)
+        completed = []
+        for (bucket, folder, batch_id), ends in batches.items():
+            try:
+                done = self._count_batch(bucket, folder, batch_id, ends)
+            except Exception as exc:  # noqa: BLE001 - the jobs are done; counts are not vital
+                log.warning("batch %s: could not count %d job(s): %r", batch_id, len(ends),
+                            exc, extra={"batch_id": batch_id})
+                continue
+            if done is not None:
+                completed.append(done)
+        return completed
+
+    def _count_batch(self, bucket: str, folder: str, batch_id: str,
+                     ends: list[Ended]) -> Completed | None:
+        manifest = self._manifest(bucket, folder, batch_id)
+        if manifest is None or not manifest.shard_totals:
             return None  # an older producer's batch (or none): nothing to complete
-        shard = counter_shard(job_id)
-        counts = self._increment(S3Location(bucket=output.bucket,
-                                            key=batch_counter_key(folder, batch_id, shard)),
-                                 status, gpu_seconds, cost_usd)
-        if counts is None or counts.ended < manifest.shard_totals[shard]:
+        shards = len(manifest.shard_totals)
+        by_shard: dict[int, list[Ended]] = {}
+        for end in ends:
+            by_shard.setdefault(counter_shard(end.job_id, shards), []).append(end)
+        full = False
+        for shard, items in sorted(by_shard.items()):
+            counts = self._increment(S3Location(
+                bucket=bucket, key=batch_counter_key(folder, batch_id, shard)), items)
+            full = full or (counts is not None
+                            and counts.ended >= manifest.shard_totals[shard])
+        if not full:
             return None
-        total = self._all_shards(output.bucket, folder, batch_id, manifest)
-        if total is None or self._markers(output.bucket, folder, batch_id) < manifest.total:
+        total = self._all_shards(bucket, folder, batch_id, manifest)
+        if total is None or self._markers(bucket, folder, batch_id) < manifest.total:
             return None
-        claim = S3Location(bucket=output.bucket, key=batch_complete_key(folder, batch_id))
+        claim = S3Location(bucket=bucket, key=batch_complete_key(folder, batch_id))
+        message_id = ends[-1].message_id
         if not self._claim(claim, batch_id, message_id):
             return None
-        return Completed(batch_id=batch_id, output_prefix=f"s3://{output.bucket}/{folder}",
-                         total=manifest.total, counts=total, claim=claim)
+        return Completed(batch_id=batch_id, output_prefix=f"s3://{bucket}/{folder}",
+                         total=manifest.total, counts=total, claim=claim,
+                         message_id=message_id)
 
     def announced(self, completed: Completed) -> None:
         """Mark the batch announced: its claim is no longer taken over."""
@@ -117,19 +171,31 @@ class BatchProgress:
             self._manifests[key] = manifest
         return manifest
 
-    def _increment(self, location: S3Location, status: FinalStatus, gpu_seconds: float,
-                   cost_usd: float | None) -> BatchCounts | None:
+    def _increment(self, location: S3Location, items: list[Ended]) -> BatchCounts | None:
+        """Add ``items`` to one counter: a conditional write over the version this
+        worker last wrote (no read), else over the one it reads."""
         for attempt in range(COUNT_ATTEMPTS):
-            data, etag = self.storage.read_json(location)
-            counts = BatchCounts.model_validate(data or {}).add(status, gpu_seconds, cost_usd)
-            body = counts.model_dump_json().encode()
-            written = (self.storage.put_if_match(location, body, JSON, etag) if etag
-                       else self.storage.put_if_absent(location, body, JSON))
-            if written:
+            with self._lock:
+                known = self._counters.pop(location.uri, None)
+            if known is None:
+                data, etag = self.storage.read_json(location)
+                known = (BatchCounts.model_validate(data or {}), etag or "")
+            counts = known[0]
+            for item in items:
+                counts = counts.add(item.status, item.gpu_seconds, item.cost_usd)
+            written = self.storage.replace(location, counts.model_dump_json().encode(), JSON,
+                                           known[1] or None)
+            if written is not None:
+                if written:
+                    with self._lock:
+                        if len(self._counters) >= COUNTER_CACHE:
+                            self._counters.pop(next(iter(self._counters)))
+                        self._counters[location.uri] = (counts, written)
                 return counts
-            self._sleep(random.uniform(0, 0.05 * 2 ** min(attempt, 5)))  # contended
-        log.error("could not count a job in %s after %d attempts; its batch will not be "
-                  "announced as complete", location.uri, COUNT_ATTEMPTS)
+            if attempt:  # the first miss was a stale memory; contended after that
+                self._sleep(random.uniform(0, 0.05 * 2 ** min(attempt, 5)))
+        log.error("could not count %d job(s) in %s after %d attempts; its batch will not "
+                  "be announced as complete", len(items), location.uri, COUNT_ATTEMPTS)
         return None
 
     def _all_shards(self, bucket: str, folder: str, batch_id: str,
@@ -138,12 +204,18 @@ class BatchProgress:
         first shard that does not)."""
         assert manifest.shard_totals is not None
         total = BatchCounts()
-        for shard in range(COUNTER_SHARDS):
-            if not manifest.shard_totals[shard]:
+        for shard, expected in enumerate(manifest.shard_totals):
+            if not expected:
                 continue
-            data, _ = self.storage.read_json(S3Location(
-                bucket=bucket, key=batch_counter_key(folder, batch_id, shard)))
-            counts = BatchCounts.model_validate(data or {})
+            location = S3Location(bucket=bucket, key=batch_counter_key(folder, batch_id,
+                                                                         shard))
+            with self._lock:
+                known = self._counters.get(location.uri)
+            if known is not None and known[0].ended >= expected:
+                counts = known[0]  # what this worker wrote there: it only grows
+            else:
+                data, _ = self.storage.read_json(location)
+                counts = BatchCounts.model_validate(data or {})
             if counts.ended < manifest.shard_totals[shard]:
                 return None
             total = total + counts
@@ -156,9 +228,9 @@ class BatchProgress:
         for page in paginator.paginate(Bucket=bucket, Prefix=batch_prefix(folder, batch_id),
                                        Delimiter="/"):
             for obj in page.get("Contents", []):
-                job_id, _, status = posixpath.basename(obj["Key"]).rpartition(".")
+                job_ids, status = marker_jobs(obj["Key"])
                 if status in ("done", "failed", "cancelled", "expired"):
-                    jobs.add(job_id)
+                    jobs.update(job_ids)
         return len(jobs)
 
     def _claim(self, location: S3Location, batch_id: str, message_id: str) -> bool:

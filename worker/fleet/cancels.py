@@ -2,7 +2,9 @@
 ``img2img-producer cancel``), read at most every ``max_age`` seconds per batch.
 
 ``lookup`` may read S3 (I/O threads); ``known`` only answers from what was read, so the
-engine thread can ask it right before a batch runs without waiting on S3.
+engine thread can ask it right before a batch runs without waiting on S3. One thread
+reads a stale order at a time; the others answer from the last read meanwhile (a batch
+of jobs prepared together makes one read, not one each).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class CancelWatch:
         self._clock = clock
         self._orders: dict[S3Location, tuple[float, CancelOrder | None]] = {}
         self._used: dict[S3Location, float] = {}  # when a job of the batch last asked
+        self._reading: set[S3Location] = set()  # orders being read again now
         self._lock = threading.Lock()
 
     @staticmethod
@@ -42,8 +45,16 @@ class CancelWatch:
         with self._lock:
             seen = self._orders.get(where)
             self._used[where] = self._clock()
-        if seen is None or self._clock() - seen[0] >= self.max_age:
-            self.refresh(where)
+            read = seen is None or (self._clock() - seen[0] >= self.max_age
+                                    and where not in self._reading)
+            if read:
+                self._reading.add(where)
+        if read:
+            try:
+                self.refresh(where)
+            finally:
+                with self._lock:
+                    self._reading.discard(where)
         return self.known(output, batch_id, job_id)
 
     def known(self, output: S3Location, batch_id: str | None, job_id: str) -> str | None:

@@ -23,7 +23,14 @@ from PIL import Image
 
 from contract.errors import LocationNotAllowed, OutputConflict
 from contract.job import JobMessage
-from contract.locations import S3Location, batch_marker_key, is_within, result_key
+from contract.locations import (
+    S3Location,
+    batch_marker_key,
+    batch_marker_keys,
+    is_within,
+    output_dir,
+    result_key,
+)
 from contract.result import FINAL_STATUSES, ResultRecord
 from worker.fleet.consumer import Delivery
 from worker.fleet.storage import S3Storage
@@ -55,6 +62,8 @@ class FleetJob(Job):
     delivery: Delivery | None = None
     from_event: bool = False  # made from an S3 notification
     claimed: bool = False  # this delivery holds the job's running record
+    found: dict | None = None  # the final record another delivery left (FINISHED*)
+    marker_due: bool = False  # done, its batch marker not written yet (written in groups)
 
     @classmethod
     def of(cls, wire: JobMessage, delivery: Delivery, *, from_event: bool) -> FleetJob:
@@ -121,6 +130,7 @@ def claim(storage: S3Storage, job: FleetJob, *, worker_id: str,
         status = data.get("status")
         if status == "done" or (status in FINAL_STATUSES
                                 and _finished(data, job) is Claim.FINISHED_HERE):
+            job.found = data
             return _finished(data, job)  # a failed record of another message: run again
         if status == "running" and not _claim_lapsed(data, job.message_id):
             return Claim.WAIT
@@ -137,6 +147,7 @@ def recheck(storage: S3Storage, job: FleetJob, *, worker_id: str,
     go (released, or its lease ran out), else WAIT."""
     data, _ = storage.read_json(job.result_location())
     if data is not None and data.get("status") in FINAL_STATUSES:
+        job.found = data
         return _finished(data, job)
     if data is not None and data.get("status") == "running" and not _claim_lapsed(
             data, job.message_id):
@@ -198,7 +209,8 @@ def read_and_prepare(storage: S3Storage, job: FleetJob, settings: WorkerSettings
 
 def write_output(storage: S3Storage, job: FleetJob, output: Image.Image,
                  worker_id: str, gpu_price_per_hour: float | None = None) -> ResultRecord:
-    """Conditional PUT of the output, then the done record and the batch marker.
+    """Conditional PUT of the output, then the done record. The batch marker is due
+    (``write_markers``, with the other jobs ended at the same time).
 
     When the output key is taken, the object must be this job's (an earlier delivery
     that ended before its record); anything else there is an OutputConflict.
@@ -224,7 +236,7 @@ def write_output(storage: S3Storage, job: FleetJob, output: Image.Image,
         update={"message_id": job.message_id or None})
     storage.put(job.result_location(), record.to_json().encode(), JSON)
     job.claimed = False
-    write_marker(storage, wire.output, job.batch_id, job.job_id, "done")
+    job.marker_due = bool(job.batch_id)
     return record
 
 
@@ -244,6 +256,23 @@ def write_final(storage: S3Storage, record: ResultRecord, output: S3Location, *,
         return False
     write_marker(storage, output, record.batch_id, record.job_id, record.status)
     return True
+
+
+def write_markers(storage: S3Storage, jobs: list[FleetJob], status: str) -> None:
+    """The markers of jobs that ended with ``status``: one object per batch (and output
+    folder) for all of its jobs here, as far as S3's key length allows."""
+    groups: dict[tuple[str, str, str], list[FleetJob]] = {}
+    for job in jobs:
+        if job.batch_id:
+            output = job.job.output
+            groups.setdefault((output.bucket, output_dir(output.key), job.batch_id),
+                              []).append(job)
+    for (bucket, _, batch_id), members in groups.items():
+        for key in batch_marker_keys(members[0].job.output.key, batch_id,
+                                     [job.job_id for job in members], status):
+            storage.put(S3Location(bucket=bucket, key=key), b"", "application/octet-stream")
+    for job in jobs:
+        job.marker_due = False
 
 
 def write_marker(storage: S3Storage, output: S3Location, batch_id: str | None, job_id: str,

@@ -3,7 +3,10 @@
 A delivery (one SQS message) carries one or more jobs (an S3 event can name several
 images). Each job runs through the pipeline on its own; the delivery is settled once
 all of its jobs ended: acknowledged, or handed back for a retry when any job needs one.
-Outcomes are counted, logged and measured in one place, ``ended``.
+Outcomes are counted, logged and measured in one place, ``ended``. Jobs that end close
+together are then marked and counted in their batches together (``group_commit``),
+before their messages are settled: a worker that dies first leaves the messages, whose
+redelivery marks and counts the jobs.
 
 A job that another delivery is running (here or on another worker) waits here, aside
 from the pipeline, until that delivery's outcome is known: ``recheck_waiting`` hands
@@ -16,8 +19,6 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -27,9 +28,11 @@ from contract.result import ErrorInfo, ResultRecord
 from worker import metrics
 from worker.batching import BatchKey
 from worker.engine.engine import BatchStats, Engine
-from worker.fleet import fleet_jobs
+from worker.fleet import duplicates, fleet_jobs
 from worker.fleet.consumer import Delivery, QueueConsumer
+from worker.fleet.deliveries import Intake, OpenJobs, Summary
 from worker.fleet.fleet_jobs import Claim, FleetJob, OwnOutput
+from worker.fleet.group_commit import GroupCommit
 from worker.fleet.lifecycle import JobLifecycle
 from worker.fleet.messages import BadJob, decode_body
 from worker.fleet.sqs_queue import MAX_VISIBILITY_SECONDS
@@ -44,42 +47,6 @@ log = logging.getLogger(__name__)
 # A claim (running record) holds this many visibility timeouts: long enough to cover a
 # job's wait in the prefetch queue, short enough that a crashed worker's claim lapses.
 CLAIM_LEASE_TIMEOUTS = 2
-
-
-@dataclass
-class Summary:
-    done: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    expired: int = 0
-    released: int = 0
-    duplicates: int = 0
-    poison: int = 0
-    skipped: int = 0
-
-    def line(self, worker_id: str, seconds: float) -> str:
-        rare = "".join(f", {name} {getattr(self, name)}"
-                       for name in ("cancelled", "expired", "skipped") if getattr(self, name))
-        return (f"worker {worker_id}: done {self.done}, failed {self.failed}, released "
-                f"{self.released}, already done {self.duplicates}, not jobs {self.poison}"
-                f"{rare} in {seconds:.1f} s")
-
-
-@dataclass
-class _Open:
-    """A delivery's jobs that have not ended yet, and the retries they asked for."""
-
-    jobs: int
-    retries: list[int | None] = field(default_factory=list)
-
-
-@dataclass
-class Intake:
-    """What a received message became: jobs for the pipeline, and I/O chores (records
-    of invalid jobs) to run beside them."""
-
-    jobs: list[FleetJob] = field(default_factory=list)
-    chores: list[Callable[[], None]] = field(default_factory=list)
 
 
 class FleetSource(JobSource[FleetJob]):
@@ -97,9 +64,11 @@ class FleetSource(JobSource[FleetJob]):
         self.finished = 0  # jobs that ended for good (not handed back)
         self.last_ended = time.monotonic()  # when a job last ended (idleness)
         self._lock = threading.Lock()
-        self._open: dict[Delivery, _Open] = {}
+        self._open: dict[Delivery, OpenJobs] = {}
         self._waiting: list[FleetJob] = []
         self._running: dict[str, FleetJob] = {}  # job id -> the job taken to run it here
+        self._tally: GroupCommit[tuple[FleetJob, Outcome, ResultRecord]] = GroupCommit(
+            self._commit_ends)
 
     @property
     def lease_seconds(self) -> float:
@@ -134,7 +103,7 @@ class FleetSource(JobSource[FleetJob]):
         intake = Intake(chores=[lambda bad=bad: self._record_bad_job(delivery, bad)
                                 for bad in decoded.bad_jobs])
         with self._lock:
-            self._open[delivery] = _Open(jobs=len(jobs) + len(decoded.bad_jobs))
+            self._open[delivery] = OpenJobs(jobs=len(jobs) + len(decoded.bad_jobs))
             for job in jobs:
                 if job.job_id in self._running:
                     log.info("job %s is running here under another delivery; waiting for "
@@ -180,11 +149,9 @@ class FleetSource(JobSource[FleetJob]):
             claim = fleet_jobs.claim(self.storage, job, worker_id=self.worker_id,
                                      lease_seconds=self.lease_seconds)
             if claim is Claim.FINISHED:
-                fleet_jobs.write_marker(self.storage, wire.output, job.batch_id, job.job_id,
-                                        "done")
-                return Outcome(Status.DUPLICATE, reason="already done")
+                return duplicates.finished_elsewhere(self.storage, job)
             if claim is Claim.FINISHED_HERE:
-                return self._ended_by_this_message(job)
+                return duplicates.ended_by_this_message(self.storage, job)
             if claim is Claim.WAIT:
                 log.info("job %s is running under another delivery; waiting for its "
                          "outcome", job.job_id, extra=log_extra(job))
@@ -193,17 +160,6 @@ class FleetSource(JobSource[FleetJob]):
                 return Readiness.DEFERRED
         fleet_jobs.read_and_prepare(self.storage, job, self.settings, self.pixels)
         return Readiness.READY
-
-    def _ended_by_this_message(self, job: FleetJob) -> Outcome:
-        """An earlier delivery of this very message ended the job, then lost the message
-        (a crash before the delete): acknowledge, and count it, since that delivery may
-        not have (a count too many is caught when the batch's markers are counted)."""
-        data, _ = self.storage.read_json(job.result_location())
-        record = ResultRecord.model_validate(data)
-        fleet_jobs.write_marker(self.storage, job.job.output, job.batch_id, job.job_id,
-                                record.status)
-        return Outcome(Status.DUPLICATE, record=record,
-                       reason="ended by an earlier delivery of this message")
 
     def write(self, job: FleetJob, image: Image.Image) -> Outcome:
         record = fleet_jobs.write_output(self.storage, job, image, self.worker_id,
@@ -262,32 +218,72 @@ class FleetSource(JobSource[FleetJob]):
         last of its jobs."""
         extra = log_extra(job)
         record = outcome.record
-        settle = True  # False: its batch was not announced; the message comes back for it
+        counted = False  # its batch counts it: settled once counted (``_commit_ends``)
         if outcome.status in (Status.DONE, Status.FAILED, Status.CANCELLED, Status.EXPIRED):
             self._count(outcome.status.value)
             if record is not None:
                 log.info("job %s %s", record.job_id, record.status, extra={
                     **extra, "status": record.status, "seconds": record.seconds,
                     "error": record.error.model_dump() if record.error else None})
-                settle = self.lifecycle.ended(job, record, announce_job=True)
+                self.lifecycle.announce_job(job, record)
+                counted = True
             metrics.emit_job(job, outcome.status.value)
         elif outcome.status is Status.DUPLICATE:
             self._count("duplicates")
             log.info("job %s %s; acknowledging", job.job_id, outcome.reason, extra=extra)
-            if record is not None:  # this message's earlier delivery ended it
-                settle = self.lifecycle.ended(job, record, announce_job=False)
+            counted = record is not None  # ended by an earlier delivery, or a twin's
         elif outcome.status is Status.SKIPPED:
             self._count("skipped")
             log.info("job %s skipped: %s", job.job_id, outcome.reason, extra=extra)
         else:
             log.warning("job %s: transient error, will retry: %s", job.job_id,
                         outcome.reason, extra=extra)
+        if counted and record is not None and record.final:
+            self._tally.add((job, outcome, record))
+        else:
+            self._settle(job, outcome)
+
+    def _commit_ends(self, ends: list[tuple[FleetJob, Outcome, ResultRecord]]) -> None:
+        """Jobs that ended close together: the markers still due (one per batch), their
+        counts (one write per counter), their messages settled; then the batches they
+        completed announced, each before the one message its claim names is settled. A
+        job whose marker could not be written is not counted and its message comes back
+        (the redelivery finds the job ended, marks and counts it); so does a message
+        whose batch's announcement was not delivered."""
+        due = [job for job, _, record in ends if job.marker_due and record.status == "done"]
+        unmarked: set[int] = set()
+        if due:
+            try:
+                fleet_jobs.write_markers(self.storage, due, "done")
+            except Exception as exc:  # noqa: BLE001 - the redelivery marks them
+                log.warning("could not mark %d done job(s) in their batches: %r; their "
+                            "messages come back", len(due), exc)
+                unmarked = {id(job) for job in due}
+        try:
+            completed = self.lifecycle.count([(job, record) for job, _, record in ends
+                                              if id(job) not in unmarked])
+        except Exception:  # noqa: BLE001 - never leave a message unsettled for this
+            log.exception("counting %d ended job(s) failed", len(ends))
+            completed = []
+        naming = {batch.message_id for batch in completed}
+        for job, outcome, _ in ends:
+            if id(job) in unmarked:
+                self._settle(job, Outcome.retry("its batch marker could not be written", 0))
+            elif not (job.message_id and job.message_id in naming):
+                self._settle(job, outcome)
+        unannounced = {batch.message_id for batch in completed
+                       if not self.lifecycle.announce(batch)}
+        for job, outcome, _ in ends:
+            if id(job) not in unmarked and job.message_id and job.message_id in naming:
+                self._settle(job, outcome if job.message_id not in unannounced else
+                             Outcome.retry("its batch's announcement was not delivered", 0))
+
+    def _settle(self, job: FleetJob, outcome: Outcome) -> None:
         with self._lock:
             if self._running.get(job.job_id) is job:
                 del self._running[job.job_id]
         if job.delivery is not None:
-            self._job_ended(job.delivery, outcome if settle else Outcome.retry(
-                "its batch's announcement was not delivered", 0))
+            self._job_ended(job.delivery, outcome)
 
     def lost(self, job: FleetJob, error: BaseException) -> None:
         if job.delivery is not None:
@@ -369,6 +365,11 @@ class FleetSource(JobSource[FleetJob]):
         try:
             claim = fleet_jobs.recheck(self.storage, job, worker_id=self.worker_id,
                                        lease_seconds=self.lease_seconds)
+            ended = None
+            if claim is Claim.FINISHED_HERE:
+                ended = duplicates.ended_by_this_message(self.storage, job)
+            elif claim is Claim.FINISHED:
+                ended = duplicates.finished_elsewhere(self.storage, job)
         except Exception as exc:  # noqa: BLE001
             self.ended(job, self.failure(job, exc))
             return False
@@ -376,8 +377,8 @@ class FleetSource(JobSource[FleetJob]):
             with self._lock:
                 self._running.setdefault(job.job_id, job)
             return True  # claimed now: prepare only reads the input
-        if claim in (Claim.FINISHED, Claim.FINISHED_HERE):
-            self.ended(job, Outcome(Status.DUPLICATE, reason="ended under another delivery"))
+        if ended is not None:
+            self.ended(job, ended)
         else:
             with self._lock:
                 self._waiting.append(job)

@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
-from common.logs import log_extra
 from contract.errors import Cancelled, Expired
 from contract.result import FINAL_STATUSES, ResultRecord
-from worker.fleet.batch_progress import BatchProgress, Completed
+from worker.fleet.batch_progress import BatchProgress, Completed, Ended
 from worker.fleet.cancels import CancelWatch
 from worker.fleet.events import Notifier, batch_event, job_event
 from worker.fleet.fleet_jobs import FleetJob
@@ -48,30 +47,41 @@ class JobLifecycle:
         return Cancelled(f"cancelled before it started: {reason}") if reason else None
 
     def ended(self, job: FleetJob, record: ResultRecord, *, announce_job: bool) -> bool:
-        """Count the job in its batch's totals; announce the job (unless an earlier
-        delivery did) and, when it was the batch's last, the batch. False when the
-        job's message must not be settled yet: it ended its batch, whose announcement
-        was not delivered (the worker is stopping), and its redelivery announces it."""
+        """One job: ``announce_job`` (unless an earlier delivery did), ``count``, and
+        ``announce`` the batch it completed. False when the job's message must not be
+        settled yet: its batch's announcement was not delivered (the worker is
+        stopping), and its redelivery announces it."""
         if record.status not in FINAL_STATUSES:
             return True
+        if announce_job:
+            self.announce_job(job, record)
+        return all(self.announce(batch) for batch in self.count([(job, record)]))
+
+    def announce_job(self, job: FleetJob, record: ResultRecord) -> None:
+        """The job's event, to wherever events go (delivered in the background)."""
         wire = job.job
-        if announce_job and (self.notifier.enabled or wire.callback_url):
+        if record.status in FINAL_STATUSES and (self.notifier.enabled or wire.callback_url):
             self.notifier.publish(job_event(record, output=record.output),
                                   callback_url=wire.callback_url)
+
+    def count(self, ended: list[tuple[FleetJob, ResultRecord]]) -> list[Completed]:
+        """Count jobs that ended close together in their batches' totals (one write per
+        counter they touch); the batches they completed, to ``announce`` before the
+        message each names (``Completed.message_id``) is settled."""
+        ends = [Ended(job.job.output, job.batch_id, job.job_id,
+                      record.status,  # type: ignore[arg-type]
+                      gpu_seconds=record.gpu_seconds or 0.0,
+                      cost_usd=record.cost_usd, message_id=job.message_id)
+                for job, record in ended if job.batch_id and record.status in FINAL_STATUSES]
         try:
-            completed = self.progress.count(
-                wire.output, job.batch_id, job.job_id, record.status,  # type: ignore[arg-type]
-                gpu_seconds=record.gpu_seconds or 0.0, cost_usd=record.cost_usd,
-                message_id=job.message_id)
-        except Exception as exc:  # noqa: BLE001 - the job is done; its count is not vital
-            log.warning("job %s: could not count it in its batch: %r", job.job_id, exc,
-                        extra=log_extra(job))
-            return True
-        if completed is None:
-            return True
-        log.info("batch %s complete: %s", completed.batch_id,
-                 completed.counts.model_dump(), extra={"batch_id": completed.batch_id})
-        return self.announce(completed)
+            completed = self.progress.count_all(ends)
+        except Exception as exc:  # noqa: BLE001 - the jobs are done; counts are not vital
+            log.warning("could not count %d job(s) in their batches: %r", len(ends), exc)
+            return []
+        for batch in completed:
+            log.info("batch %s complete: %s", batch.batch_id, batch.counts.model_dump(),
+                     extra={"batch_id": batch.batch_id})
+        return completed
 
     def announce(self, completed: Completed) -> bool:
         """Publish ``batch.complete`` and wait for its delivery before the last job's

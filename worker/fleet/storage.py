@@ -115,26 +115,35 @@ class S3Storage:
                       metadata: dict[str, str] | None = None) -> bool:
         """Conditional PUT (If-None-Match: *); False when the object already exists."""
         return self._conditional_put(location, data, content_type, metadata,
-                                     {"IfNoneMatch": "*"})
+                                     {"IfNoneMatch": "*"}) is not None
 
     def put_if_match(self, location: S3Location, data: bytes, content_type: str,
                      etag: str) -> bool:
         """PUT only over the version with ``etag``; False when it changed meanwhile."""
-        return self._conditional_put(location, data, content_type, None, {"IfMatch": etag})
+        return self._conditional_put(location, data, content_type, None,
+                                     {"IfMatch": etag}) is not None
+
+    def replace(self, location: S3Location, data: bytes, content_type: str,
+                etag: str | None) -> str | None:
+        """PUT over the version with ``etag`` (None: only where there is no object yet);
+        the new version's ETag, or None when the object is not (or no longer) that."""
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        return self._conditional_put(location, data, content_type, None, condition)
 
     def _conditional_put(self, location: S3Location, data: bytes, content_type: str,
-                         metadata: dict[str, str] | None, condition: dict[str, str]) -> bool:
-        def put() -> bool:
+                         metadata: dict[str, str] | None,
+                         condition: dict[str, str]) -> str | None:
+        def put() -> str | None:
             try:
-                self.s3.put_object(Bucket=location.bucket, Key=location.key, Body=data,
-                                   ContentType=content_type, Metadata=metadata or {},
-                                   **condition)
-                return True
+                response = self.s3.put_object(
+                    Bucket=location.bucket, Key=location.key, Body=data,
+                    ContentType=content_type, Metadata=metadata or {}, **condition)
+                return str(response.get("ETag") or "")
             except Exception as exc:
                 if is_precondition_failed(exc):
-                    return False
+                    return None
                 if "IfMatch" in condition and error_code(exc) == "NoSuchKey":
-                    return False  # the version to replace was deleted meanwhile
+                    return None  # the version to replace was deleted meanwhile
                 raise
         return self._call(f"PUT {location.uri}", put)
 

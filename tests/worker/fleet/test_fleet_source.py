@@ -91,11 +91,14 @@ class Rig:
         self._loop.start()
         self._count = 0
 
-    def deliver(self, body: str) -> Delivery:
-        """Take one message as the receiver does: its jobs go to the pipeline."""
+    def deliver(self, body: str, message_id: str | None = None) -> Delivery:
+        """Take one message as the receiver does: its jobs go to the pipeline
+        (``message_id``: a redelivery of that message)."""
         self._count += 1
-        message = ReceivedMessage(message_id=f"m{self._count}", receipt_handle="r",
-                                  body=body, receive_count=1, received_at=time.monotonic())
+        message = ReceivedMessage(message_id=message_id or f"m{self._count}",
+                                  receipt_handle="r", body=body,
+                                  receive_count=2 if message_id else 1,
+                                  received_at=time.monotonic())
         delivery = Delivery(message, queue=None)  # type: ignore[arg-type]
         intake = self.source.take(delivery)
         for chore in intake.chores:
@@ -187,3 +190,104 @@ def test_the_same_job_in_two_messages_of_one_receive_runs_once(rig):
     assert rig.consumer.acked == ["m1", "m2"]
     assert rig.images_generated() == 1
     assert rig.source.summary.duplicates == 1
+
+
+# -- a job enqueued in two batches (a twin) -------------------------------------------------
+
+def _twin_batches(rig: Rig, fleet) -> tuple[list, list]:
+    """Batch res-1 holds three jobs, batch res-2 the first of them again (same input and
+    parameters: the same job id and output). Both have manifests, as enqueue writes."""
+    from contract.batches import BatchManifest
+    from contract.locations import batch_manifest_key
+    from tests.support.fleet import put_job
+
+    first = [put_job(rig.s3, None, fleet, f"in/{name}.png", solid_png((64, 64), color=i * 50),
+                     batch_id="res-1", send=False)
+             for i, name in enumerate(("wide", "tall", "square"))]
+    second = [put_job(rig.s3, None, fleet, "in/wide.png", batch_id="res-2", send=False)]
+    assert second[0].job_id == first[0].job_id
+    for batch in (first, second):
+        manifest = BatchManifest(
+            batch_id=batch[0].batch_id, total=len(batch), queue_url="q", source="s",
+            output=f"s3://{fleet.bucket}/out/",
+            shard_totals=BatchManifest.shard_totals_of(j.job_id for j in batch))
+        rig.s3.put_object(Bucket=fleet.bucket, Key=batch_manifest_key("out/", manifest.batch_id),
+                          Body=manifest.model_dump_json())
+    return first, second
+
+
+def _assert_both_batches_complete(rig: Rig, fleet, first: list) -> None:
+    from contract.locations import S3Location
+    from producer.batch_objects import finished_jobs
+    from producer.status import batch_progress
+
+    output = S3Location(bucket=fleet.bucket, key="out/")
+    for batch_id, total in (("res-1", 3), ("res-2", 1)):
+        progress = batch_progress(rig.s3, output, batch_id)
+        assert (progress.done, progress.total, progress.complete) == (total, total, True)
+        claim = json.loads(rig.s3.get_object(
+            Bucket=fleet.bucket, Key=f"out/_batches/{batch_id}/complete.json")["Body"].read())
+        assert claim["announced"] is True and claim["done"] == total, claim
+    fetched = finished_jobs(rig.s3, output, "res-1")
+    assert sorted(j.job_id for j in fetched) == sorted(j.job_id for j in first)
+    assert all(j.output is not None and j.record is not None for j in fetched)
+    assert rig.images_generated() == 3, "the twin ran once"
+
+
+def test_a_twin_waiting_here_counts_in_its_own_batch_too(rig, fleet):
+    first, second = _twin_batches(rig, fleet)
+    rig.engine.seconds = 0.5  # the twin arrives while its first delivery runs
+    for job in first:
+        rig.deliver(job.to_json())
+    rig.deliver(second[0].to_json())
+    rig.consumer.wait(3)
+    assert rig.source.holding() == 1
+    rig.recheck()
+    rig.consumer.wait(4)
+    assert sorted(rig.consumer.acked) == ["m1", "m2", "m3", "m4"]
+    _assert_both_batches_complete(rig, fleet, first)
+
+
+def test_a_twin_that_finds_its_job_done_counts_in_its_own_batch_too(rig, fleet):
+    first, second = _twin_batches(rig, fleet)
+    rig.deliver(second[0].to_json())  # res-2 runs the shared job first
+    rig.consumer.wait(1)
+    for job in first:
+        rig.deliver(job.to_json())
+    rig.consumer.wait(4)
+    assert sorted(rig.consumer.acked) == ["m1", "m2", "m3", "m4"]
+    record = rig.record("out/wide.")
+    assert record["batch_id"] == "res-2" and record["gpu_seconds"] is not None
+    _assert_both_batches_complete(rig, fleet, first)
+
+
+def test_a_job_not_yet_marked_keeps_its_message_and_its_redelivery_counts_it(rig, fleet):
+    """The done record is written, the batch marker is not (S3 fails, as a crash would
+    stop it): the message is handed back, and its redelivery marks and counts the job
+    without running it again, so the batch still completes."""
+    from contract.errors import StorageUnavailable
+
+    first, _ = _twin_batches(rig, fleet)
+    put = rig.source.storage.put
+    failing = {"left": 1}
+
+    def flaky_put(location, data, content_type):
+        if "/_batches/" in location.key and failing["left"]:
+            failing["left"] -= 1
+            raise StorageUnavailable("S3 down while marking")
+        return put(location, data, content_type)
+
+    rig.source.storage.put = flaky_put  # type: ignore[method-assign]
+    rig.deliver(first[0].to_json())
+    rig.consumer.wait(1)
+    assert rig.consumer.retried == [("m1", 0)] and not rig.consumer.acked
+    for job in first[1:]:
+        rig.deliver(job.to_json())
+    rig.consumer.wait(3)
+    rig.deliver(first[0].to_json(), message_id="m1")  # the redelivery
+    rig.consumer.wait(4)
+    assert sorted(rig.consumer.acked) == ["m1", "m2", "m3"]
+    assert rig.images_generated() == 3, "not run again"
+    claim = json.loads(rig.s3.get_object(
+        Bucket=fleet.bucket, Key="out/_batches/res-1/complete.json")["Body"].read())
+    assert claim["announced"] is True and claim["done"] == 3

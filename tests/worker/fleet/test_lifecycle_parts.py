@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 
 import pytest
 
@@ -21,7 +22,7 @@ from contract.locations import (
 )
 from contract.result import ResultRecord
 from tests.support.webhook import WebhookReceiver
-from worker.fleet.batch_progress import BatchProgress
+from worker.fleet.batch_progress import BatchProgress, Ended
 from worker.fleet.cancels import CancelWatch
 from worker.fleet.events import SIGNATURE_HEADER, Notifier, job_event
 from worker.fleet.lifecycle import JobLifecycle
@@ -236,3 +237,68 @@ def test_a_batch_run_without_a_gpu_price_reports_its_cost_as_null(fleet, s3):
     assert status.exit_code == 0, status.output
     batch = json.loads(status.stdout)["batch"]
     assert batch["gpu_seconds"] == pytest.approx(0.5) and batch["cost_usd"] is None
+
+
+class _CountingStorage(S3Storage):
+    """A real S3Storage that counts its reads and conditional writes (and can slow reads)."""
+
+    def __init__(self, s3, read_delay: float = 0.0) -> None:
+        super().__init__(s3)
+        self.reads = 0
+        self.writes = 0
+        self.read_delay = read_delay
+
+    def read_json(self, location):
+        self.reads += 1
+        time.sleep(self.read_delay)
+        return super().read_json(location)
+
+    def replace(self, location, data, content_type, etag):
+        self.writes += 1
+        return super().replace(location, data, content_type, etag)
+
+
+def test_jobs_ended_together_cost_one_counter_write_and_no_read(fleet, s3):
+    """A worker counts the jobs it ended together with one write per counter, over the
+    version it wrote last (no read); when another worker wrote since, it reads and
+    counts again, losing nothing."""
+    job_ids = [f"job{i:04d}bbbb" for i in range(12)]
+    _manifest(s3, fleet.bucket, "group", job_ids)
+    output = S3Location(bucket=fleet.bucket, key=f"{OUT}x.png")
+    storage = _CountingStorage(s3)
+    mine, other = BatchProgress(storage, "w1"), BatchProgress(S3Storage(s3), "w2")
+
+    def ends(ids: list[str]) -> list[Ended]:
+        return [Ended(output, "group", job_id, "done", gpu_seconds=1.0) for job_id in ids]
+
+    assert mine.count_all(ends(job_ids[:4])) == []
+    assert (storage.reads, storage.writes) == (2, 1)  # the manifest and the counter, once
+    assert mine.count_all(ends(job_ids[4:8])) == []
+    assert (storage.reads, storage.writes) == (2, 2), "no read: it wrote that version"
+    assert other.count_all(ends(job_ids[8:10])) == []
+    for job_id in job_ids:
+        _marker(s3, fleet.bucket, "group", job_id, "done")
+    (completed,) = mine.count_all(ends(job_ids[10:]))
+    assert storage.writes == 4, "its remembered version was stale: read, then written"
+    assert completed.counts.done == 12 and completed.counts.gpu_seconds == pytest.approx(12)
+
+
+def test_a_stale_cancel_order_is_read_once_for_many_jobs(fleet, s3):
+    """Jobs prepared together ask at the same moment: one read, the others answer from
+    the last one meanwhile."""
+    now = [0.0]
+    storage = _CountingStorage(s3, read_delay=0.3)
+    watch = CancelWatch(storage, max_age=5, clock=lambda: now[0])
+    output = S3Location(bucket=fleet.bucket, key=f"{OUT}x.png")
+    assert watch.lookup(output, "b2", "job1") is None and storage.reads == 1
+    s3.put_object(Bucket=fleet.bucket, Key=batch_cancel_key(OUT, "b2"),
+                  Body=CancelOrder(all_jobs=True, reason="stop").model_dump_json())
+    now[0] = 6.0
+    threads = [threading.Thread(target=watch.lookup, args=(output, "b2", f"job{i}"))
+               for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert storage.reads == 2
+    assert watch.known(output, "b2", "job9") == "stop"

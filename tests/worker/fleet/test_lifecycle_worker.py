@@ -2,7 +2,8 @@
 a real SNS -> SQS subscription, a real local webhook server.
 
 Four shared runs keep this quick: two workers on batches whose events are watched
-(done, failed, expired, refused callbacks, costs, exactly one batch.complete each);
+(done, failed, expired, refused callbacks, costs, exactly one batch.complete each, a
+job enqueued in two batches);
 one worker whose batch is cancelled half way and whose job runs over its timeout; one
 worker between a steady high-priority queue and a normal one, with every event
 endpoint down; a worker killed while it announces a batch, and the one after it.
@@ -22,7 +23,14 @@ import pytest
 from common.aws import client
 from local_fleet.embedded_aws import create_fleet_resources
 from producer.cli import app
-from tests.support.batch_runs import enqueue_folder, image_folder, new_fleet, result_records, runner
+from tests.support.batch_runs import (
+    FAST,
+    enqueue_folder,
+    image_folder,
+    new_fleet,
+    result_records,
+    runner,
+)
 from tests.support.fleet import WorkerProcess, put_job, queue_counts, worker_env
 from tests.support.images import solid_png
 from tests.support.local_http import Request
@@ -31,6 +39,7 @@ from worker.fleet.events import EVENT_HEADER
 
 pytestmark = pytest.mark.timeout(600)
 PRICE = 3.6  # dollars per GPU-hour: a job's cost is its gpu seconds / 1000
+TWINS = ("res-1", "res-2")  # res-2's one job is also res-1's first: a twin
 
 
 def _inbox(sns: Any, sqs: Any, topic: str, name: str) -> str:
@@ -65,6 +74,7 @@ def events_run(moto_endpoint: str, model_cache: Path, tmp_path_factory):
     enqueue_folder(resources, image_folder(tmp / "main", 5, corrupt=1), "main",
              "--callback-url", callbacks.url)
     enqueue_folder(resources, image_folder(tmp / "late", 2), "late", "--ttl", "1")
+    _enqueue_twins(resources, s3, tmp)
     # A job from another producer (no manifest) asking for a metadata-address callback.
     refused = put_job(s3, sqs, resources, "in/refused.png", solid_png((64, 64)),
                       output_prefix="out/", batch_id="alone", max_side=64, send=False)
@@ -87,12 +97,27 @@ def events_run(moto_endpoint: str, model_cache: Path, tmp_path_factory):
     return {"resources": resources, "s3": s3, "sqs": sqs, "codes": codes,
             "workers": workers, "events": _drain_events(sqs, inbox),
             "webhook": webhook, "callbacks": callbacks, "refused": refused,
-            "records": result_records(s3, resources.bucket)}
+            "records": result_records(s3, resources.bucket), "tmp": tmp}
+
+
+def _enqueue_twins(resources, s3, tmp: Path) -> None:
+    """Three images enqueued as res-1, then the first of them alone, with the same
+    parameters, as res-2: the same job id, held by both batches."""
+    for i, name in enumerate(("wide", "tall", "square")):
+        s3.put_object(Bucket=resources.bucket, Key=f"in/twins/{name}.png",
+                      Body=solid_png((64 + 16 * i, 48), color=40 * i))
+    for batch_id, source in (("res-1", "in/twins/"), ("res-2", "in/twins/wide.png")):
+        result = runner.invoke(app, ["enqueue", f"s3://{resources.bucket}/{source}",
+                                     "--output", f"s3://{resources.bucket}/twins/",
+                                     "--batch-id", batch_id, *FAST],
+                               env=resources.environment())
+        assert result.exit_code == 0, result.output
 
 
 def test_every_job_end_is_one_event_with_filterable_attributes(events_run):
     assert events_run["codes"] == [0, 0]
-    jobs = [e for e in events_run["events"] if e["type"].startswith("job.")]
+    jobs = [e for e in events_run["events"]
+            if e["type"].startswith("job.") and e["batch_id"] not in TWINS]
     by_type: dict[str, int] = {}
     for event in jobs:
         by_type[event["type"]] = by_type.get(event["type"], 0) + 1
@@ -107,7 +132,8 @@ def test_every_job_end_is_one_event_with_filterable_attributes(events_run):
 
 
 def test_each_batch_is_announced_exactly_once_with_its_counts(events_run):
-    complete = [e for e in events_run["events"] if e["type"] == "batch.complete"]
+    complete = [e for e in events_run["events"]
+                if e["type"] == "batch.complete" and e["batch_id"] not in TWINS]
     by_batch = {e["batch_id"]: e for e in complete}
     # "alone" came from a producer that wrote no manifest: it has no total to complete.
     assert len(complete) == len(by_batch) == 2, complete
@@ -117,6 +143,31 @@ def test_each_batch_is_announced_exactly_once_with_its_counts(events_run):
     assert by_batch["main"]["gpu_seconds"] > 0
     assert by_batch["main"]["cost_usd"] == pytest.approx(
         by_batch["main"]["gpu_seconds"] * PRICE / 3600, rel=1e-3)
+
+
+def test_a_job_in_two_batches_runs_once_and_completes_both(events_run):
+    """The twin counts as done in both batches; both are announced; fetch of each brings
+    all its outputs."""
+    twin_jobs = [e for e in events_run["events"]
+                 if e["type"] == "job.done" and e["batch_id"] in TWINS]
+    assert len(twin_jobs) == len({e["job_id"] for e in twin_jobs}) == 3, "the twin ran once"
+    complete = {e["batch_id"]: e for e in events_run["events"]
+                if e["type"] == "batch.complete" and e["batch_id"] in TWINS}
+    assert set(complete) == set(TWINS), complete
+    assert (complete["res-1"]["done"], complete["res-1"]["total"]) == (3, 3)
+    assert (complete["res-2"]["done"], complete["res-2"]["total"]) == (1, 1)
+    resources = events_run["resources"]
+    output = f"s3://{resources.bucket}/twins/"
+    for batch_id, outputs in (("res-1", 3), ("res-2", 1)):
+        status = runner.invoke(app, ["status", "--batch-id", batch_id, "--output", output,
+                                     "--json"], env=resources.environment())
+        facts = json.loads(status.stdout)["batch"]
+        assert (facts["done"], facts["complete"]) == (outputs, True), facts
+        dest = events_run["tmp"] / f"fetched-{batch_id}"
+        fetched = runner.invoke(app, ["fetch", str(dest), "--batch-id", batch_id,
+                                      "--output", output], env=resources.environment())
+        assert fetched.exit_code == 0, fetched.output
+        assert len(list(dest.glob("*.png"))) == outputs, fetched.output
 
 
 def test_the_webhook_gets_the_same_events_signed(events_run):
