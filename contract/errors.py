@@ -90,6 +90,10 @@ class ModelNotFound(PermanentError):
     """The model reference cannot be resolved or loaded."""
 
 
+class ModelNotSupported(ModelNotFound):
+    """The model is of a family (pipeline class) the worker cannot run."""
+
+
 class GenerationFailed(PermanentError):
     """The pipeline failed for this job even after the out-of-memory fallbacks."""
 

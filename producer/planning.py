@@ -16,6 +16,7 @@ from contract.errors import InvalidJob, ModelNotAllowed
 from contract.job import JobMessage, validate_params
 from contract.locations import S3Location
 from contract.model_names import check_allowed
+from contract.model_profiles import check_known_family
 from contract.picks import pick_model_and_prompt
 from producer.listing import SourceObject
 
@@ -62,7 +63,8 @@ class Defaults:
             raise InvalidJob("no model or prompt: pass --model/--prompt or set "
                              "IMG2IMG_DEFAULT_MODELS/IMG2IMG_DEFAULT_PROMPTS")
         for model in self.models:
-            validate_params(model=model, prompt=self.prompts[0], **self.common)
+            check_known_family(validate_params(model=model, prompt=self.prompts[0],
+                                               **self.common))
             self.check_model(model)
         for prompt in self.prompts:
             validate_params(model=self.models[0], prompt=prompt, **self.common)
@@ -104,6 +106,7 @@ def plan_jobs(inputs: list[PlannedInput], defaults: Defaults, *, output: S3Locat
         values = {**defaults.common, "model": model, "prompt": prompt, **item.overrides}
         try:
             params = validate_params(**values)
+            check_known_family(params)
             defaults.check_model(params.model)
             job = JobMessage.create(input=item.source.location, input_etag=item.source.etag,
                                     output_prefix=output, params=params, batch_id=batch_id,

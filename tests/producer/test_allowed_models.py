@@ -26,8 +26,8 @@ def test_models_the_fleet_refuses_are_refused_before_anything_is_sent(fleet, s3,
                                   "-m", "s3://models/mine/", "-p", "p"])
 
     assert refused.exit_code == 2, refused.output
-    assert "model 'sd15' is not allowed; IMG2IMG_ALLOWED_MODELS is tiny,s3://models/*" in (
-        refused.stderr)
+    assert "model 'sd15' is not allowed: add it, or a pattern matching it" in refused.stderr
+    assert "to IMG2IMG_ALLOWED_MODELS (now tiny,s3://models/*)" in refused.stderr
     assert escaping.exit_code == 2 and "'..'" in escaping.stderr, escaping.output
     assert allowed.exit_code == 0, allowed.output
     assert {j.model for j in drain(sqs, fleet.queue_url)} <= {"tiny", "s3://models/mine/"}
