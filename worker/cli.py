@@ -115,9 +115,9 @@ def run(
     try:
         engine = Engine(settings)
         for m in dict.fromkeys(j.params.model for j in jobs):
-            engine.model(m)  # every model loads once, up front: a missing one fails here
-            # what its family would refuse (a negative prompt on Flux) fails here too
+            # what its family would refuse (a negative prompt on Flux) fails before it loads
             engine.apply_profile(validate_params(model=m, prompt=prompts[0], **common))
+            engine.model(m)  # every model loads once, up front: a missing one fails here
     except Img2ImgError as exc:
         raise fail(str(exc)) from None
     with Progress(transient=False) as progress:
@@ -133,8 +133,7 @@ def run(
     from common.results_file import read_results
 
     results = read_results(output_dir / RESULTS_FILE)
-    # The gallery shows strength and steps, which records carry as what the job ran with.
-    gallery = write_gallery([{**(r.get("generation") or {}), **r} for r in results],
+    gallery = write_gallery(results,
                             output_dir, title=f"img2img: {output_dir}")
     typer.echo(f"{summary.line()}; results in {output_dir / RESULTS_FILE}; gallery {gallery}")
     for line in failure_lines(results, more=f"all in {output_dir / RESULTS_FILE}"):
