@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from contract.errors import ModelNotSupported, is_permanent
+from contract.errors import ModelNotFound, ModelNotSupported, is_permanent
 from contract.model_profiles import PROFILES
 from tests.support.model_families import DETECTED_AS
 from worker.engine.engine import Engine, pipeline_class
@@ -90,3 +90,34 @@ def test_a_family_this_diffusers_lacks_is_named() -> None:
     with pytest.raises(ModelNotSupported, match="Flux.1 \\[dev\\] needs FluxKontext"):
         pipeline_class(missing)
     assert pipeline_class(PROFILES["sd3"]).__name__ == "StableDiffusion3Img2ImgPipeline"
+
+
+def test_a_hub_ids_family_is_read_from_the_hugging_face_cache(family_models, tmp_path,
+                                                              monkeypatch) -> None:
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "hub" / "models--someone--tiny-sdxl" / "snapshots" / "abc123"
+    shutil.copytree(family_models["sdxl-turbo"], snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    cached = read_profile(ModelSource("someone/tiny-sdxl", "someone/tiny-sdxl", False))
+    assert cached.family == "sdxl-turbo"
+    with pytest.raises(ModelNotFound, match="not in the Hugging Face cache"):
+        read_profile(ModelSource("someone/absent", "someone/absent", False))
+    # an alias's family is known without any file
+    assert read_profile(ModelSource("flux-dev", "black-forest-labs/FLUX.1-dev",
+                                    False)).family == "flux-dev"
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_a_transformer_family_gets_fused_qkv_in_fast_mode(name, family_models,
+                                                          model_cache) -> None:
+    folder = str(family_models[name])
+    loaded = Engine(_settings(model_cache, [folder])).model(folder)
+    assert type(loaded.pipeline).__name__ == loaded.profile.pipeline
+    assert loaded.sized_call  # told the image's size, not its own default
+    assert any(getattr(m, "fused_projections", False)
+               for m in loaded.pipeline.transformer.modules())
