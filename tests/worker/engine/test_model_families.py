@@ -112,12 +112,10 @@ def test_a_hub_ids_family_is_read_from_the_hugging_face_cache(family_models, tmp
                                     False)).family == "flux-dev"
 
 
-@pytest.mark.parametrize("name", ["sd3", "flux"])
-def test_a_transformer_family_gets_fused_qkv_in_fast_mode(name, family_models,
-                                                          model_cache) -> None:
+@pytest.mark.parametrize(("name", "sized"), [("sd3", True), ("flux", True), ("sdxl", False)])
+def test_each_family_loads_with_its_own_pipeline_class(name, sized, family_models,
+                                                       model_cache) -> None:
     folder = str(family_models[name])
     loaded = Engine(_settings(model_cache, [folder])).model(folder)
     assert type(loaded.pipeline).__name__ == loaded.profile.pipeline
-    assert loaded.sized_call  # told the image's size, not its own default
-    assert any(getattr(m, "fused_projections", False)
-               for m in loaded.pipeline.transformer.modules())
+    assert loaded.sized_call is sized  # SD3/Flux are told the image's size
