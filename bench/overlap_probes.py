@@ -28,6 +28,12 @@ class FixedLatencyEngine:
     def check_loras(self, refs: list[str]) -> None:
         return None
 
+    def apply_profile(self, params):
+        """Every model is SD 1.x here: the job's unset parameters take its defaults."""
+        from contract.model_profiles import PROFILES, resolve_params
+
+        return resolve_params(params, PROFILES["sd1"]), PROFILES["sd1"]
+
     def generate(self, key, items, on_step=None):
         from worker.engine.engine import BatchStats, GenerationResult
 

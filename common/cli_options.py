@@ -26,19 +26,22 @@ Prompts = Annotated[list[str] | None, typer.Option(
 NegativePrompt = Annotated[str, typer.Option(
     help="What the images should not show (ignored at guidance scale 1 or below).")]
 Strength = Annotated[float, typer.Option(help="How much to change the image, (0, 1].")]
-Steps = Annotated[int, typer.Option(help="Scheduler steps; int(steps * strength) run.")]
-GuidanceScale = Annotated[float, typer.Option(
-    help="Classifier-free guidance, 0..30: how closely to follow the prompt.")]
+_FAMILY = " Default: the model family's (img2img-producer schema --families)."
+Steps = Annotated[int | None, typer.Option(
+    help="Scheduler steps; int(steps * strength) run." + _FAMILY)]
+GuidanceScale = Annotated[float | None, typer.Option(
+    help="Classifier-free guidance, 0..30: how closely to follow the prompt." + _FAMILY)]
 Seed = Annotated[int | None, typer.Option(
     help="Seed for every image and for the model/prompt picks (default: per image, "
     "derived from its job id).")]
-MaxSide = Annotated[int, typer.Option(help="Long side the model sees (multiple of 8).")]
+MaxSide = Annotated[int | None, typer.Option(
+    help="Long side the model sees (multiple of 8)." + _FAMILY)]
 KeepSize = Annotated[bool, typer.Option(
     "--keep-size/--no-keep-size", help="Resize outputs back to the input's size.")]
 Format = Annotated[OutputFormat, typer.Option("--format", help="Output image format.")]
-Scheduler = Annotated[SchedulerName, typer.Option(
+Scheduler = Annotated[SchedulerName | None, typer.Option(
     metavar="NAME", help="Denoising scheduler: " + ", ".join(get_args(SchedulerName))
-    + " ('model' keeps the one the checkpoint ships with).")]
+    + " ('model' keeps the one the checkpoint ships with)." + _FAMILY)]
 Loras = Annotated[list[str] | None, typer.Option(
     "--lora", help="LoRA adapter as REF[:SCALE] (hub id, s3:// or a path; scale 1 by "
     "default); repeat for up to 4. Refs must match IMG2IMG_ALLOWED_LORAS.")]
@@ -60,12 +63,12 @@ FLAG_NAMES = {name: "--" + name.replace("_", "-") for name in _DEFAULTS} | {
 
 NEGATIVE_PROMPT: str = _DEFAULTS["negative_prompt"]
 STRENGTH: float = _DEFAULTS["strength"]
-STEPS: int = _DEFAULTS["steps"]
-GUIDANCE_SCALE: float = _DEFAULTS["guidance_scale"]
-MAX_SIDE: int = _DEFAULTS["max_side"]
+STEPS: int | None = _DEFAULTS["steps"]
+GUIDANCE_SCALE: float | None = _DEFAULTS["guidance_scale"]
+MAX_SIDE: int | None = _DEFAULTS["max_side"]
 KEEP_SIZE: bool = _DEFAULTS["keep_size"]
 FORMAT: OutputFormat = _DEFAULTS["output_format"]
-SCHEDULER: SchedulerName = _DEFAULTS["scheduler"]
+SCHEDULER: SchedulerName | None = _DEFAULTS["scheduler"]
 
 
 def package_version() -> str:

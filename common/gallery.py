@@ -5,9 +5,10 @@ open from a folder, a zip or a private bucket. Failures come first, with their r
 Big batches are split into pages of ``page_size`` items (``index.html``, ``page-2.html``,
 ...) linked by prev/next, and images load lazily, so a 10k-job batch stays usable.
 
-Input: result records as dicts (the contract's ResultRecord JSON). Records do not carry
-strength or steps; when a record dict has ``strength``/``steps`` keys (the caller joins
-them from the job's parameters where it knows them) they are shown, else left out.
+Input: result records as dicts (the contract's ResultRecord JSON). A record that ran
+carries its family and ``generation`` (strength and steps among them, the family's
+defaults filled in); a record without one shows ``strength``/``steps`` keys when the
+caller joined them from the job's parameters, else leaves them out.
 
 Each page's ``<body>`` reports how its images did in ``data-images-total``,
 ``data-images-loaded`` and ``data-images-broken``, updated as they load, so a browser
@@ -154,10 +155,13 @@ def _card(record: Mapping[str, Any], image_src: ImageSource) -> str:
     status = str(record.get("status", "?"))
     source = str(record.get("input", ""))
     output = record.get("output")
+    ran = record.get("generation") or {}  # what it ran with, family defaults filled in
     rows: list[tuple[str, Any]] = [
-        ("model", record.get("model")), ("loras", _loras(record.get("loras"))),
+        ("model", record.get("model")), ("family", record.get("family")),
+        ("loras", _loras(record.get("loras"))),
         ("prompt", record.get("prompt")), ("seed", record.get("seed")),
-        ("strength", record.get("strength")), ("steps", record.get("steps")),
+        ("strength", ran.get("strength", record.get("strength"))),
+        ("steps", ran.get("steps", record.get("steps"))),
         ("seconds", f"{record['seconds']:.2f}" if isinstance(
             record.get("seconds"), (int, float)) else None),
         ("worker", record.get("worker")), ("job", record.get("job_id")),

@@ -102,6 +102,10 @@ class LoraMismatch(PermanentError):
     """A LoRA adapter does not fit the base model (another family, missing layers)."""
 
 
+class ModelNotSupported(ModelNotFound):
+    """The model is of a family (pipeline class) the worker cannot run."""
+
+
 class GenerationFailed(PermanentError):
     """The pipeline failed for this job even after the out-of-memory fallbacks."""
 

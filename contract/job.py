@@ -56,6 +56,7 @@ class OutputFormat(str, Enum):
         return {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}[self.value]
 
 
+_FAMILY_DEFAULT = "Unset: the model family's default (img2img-producer schema lists them)."
 Scheduler = Literal["dpmsolver++", "euler", "euler-ancestral", "ddim", "pndm", "lcm", "model"]
 
 
@@ -68,13 +69,17 @@ class GenerationParams(BaseModel):
     prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
     negative_prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] = ""
     strength: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75
-    steps: Annotated[int, Field(ge=1, le=200)] = 25
-    guidance_scale: Annotated[float, Field(ge=0.0, le=30.0)] = 7.5
+    # Unset (None): the model family's default (contract.model_profiles), applied by the
+    # worker once it knows the model.
+    steps: Annotated[int | None, Field(ge=1, le=200, description=_FAMILY_DEFAULT)] = None
+    guidance_scale: Annotated[float | None, Field(ge=0.0, le=30.0,
+                                                  description=_FAMILY_DEFAULT)] = None
     seed: Annotated[int | None, Field(ge=0, le=MAX_SEED)] = None
-    max_side: Annotated[int, Field(ge=64, le=2048, multiple_of=8)] = 512
+    max_side: Annotated[int | None, Field(ge=64, le=2048, multiple_of=8, description=(
+        "The long side the model sees. " + _FAMILY_DEFAULT))] = None
     output_format: OutputFormat = OutputFormat.PNG
     keep_size: bool = True
-    scheduler: Scheduler = "dpmsolver++"
+    scheduler: Annotated[Scheduler | None, Field(description=_FAMILY_DEFAULT)] = None
     loras: Annotated[tuple[LoraRef, ...], Field(max_length=MAX_LORAS_PER_JOB, description=(
         "LoRA adapters applied on the model for this job, each {ref, scale}; refs must "
         "match the fleet's IMG2IMG_ALLOWED_LORAS."))] = ()
@@ -91,12 +96,17 @@ class GenerationParams(BaseModel):
     def _at_least_one_denoising_step(self) -> GenerationParams:
         # diffusers runs int(steps * strength) denoising steps; zero would be a no-op
         # that still costs a VAE round trip and returns a blurred copy of the input.
-        if int(self.steps * self.strength) < 1:
+        # Unset steps are checked once the family's default is known.
+        if self.steps is not None and int(self.steps * self.strength) < 1:
             raise ValueError(
                 f"steps * strength must be at least 1 denoising step "
                 f"(steps={self.steps}, strength={self.strength})"
             )
         return self
+
+    def resolved(self) -> bool:
+        """Whether every family default has been applied (contract.model_profiles)."""
+        return None not in (self.steps, self.guidance_scale, self.max_side, self.scheduler)
 
     def effective_seed(self, job_id: str) -> int:
         """The explicit seed, else one derived from the job id (recorded in the result)."""

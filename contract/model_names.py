@@ -14,6 +14,11 @@ HUB_ALIASES: dict[str, str] = {
     "sd-turbo": "stabilityai/sd-turbo",
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
     "sdxl-turbo": "stabilityai/sdxl-turbo",
+    "sd3-medium": "stabilityai/stable-diffusion-3-medium-diffusers",
+    "sd35-medium": "stabilityai/stable-diffusion-3.5-medium",
+    "sd35-large": "stabilityai/stable-diffusion-3.5-large",
+    "flux-dev": "black-forest-labs/FLUX.1-dev",
+    "flux-schnell": "black-forest-labs/FLUX.1-schnell",
 }
 
 
@@ -40,9 +45,11 @@ def check_allowed(reference: str, allowed: list[str]) -> None:
     """Raise ModelNotAllowed unless a pattern (fnmatch, e.g. ``s3://models/*``) matches."""
     if has_parent_segments(reference):
         raise ModelNotAllowed(f"model {reference!r}: '..' and '.' path segments are not "
-                              "allowed in a model reference")
+                              "allowed in a model reference; give the path without them")
     if any(fnmatch.fnmatchcase(name, pattern) for name in names_of(reference)
            for pattern in allowed):
         return
     raise ModelNotAllowed(
-        f"model {reference!r} is not allowed; IMG2IMG_ALLOWED_MODELS is {','.join(allowed)}")
+        f"model {reference!r} is not allowed: add it, or a pattern matching it (fnmatch, "
+        f"e.g. '/models/*' or 's3://bucket/models/*'), to IMG2IMG_ALLOWED_MODELS (now "
+        f"{','.join(allowed) or 'empty'})")

@@ -63,6 +63,10 @@ class ResultRecord(BaseModel):
     # the SQS message it was for (the same message coming back is the same delivery).
     claimed_until: datetime | None = None
     message_id: str | None = None
+    # The model's family and what the job ran with, its unset parameters filled in from
+    # the family's defaults (steps, strength, guidance_scale, scheduler, max_side).
+    family: str | None = None
+    generation: dict[str, int | float | str] | None = None
 
     @model_validator(mode="after")
     def _status_matches_fields(self) -> ResultRecord:

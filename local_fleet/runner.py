@@ -33,6 +33,8 @@ from common.results_file import read_results
 from contract.result import FINAL_STATUSES
 from local_fleet.embedded_aws import FleetResources, create_fleet_resources, start_moto_server
 from local_fleet.workers import WorkerGroup, WorkerShare
+from worker.engine.model_refs import local_folder
+from worker.settings import BUILTIN_ALIASES
 
 BATCH_ID = "local-fleet"
 UPLOAD_PREFIX = "inputs/"
@@ -56,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="model alias/id/folder (repeatable); default: tiny")
     parser.add_argument("--prompt", action="append", default=None)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=None, help="default: the model family's")
     parser.add_argument("--strength", type=float, default=0.75)
-    parser.add_argument("--max-side", type=int, default=512)
+    parser.add_argument("--max-side", type=int, default=None,
+                        help="default: the model family's")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--keep", action="store_true",
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0,
                         help="the embedded S3+SQS's port (default: any free one)")
     args = parser.parse_args(argv)
-    models = args.model or ["tiny"]
+    # A folder (/abs/path or ./rel/path) goes to the fleet as its absolute path.
+    models = [str(folder) if (folder := local_folder(m)) else m for m in args.model or ["tiny"]]
     if not args.only_aws and not args.input.is_dir():
         print(f"error: input folder {args.input} does not exist", file=sys.stderr)
         return 2
@@ -120,8 +124,7 @@ def _run_fleet(args: argparse.Namespace, models: list[str], resources: FleetReso
     share = WorkerShare.of(len(images), args.workers, args.batch_size)
     env = dict(os.environ, **resources.environment())
     env.update({
-        "IMG2IMG_ALLOWED_MODELS": ",".join(sorted({*models, "tiny", "sd15", "sd21",
-                                                   "sd-turbo", "sdxl", "sdxl-turbo"})),
+        "IMG2IMG_ALLOWED_MODELS": ",".join(sorted({*models, *BUILTIN_ALIASES})),
         "IMG2IMG_ALLOWED_INPUTS": f"s3://{resources.bucket}/{UPLOAD_PREFIX}",
         "IMG2IMG_ALLOWED_OUTPUTS": f"s3://{resources.bucket}/{OUTPUT_PREFIX}",
         "IMG2IMG_MAX_BATCH_SIZE": str(share.batch_size),
@@ -174,8 +177,10 @@ def _enqueue_command(args: argparse.Namespace, models: list[str],
     command = [_bin("img2img-producer"), "enqueue", str(args.input),
                "--bucket", resources.bucket, "--upload-prefix", UPLOAD_PREFIX,
                "--output", f"s3://{resources.bucket}/{OUTPUT_PREFIX}",
-               "--batch-id", BATCH_ID, "--steps", str(args.steps),
-               "--strength", str(args.strength), "--max-side", str(args.max_side)]
+               "--batch-id", BATCH_ID, "--strength", str(args.strength)]
+    for flag, value in (("--steps", args.steps), ("--max-side", args.max_side)):
+        if value is not None:
+            command += [flag, str(value)]
     for model in models:
         command += ["--model", model]
     for prompt in args.prompt or []:

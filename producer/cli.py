@@ -259,11 +259,34 @@ def status(
 
 
 @app.command()
-def schema(log_level: LogLevel = None) -> None:
-    """Print the job message's JSON Schema (for other producers)."""
+def schema(
+    families: Annotated[bool, typer.Option(
+        "--families", help="Print the model families and their defaults as a table.")
+    ] = False,
+    log_level: LogLevel = None,
+) -> None:
+    """Print the job message's JSON Schema (for other producers); the model families and
+    the defaults a job's unset parameters take from them are under x-model-families."""
     from contract.job import job_json_schema
+    from contract.model_profiles import families_table
 
-    typer.echo(json.dumps(job_json_schema(), indent=2))
+    table = families_table()
+    if families:
+        for line in format_families(table):
+            typer.echo(line)
+        return
+    typer.echo(json.dumps({**job_json_schema(), "x-model-families": table}, indent=2))
+
+
+def format_families(table: list[dict]) -> list[str]:
+    """One line per family: its defaults, whether it takes negative prompts, aliases."""
+    header = ("family", "max_side", "steps", "guidance", "scheduler", "negative", "aliases")
+    rows = [(str(f["family"]), str(f["max_side"]), str(f["steps"]), str(f["guidance_scale"]),
+             str(f["scheduler"]), "guidance>1" if f["negative_prompt"] else "no",
+             ",".join(f["aliases"]) or "-") for f in table]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in [header, *rows]]
 
 
 def main() -> None:

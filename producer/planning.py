@@ -18,6 +18,7 @@ from contract.job import GenerationParams, JobMessage, validate_params
 from contract.locations import S3Location
 from contract.loras import check_lora_allowed
 from contract.model_names import check_allowed
+from contract.model_profiles import check_known_family
 from contract.picks import pick_model_and_prompt
 from producer.listing import SourceObject
 
@@ -65,8 +66,10 @@ class Defaults:
             raise InvalidJob("no model or prompt: pass --model/--prompt or set "
                              "IMG2IMG_DEFAULT_MODELS/IMG2IMG_DEFAULT_PROMPTS")
         for model in self.models:
-            self.check_loras(validate_params(model=model, prompt=self.prompts[0],
-                                             field_names=FLAG_NAMES, **self.common))
+            params = validate_params(model=model, prompt=self.prompts[0],
+                                     field_names=FLAG_NAMES, **self.common)
+            check_known_family(params)
+            self.check_loras(params)
             self.check_model(model)
         for prompt in self.prompts:
             validate_params(model=self.models[0], prompt=prompt, field_names=FLAG_NAMES,
@@ -115,6 +118,7 @@ def plan_jobs(inputs: list[PlannedInput], defaults: Defaults, *, output: S3Locat
         values = {**defaults.common, "model": model, "prompt": prompt, **item.overrides}
         try:
             params = validate_params(**values)
+            check_known_family(params)
             defaults.check_model(params.model)
             defaults.check_loras(params)
             job = JobMessage.create(input=item.source.location, input_etag=item.source.etag,

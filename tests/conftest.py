@@ -1,4 +1,5 @@
-"""Shared fixtures: a real moto server over HTTP, fleet resources, the tiny model cache."""
+"""Shared fixtures: a real moto server over HTTP, fleet resources, the tiny model cache,
+the model families."""
 
 from __future__ import annotations
 
@@ -19,6 +20,16 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = Path(os.environ.get("IMG2IMG_TEST_MODEL_CACHE")
                  or tmp_path_factory.mktemp("model-cache"))
     return cache
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``{build name: folder}``: one shrunk random-weight model per family
+    (tests/support/model_families.py), built once for the run, a few seconds in all."""
+    from tests.support.model_families import FAMILY_BUILDS, build_family
+
+    root = tmp_path_factory.mktemp("families")
+    return {name: build_family(name, root / "models" / name) for name in FAMILY_BUILDS}
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,8 @@ class BatchKey:
     @classmethod
     def of(cls, params: GenerationParams, size: tuple[int, int],
            timeout_seconds: int | None = None) -> BatchKey:
+        """``params`` with the family's defaults filled in (``Job.apply_profile``)."""
+        assert params.resolved(), "family defaults are applied before batching"
         return cls(model=params.model, width=size[0], height=size[1], steps=params.steps,
                    strength=params.strength, guidance_scale=params.guidance_scale,
                    scheduler=params.scheduler, timeout_seconds=timeout_seconds,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -94,9 +95,19 @@ def run(
     from common.logs import configure_logging
     from contract.locations import IMAGE_EXTENSIONS
     from contract.loras import check_lora_allowed, parse_lora_spec
-    from worker.engine.model_refs import check_allowed
+    from worker.engine.model_refs import check_allowed, local_folder
     from worker.local_run import RESULTS_FILE, LocalRunner, collect_inputs, plan_jobs
 
+    # The operator's own folders (-m /abs/path, -m ./rel/path) need no allow-list here;
+    # the fleet's IMG2IMG_ALLOWED_MODELS still guards serve.
+    folders = {m: local_folder(m) for m in models}
+    for m, folder in folders.items():
+        if folder is not None and not (folder / "model_index.json").is_file():
+            raise fail(f"model folder {m}: {folder} is not a diffusers model folder (no "
+                       "model_index.json)")
+    models = [str(folders[m]) if folders[m] is not None else m for m in models]
+    settings = settings.model_copy(update={"allowed_models": [
+        *settings.allowed_models, *(glob.escape(str(f)) for f in folders.values() if f)]})
     try:
         for m in models:
             check_allowed(m, settings.allowed_models)
@@ -130,6 +141,8 @@ def run(
     try:
         engine = Engine(settings)
         for m in dict.fromkeys(j.params.model for j in jobs):
+            # what its family would refuse (a negative prompt on Flux) fails before it loads
+            engine.apply_profile(validate_params(model=m, prompt=prompts[0], **common))
             engine.model(m)  # every model loads once, up front: a missing one fails here
     except Img2ImgError as exc:
         raise fail(str(exc)) from None
@@ -146,9 +159,7 @@ def run(
     from common.results_file import read_results
 
     results = read_results(output_dir / RESULTS_FILE)
-    asked = {str(j.input_path): {"strength": j.params.strength, "steps": j.params.steps}
-             for j in jobs}  # records do not carry these; the gallery shows them
-    gallery = write_gallery([{**asked.get(r.get("input"), {}), **r} for r in results],
+    gallery = write_gallery(results,
                             output_dir, title=f"img2img: {output_dir}")
     if as_json:
         typer.echo(json.dumps({

@@ -165,7 +165,10 @@ class JobPipeline(Generic[J]):
             self._io.submit(task)
 
     def _prepare(self, job: J) -> None:
-        self._step(job, lambda: self.source.prepare(job), self._prepared)
+        def step() -> Readiness | Outcome:
+            job.apply_profile(self.engine)  # the model family's defaults, before sizing
+            return self.source.prepare(job)
+        self._step(job, step, self._prepared)
 
     def _prepared(self, job: J) -> None:
         """Bookkeeping once a preparation ended, whatever its result (lock held)."""

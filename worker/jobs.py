@@ -6,12 +6,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 from contract.errors import Cancelled, Expired
 from contract.job import GenerationParams
+from contract.model_profiles import ModelProfile
 from contract.result import ErrorInfo, ResultRecord
 from worker.batching import BatchKey, GenerationItem
 from worker.images import PreparedImage
+
+
+class ProfileSource(Protocol):
+    def apply_profile(self, params: GenerationParams) -> tuple[GenerationParams, ModelProfile]:
+        ...
 
 
 @dataclass(eq=False)
@@ -24,6 +31,13 @@ class Job:
     timeout_seconds: int | None = None
     prepared: PreparedImage | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    family: str | None = None  # the model's, once its profile filled in the defaults
+
+    def apply_profile(self, engine: ProfileSource) -> None:
+        """Fill the parameters the job left unset from its model's family (once)."""
+        if self.family is None:
+            self.params, profile = engine.apply_profile(self.params)
+            self.family = profile.family
 
     @property
     def seed(self) -> int:
@@ -56,7 +70,7 @@ class Job:
             prompt=self.params.prompt,
             seed=self.seed, seconds=self.seconds(),
             timings={k: round(v, 4) for k, v in self.timings.items()}, worker=worker,
-            **self._cost(gpu_price_per_hour))
+            **self._generation(), **self._cost(gpu_price_per_hour))
 
     def failed_record(self, error: BaseException, worker: str, *,
                       gpu_price_per_hour: float | None = None) -> ResultRecord:
@@ -69,7 +83,14 @@ class Job:
             input=self.source, output=None, error=ErrorInfo.from_exception(error),
             model=self.params.model, loras=self.params.loras, prompt=self.params.prompt,
             seed=self.seed if self.job_id else None, seconds=self.seconds(), worker=worker,
-            **self._cost(gpu_price_per_hour))
+            **self._generation(), **self._cost(gpu_price_per_hour))
+
+    def _generation(self) -> dict[str, object]:
+        """The family and the parameters it ran with, defaults filled in (once known)."""
+        if self.family is None:
+            return {}
+        return {"family": self.family, "generation": self.params.model_dump(
+            include={"steps", "strength", "guidance_scale", "scheduler", "max_side"})}
 
     def _cost(self, gpu_price_per_hour: float | None) -> dict[str, float | None]:
         gpu = self.gpu_seconds

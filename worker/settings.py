@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from contract.job import GenerationParams, OutputFormat
+from contract.model_names import HUB_ALIASES
 from contract.settings import CommaList, CommonSettings, split_list
 from worker.fleet.callback_policy import parse_networks, parse_patterns
 
@@ -18,7 +19,7 @@ LeanOffload = Literal["sequential", "group"]
 DTypeName = Literal["auto", "float16", "bfloat16", "float32"]
 
 # Built-in aliases; the default allow-list admits exactly these (tiny included).
-BUILTIN_ALIASES = ["tiny", "sd15", "sd21", "sd-turbo", "sdxl", "sdxl-turbo"]
+BUILTIN_ALIASES = ["tiny", *HUB_ALIASES]
 # SQS caps a message's visibility at 12 hours from its first receipt.
 SQS_MAX_VISIBILITY_SECONDS = 12 * 60 * 60
 
@@ -88,9 +89,10 @@ class WorkerSettings(CommonSettings):
     # Defaults for jobs made from S3 ObjectCreated notifications.
     event_output_prefix: str = "outputs/"
     event_strength: float = Field(0.75, gt=0.0, le=1.0)
-    event_steps: int = Field(25, ge=1, le=200)
-    event_guidance_scale: float = Field(7.5, ge=0.0, le=30.0)
-    event_max_side: int = Field(512, ge=64, le=2048, multiple_of=8)
+    # Unset: the model family's default (contract.model_profiles).
+    event_steps: int | None = Field(None, ge=1, le=200)
+    event_guidance_scale: float | None = Field(None, ge=0.0, le=30.0)
+    event_max_side: int | None = Field(None, ge=64, le=2048, multiple_of=8)
     event_output_format: OutputFormat = OutputFormat.PNG
 
     @field_validator("warmup_shapes")
@@ -152,7 +154,7 @@ class WorkerSettings(CommonSettings):
     @model_validator(mode="after")
     def _event_defaults_valid(self) -> WorkerSettings:
         # Fail at start-up, not on the first notification.
-        if int(self.event_steps * self.event_strength) < 1:
+        if self.event_steps is not None and int(self.event_steps * self.event_strength) < 1:
             raise ValueError(
                 f"IMG2IMG_EVENT_STEPS * IMG2IMG_EVENT_STRENGTH must give at least one "
                 f"denoising step (got {self.event_steps} * {self.event_strength})")

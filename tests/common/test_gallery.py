@@ -132,3 +132,14 @@ def test_a_smaller_rerun_removes_the_pages_it_no_longer_has(tmp_path: Path):
 def test_page_size_must_be_positive():
     with pytest.raises(ValueError, match="page_size"):
         render_gallery([], image_src=no_images, page_size=0)
+
+
+def test_what_a_job_ran_with_is_shown_with_its_family(tmp_path: Path):
+    ran = record(1, family="sdxl-turbo", strength=None, steps=None, generation={
+        "steps": 2, "strength": 0.5, "guidance_scale": 0.0, "scheduler": "model",
+        "max_side": 512})
+
+    (page,) = render_gallery([ran], image_src=no_images)
+
+    assert "<dt>family</dt><dd>sdxl-turbo</dd>" in page.html
+    assert "<dt>strength</dt><dd>0.5</dd><dt>steps</dt><dd>2</dd>" in page.html

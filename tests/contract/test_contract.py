@@ -358,7 +358,9 @@ def test_json_schema_contains_the_fields() -> None:
         assert field in props, field
     assert {"job_id", "batch_id", "input", "output", "model", "prompt"} <= set(
         schema["required"])
-    assert props["steps"]["maximum"] == 200 and props["steps"]["minimum"] == 1
+    steps = props["steps"]["anyOf"][0]  # an integer, or null for the family's default
+    assert steps["maximum"] == 200 and steps["minimum"] == 1
+    assert props["steps"]["anyOf"][1] == {"type": "null"}
     assert props["job_id"]["pattern"]
     json.dumps(schema)  # serialisable as published
 

@@ -26,8 +26,8 @@ def test_models_the_fleet_refuses_are_refused_before_anything_is_sent(fleet, s3,
                                   "-m", "s3://models/mine/", "-p", "p"])
 
     assert refused.exit_code == 2, refused.output
-    assert "model 'sd15' is not allowed; IMG2IMG_ALLOWED_MODELS is tiny,s3://models/*" in (
-        refused.stderr)
+    assert "model 'sd15' is not allowed: add it, or a pattern matching it" in refused.stderr
+    assert "to IMG2IMG_ALLOWED_MODELS (now tiny,s3://models/*)" in refused.stderr
     assert escaping.exit_code == 2 and "'..'" in escaping.stderr, escaping.output
     assert allowed.exit_code == 0, allowed.output
     assert {j.model for j in drain(sqs, fleet.queue_url)} <= {"tiny", "s3://models/mine/"}
@@ -63,3 +63,18 @@ def test_the_shared_rule_admits_an_alias_by_its_hub_id_and_back():
     check_allowed("stabilityai/sdxl-turbo", ["sdxl-turbo"])
     with pytest.raises(ModelNotAllowed, match="'sd21' is not allowed"):
         check_allowed("sd21", ["sd15"])
+
+
+def test_what_an_aliased_family_would_ignore_is_refused_before_anything_is_sent(
+        fleet, s3, sqs):
+    put_images(s3, fleet.bucket, ["in/a.png"])
+
+    flux = runner.invoke(app, ["enqueue", f"s3://{fleet.bucket}/in/", "-m", "flux-dev",
+                               "-p", "p", "--negative-prompt", "blurry"])
+    turbo = runner.invoke(app, ["enqueue", f"s3://{fleet.bucket}/in/", "-m", "sd-turbo",
+                                "-p", "p", "--strength", "0.3"])
+
+    assert flux.exit_code == 2 and "Flux.1 [dev]" in flux.stderr, flux.output
+    assert "negative_prompt" in flux.stderr
+    assert turbo.exit_code == 2 and "use steps >= 4" in turbo.stderr, turbo.output
+    assert depth(sqs, fleet.queue_url) == 0

@@ -34,3 +34,25 @@ def test_the_producer_imports_no_worker_torch_or_pillow():
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_schema_lists_the_model_families_and_their_defaults():
+    schema = json.loads(CliRunner().invoke(app, ["schema"]).stdout)
+    families = {f["family"]: f for f in schema["x-model-families"]}
+    assert set(families) >= {"sd1", "sd2", "sd-turbo", "sdxl", "sdxl-turbo", "sd3", "sd3.5",
+                             "flux-dev", "flux-schnell"}
+    assert families["sdxl-turbo"] | {"aliases": None} == {
+        "family": "sdxl-turbo", "title": "SDXL-Turbo", "aliases": None,
+        "pipeline": "StableDiffusionXLImg2ImgPipeline", "max_side": 1024 // 2, "steps": 2,
+        "guidance_scale": 0.0, "scheduler": "model", "negative_prompt": True}
+    assert families["flux-dev"]["negative_prompt"] is False
+    assert schema["properties"]["steps"]["default"] is None  # unset: the family's
+
+    table = CliRunner().invoke(app, ["schema", "--families"])
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["family", "max_side", "steps", "guidance", "scheduler",
+                                "negative", "aliases"]
+    assert lines[1 + list(families).index("sdxl")].split() == [
+        "sdxl", "1024", "30", "5.0", "dpmsolver++", "guidance>1", "sdxl"]
+    assert "flux-dev  " in table.stdout and " no " in table.stdout

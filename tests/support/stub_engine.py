@@ -8,6 +8,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from contract.job import GenerationParams
+from contract.model_profiles import PROFILES, ModelProfile, resolve_params
 from worker.batching import BatchKey, GenerationItem
 from worker.engine.engine import BatchStats, GenerationInterrupted, GenerationResult
 
@@ -27,6 +29,10 @@ class StubEngine:
 
     def check_loras(self, refs: list[str]) -> None:
         return None
+
+    def apply_profile(self, params: GenerationParams) -> tuple[GenerationParams, ModelProfile]:
+        """Every model is SD 1.x here."""
+        return resolve_params(params, PROFILES["sd1"]), PROFILES["sd1"]
 
     def generate(self, key: BatchKey, items: list[GenerationItem],
                  on_step: Callable[[], bool] | None = None) -> GenerationResult:

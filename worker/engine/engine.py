@@ -9,6 +9,7 @@ which batch it ran in. ``generate`` returns the images with what the call really
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -23,10 +24,12 @@ from contract.errors import (
     Interrupted,
     LoraNotAllowed,
     ModelNotFound,
+    ModelNotSupported,
     StorageUnavailable,
 )
 from contract.job import GenerationParams
 from contract.loras import check_lora_allowed
+from contract.model_profiles import ModelProfile, resolve_params
 from worker.batching import BatchKey, GenerationItem
 from worker.engine.adapters import Adapters
 from worker.engine.devices import (
@@ -39,7 +42,8 @@ from worker.engine.devices import (
 from worker.engine.lora_refs import resolve_lora
 from worker.engine.memory_modes import apply_memory_mode, set_vae_tiling_for
 from worker.engine.model_cache import ModelCache
-from worker.engine.model_refs import ModelSource, check_allowed, resolve_model
+from worker.engine.model_families import ModelResolver
+from worker.engine.model_refs import ModelSource, check_allowed
 from worker.engine.pixels import from_device_batch, to_device_batch
 from worker.engine.schedulers import make_scheduler
 from worker.settings import WorkerSettings
@@ -63,10 +67,12 @@ StepHook = Callable[[], bool]
 class LoadedModel:
     pipeline: Any
     source: ModelSource
+    profile: ModelProfile
     mode: str
     load_seconds: float
     schedulers: dict[str, Any] = field(default_factory=dict)
     adapters: Adapters | None = None  # when IMG2IMG_ALLOWED_LORAS admits any
+    sized_call: bool = False  # the pipeline takes height/width (else the image's size)
 
 
 @dataclass
@@ -101,7 +107,7 @@ class Engine:
         self.device = pick_device(settings.device)
         self.dtype = pick_dtype(settings.dtype, self.device)
         self.mode = settings.memory_mode
-        self._s3_client_factory = s3_client_factory
+        self.models = ModelResolver(settings.model_cache, s3_client_factory)
         configure_backends(self.device)
         budget = None
         if self.device.type == "cuda":
@@ -127,6 +133,18 @@ class Engine:
         for ref in refs:
             check_lora_allowed(ref, self.settings.allowed_loras)
 
+    def profile(self, reference: str) -> ModelProfile:
+        """The model's family profile (allow-listed; resolves, syncs an s3:// model, reads
+        its configs: no weights load)."""
+        self.check_model(reference)
+        return self.models.resolve(reference).profile
+
+    def apply_profile(self, params: GenerationParams) -> tuple[GenerationParams, ModelProfile]:
+        """``params`` with the family's defaults where unset; InvalidJob for a parameter
+        the family would ignore (``contract.model_profiles.resolve_params``)."""
+        profile = self.profile(params.model)
+        return resolve_params(params, profile), profile
+
     def model(self, reference: str, mode: str | None = None) -> LoadedModel:
         """The warm model; a model that just failed to load fails again at once for
         MODEL_RETRY_SECONDS instead of every job paying for the attempt."""
@@ -145,17 +163,18 @@ class Engine:
     def _load(self, key: tuple[str, str]) -> LoadedModel:
         reference, mode = key
         started = time.perf_counter()
-        source = resolve_model(reference, model_cache=self.settings.model_cache,
-                               s3_client_factory=self._s3_client_factory)
-        pipe = load_pipeline(source, self.dtype)
+        resolved = self.models.resolve(reference)
+        source, profile = resolved.source, resolved.profile
+        pipe = load_pipeline(source, self.dtype, profile)
         adapters = self._adapters_for(pipe, reference)  # before compiling: its slots
         apply_memory_mode(pipe, mode, self.device, compile=self.settings.compile,
                           lean_offload=self.settings.lean_offload, fuse_qkv=adapters is None)
         seconds = time.perf_counter() - started
-        log.info("loaded model %s (%s, %s, %s) in %.2fs", reference, mode, self.device,
-                 str(self.dtype).removeprefix("torch."), seconds)
-        return LoadedModel(pipeline=pipe, source=source, mode=mode, load_seconds=seconds,
-                           adapters=adapters)
+        log.info("loaded model %s (%s; %s, %s, %s) in %.2fs", reference, profile.family, mode,
+                 self.device, str(self.dtype).removeprefix("torch."), seconds)
+        sized = {"height", "width"} <= set(inspect.signature(type(pipe).__call__).parameters)
+        return LoadedModel(pipeline=pipe, source=source, profile=profile, mode=mode,
+                           load_seconds=seconds, sized_call=sized, adapters=adapters)
 
     def _adapters_for(self, pipe: Any, reference: str) -> Adapters | None:
         s = self.settings
@@ -262,9 +281,12 @@ class Engine:
                 pipeline._interrupt = True  # diffusers skips the remaining steps
             return tensors
 
+        # SD3 and Flux default to their own working size unless told the image's.
+        sizes = {"height": key.height, "width": key.width} if loaded.sized_call else {}
         result = pipe(
             prompt=[item.prompt for item in items],
             negative_prompt=negative if any(negative) else None,
+            **sizes,
             image=to_device_batch([item.image for item in items], self.device),
             strength=key.strength,
             num_inference_steps=key.steps,
@@ -290,8 +312,8 @@ class Engine:
         Uses the default job parameters, so the compiled graphs match real batches.
         """
         started = time.perf_counter()
-        defaults = GenerationParams(model="tiny", prompt="")
         for model in models:
+            defaults, _ = self.apply_profile(GenerationParams(model=model, prompt=""))
             for width, height in sizes:
                 image = Image.new("RGB", (width, height), (127, 127, 127))
                 key = BatchKey(model=model, width=width, height=height, steps=defaults.steps,
@@ -309,9 +331,23 @@ class Engine:
         self.cache.clear()
 
 
-def load_pipeline(source: ModelSource, dtype: torch.dtype) -> Any:
-    """Load with AutoPipelineForImage2Image: safetensors only, never remote code."""
-    from diffusers import AutoPipelineForImage2Image
+def pipeline_class(profile: ModelProfile) -> Any:
+    """The family's diffusers img2img pipeline class; ModelNotSupported when this
+    diffusers has none."""
+    import diffusers
+
+    try:
+        return getattr(diffusers, profile.pipeline)
+    except AttributeError:
+        raise ModelNotSupported(
+            f"{profile.title} needs {profile.pipeline}, which diffusers "
+            f"{diffusers.__version__} does not have") from None
+
+
+def load_pipeline(source: ModelSource, dtype: torch.dtype, profile: ModelProfile) -> Any:
+    """Load with the family's img2img pipeline class: safetensors only, never remote
+    code."""
+    pipeline = pipeline_class(profile)
 
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
     variants = [dict(kwargs, variant="fp16"), kwargs] if (
@@ -325,7 +361,7 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype) -> Any:
     last_error: Exception | None = None
     for attempt in attempts:
         try:
-            pipe = AutoPipelineForImage2Image.from_pretrained(source.location, **attempt)
+            pipe = pipeline.from_pretrained(source.location, **attempt)
             pipe.set_progress_bar_config(disable=True)
             return pipe
         except (OSError, ValueError) as exc:
@@ -335,8 +371,8 @@ def load_pipeline(source: ModelSource, dtype: torch.dtype) -> Any:
                             f"(HF_HOME) and {_hub_host()} cannot be reached") from last_error
     if last_error is not None and _is_network_error(last_error):
         raise StorageUnavailable(f"model {source.reference!r}: {last_error}") from last_error
-    raise ModelNotFound(f"model {source.reference!r} could not be loaded from "
-                        f"{source.location}: {last_error}") from last_error
+    raise ModelNotFound(f"model {source.reference!r} ({profile.title}) could not be loaded "
+                        f"from {source.location}: {last_error}") from last_error
 
 
 def _hub_host() -> str:

@@ -31,6 +31,17 @@ class ModelSource:
     is_local: bool
 
 
+def local_folder(reference: str) -> Path | None:
+    """The absolute folder a path-like reference (``/abs``, ``./rel``, ``../up``, ``~``,
+    or an existing folder's name) names; None for aliases, hub ids and ``s3://``."""
+    if reference.startswith("s3://") or reference == TINY_ALIAS or reference in HUB_ALIASES:
+        return None
+    path = Path(reference).expanduser()
+    if reference.startswith(("/", "./", "../", "~")) or path.is_dir():
+        return path.resolve()
+    return None
+
+
 def resolve_model(
     reference: str,
     *,

@@ -13,6 +13,7 @@ from PIL import Image
 
 from contract.errors import GenerationFailed, ModelNotAllowed, ModelNotFound, is_permanent
 from contract.job import OutputFormat, validate_params
+from contract.model_profiles import PROFILES, resolve_params
 from tests.support.images import (
     exif_rotated_jpeg_bytes,
     gray_l,
@@ -45,7 +46,7 @@ def settings(model_cache: Path, **overrides) -> WorkerSettings:
 
 def key_for(size: tuple[int, int], model: str = "tiny", **overrides) -> BatchKey:
     params = validate_params(model=model, prompt="x", max_side=MAX_SIDE, **{**FAST, **overrides})
-    return BatchKey.of(params, size)
+    return BatchKey.of(resolve_params(params, PROFILES["sd1"]), size)  # tiny is SD 1.x
 
 
 def prepared(width: int, height: int, seed: int = 0, bucket: int = 8):
