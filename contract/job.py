@@ -12,6 +12,12 @@ Compatibility rule. ``schema_version`` is a major version:
   major version than its own (``UnsupportedSchemaVersion``) without running it, so it
   waits in the dead-letter queue until upgraded workers can take it (``redrive``).
 
+Version 2 left ``steps``, ``guidance_scale``, ``max_side`` and ``scheduler`` unset to mean
+"the model family's default", and added ``loras``: a version 1 worker would read the
+unset fields as SD 1.5's defaults and ignore the adapters, so it must refuse these
+messages. A version 1 message keeps its meaning here: its missing fields take version
+1's defaults (``V1_DEFAULTS``), not the family's.
+
 Types are strict on the wire: ``"4"`` is not a number of steps and ``true`` is not a
 strength. Other producers get an error naming the field instead of a silent coercion.
 """
@@ -31,7 +37,9 @@ from contract.errors import InvalidJob, UnsupportedSchemaVersion
 from contract.locations import S3Location, output_key, output_named_for
 from contract.loras import MAX_LORAS_PER_JOB, LoraRef
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What a version 1 message meant by leaving these out.
+V1_DEFAULTS = {"steps": 25, "guidance_scale": 7.5, "max_side": 512, "scheduler": "dpmsolver++"}
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**63 - 1
 MAX_TIMEOUT_SECONDS = 24 * 60 * 60
@@ -261,7 +269,7 @@ def parse_job(body: str | bytes | dict) -> JobMessage:
     fields, or UnsupportedSchemaVersion for a newer major version."""
     try:
         text = json.dumps(body) if isinstance(body, dict) else body
-        job = JobMessage.model_validate_json(text, strict=True)
+        job = JobMessage.model_validate_json(_version_1_filled(text), strict=True)
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise InvalidJob(f"message body is not JSON: {exc.errors()[0]['msg']}") from None
@@ -270,6 +278,20 @@ def parse_job(body: str | bytes | dict) -> JobMessage:
     except (TypeError, ValueError, RecursionError) as exc:  # json.dumps of odd objects
         raise InvalidJob(f"message body is not a JSON object: {exc}") from None
     return job
+
+
+def _version_1_filled(text: str | bytes) -> str | bytes:
+    """A version 1 body with ``V1_DEFAULTS`` where it left them out (it meant SD 1.5's
+    values, not the family's); any other body as it came, for the parser to judge."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    if (isinstance(data, dict) and data.get("schema_version") == 1
+            and not isinstance(data["schema_version"], bool)
+            and any(name not in data for name in V1_DEFAULTS)):
+        return json.dumps({**V1_DEFAULTS, **data})
+    return text
 
 
 def unknown_fields(data: dict) -> list[str]:

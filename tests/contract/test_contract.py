@@ -41,7 +41,7 @@ from contract import (
     seed_from_job_id,
     validate_params,
 )
-from contract.job import MAX_PROMPT_CHARS, unknown_fields
+from contract.job import MAX_PROMPT_CHARS, V1_DEFAULTS, unknown_fields
 from contract.settings import SettingsError
 
 BASE = {"model": "tiny", "prompt": "a watercolor"}
@@ -131,9 +131,23 @@ def test_older_message_without_optional_fields_accepted() -> None:
     assert parse_job(data).steps == GenerationParams.model_fields["steps"].default
 
 
+def test_a_version_1_message_keeps_its_meaning_and_version_2_takes_the_familys() -> None:
+    """Version 1 left steps, guidance, size and scheduler out meaning SD 1.5's values;
+    version 2 means the model family's (filled in by the worker once it knows the model)."""
+    data = job_dict()
+    for field in V1_DEFAULTS:
+        data.pop(field, None)
+    v1 = parse_job({**data, "schema_version": 1})
+    assert {f: getattr(v1, f) for f in V1_DEFAULTS} == V1_DEFAULTS
+    v2 = parse_job({**data, "schema_version": 2})
+    assert all(getattr(v2, f) is None for f in V1_DEFAULTS)
+    assert parse_job({**data, "schema_version": 1, "steps": 4}).steps == 4
+
+
 def test_newer_major_schema_version_refused_as_unsupported() -> None:
-    with pytest.raises(UnsupportedSchemaVersion, match=r"schema_version 2 is newer"):
-        parse_job(job_dict(schema_version=2))
+    assert SCHEMA_VERSION == 2
+    with pytest.raises(UnsupportedSchemaVersion, match=r"schema_version 3 is newer"):
+        parse_job(job_dict(schema_version=3))
     with pytest.raises(InvalidJob, match=r"schema_version:"):
         parse_job(job_dict(schema_version=0))
 

@@ -165,7 +165,7 @@ def _(outcome: Outcome, state: tuple[str, JobMessage]) -> None:
 
 
 def _future(fleet: Fleet) -> str:
-    data, _ = raw_job(fleet, "in/future.png", schema_version=2)
+    data, _ = raw_job(fleet, "in/future.png", schema_version=3)
     return send_body(fleet, json.dumps(data))
 
 
