@@ -184,6 +184,8 @@ class JobPipeline(Generic[J]):
             try:
                 result = step()
             except Exception as exc:  # noqa: BLE001 - every failure is an outcome
+                if isinstance(exc, Img2ImgError):  # named and expected: one line, no trace
+                    log.warning("job %s failed: %s", job.job_id, exc)
                 result = self.source.failure(job, exc)
             if isinstance(result, Outcome):
                 self.source.ended(job, result)

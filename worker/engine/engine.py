@@ -107,6 +107,7 @@ class Engine:
         self.device = pick_device(settings.device)
         self.dtype = pick_dtype(settings.dtype, self.device)
         self.mode = settings.memory_mode
+        self._s3_client_factory = s3_client_factory  # LoRA refs sync through it too
         self.models = ModelResolver(settings.model_cache, s3_client_factory)
         configure_backends(self.device)
         budget = None

@@ -19,6 +19,7 @@ from PIL import Image
 
 from contract.errors import LoraMismatch
 from contract.job import validate_params
+from contract.model_profiles import PROFILES, resolve_params
 from tests.support.images import max_abs_diff, mean_abs_diff, pattern_rgb
 from tests.support.loras import make_lora
 from worker.batching import BatchKey, GenerationItem
@@ -74,7 +75,7 @@ def run(engine: Engine, image: Image.Image, lora_dir: Path,
         loras: list[tuple[str, float]]) -> Image.Image:
     params = validate_params(model="tiny", prompt="x", steps=4, strength=0.5, max_side=128,
                              loras=[{"ref": str(lora_dir / n), "scale": s} for n, s in loras])
-    key = BatchKey.of(params, image.size)
+    key = BatchKey.of(resolve_params(params, PROFILES["sd1"]), image.size)
     return engine.generate(key, [GenerationItem(image, "a cat", "", 9)]).images[0]
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from contract.errors import LoraMismatch, LoraNotAllowed, LoraNotFound, is_permanent
 from contract.job import validate_params
+from contract.model_profiles import PROFILES, resolve_params
 from tests.support.images import max_abs_diff, mean_abs_diff, pattern_rgb
 from tests.support.loras import make_foreign_lora, make_lora, make_lora_with_missing_layers
 from worker.batching import BatchKey, GenerationItem, group_batches
@@ -64,7 +65,7 @@ def image() -> Image.Image:
 def lora_key(image: Image.Image, loras: list[tuple[Path, float]]) -> BatchKey:
     params = validate_params(model="tiny", prompt="x", **FAST,
                              loras=[{"ref": str(p), "scale": s} for p, s in loras])
-    return BatchKey.of(params, image.size)
+    return BatchKey.of(resolve_params(params, PROFILES["sd1"]), image.size)
 
 
 def run(engine: Engine, image: Image.Image, loras: list[tuple[Path, float]],
@@ -140,7 +141,8 @@ def test_the_lru_keeps_at_most_its_count_and_the_batch_in_use(model_cache, lora_
 
 
 def test_the_lru_is_bounded_by_bytes(model_cache, lora_dir):
-    pipe = load_pipeline(resolve_model("tiny", model_cache=model_cache), dtype=_float32())
+    pipe = load_pipeline(resolve_model("tiny", model_cache=model_cache), dtype=_float32(),
+                         profile=PROFILES["sd1"])
     one = _lora_bytes(lora_dir / "style")
     adapters = Adapters(pipe, model="tiny", resolve=str, max_entries=16,
                         max_bytes=int(one * 2.5))
