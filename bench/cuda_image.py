@@ -27,6 +27,7 @@ import tarfile
 import tempfile
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,23 +36,37 @@ DEFAULT_BASE = "img2img-base:bookworm"
 PROBE = ("import torch, importlib.metadata as m; "
          "print('torch', torch.__version__, 'cuda', torch.version.cuda, "
          "'cudnn', torch.backends.cudnn.version()); "
-         "print('xformers', m.version('xformers'))")
+         "print('xformers', next((d.version for d in m.distributions() "
+         "if d.metadata['Name'] == 'xformers'), None))")
 
 
 def _docker() -> str:
     return os.environ.get("DOCKER", "docker")
 
 
-def build(tag: str, base: str, python: str, ca_bundle: str | None,
-          context: Path = ROOT) -> float:
-    """Build the runtime target on ``base``; returns the wall time in seconds."""
+@dataclass(frozen=True)
+class Build:
+    """The build arguments the bench varies; the defaults make the CUDA image."""
+
+    base: str = DEFAULT_BASE
+    python: str = "python3.11"
+    ca_bundle: str | None = None
+    torch_version: str = "2.13.0"  # 2.13.0+cpu (with xformers "") is `make image`'s build
+    xformers_version: str = "0.0.35"
+
+
+def build(tag: str, spec: Build, context: Path = ROOT) -> float:
+    """Build the runtime target as ``spec`` says; returns the wall time in seconds."""
     command = [_docker(), "build", "--target", "runtime", "-t", tag,
-               "--build-arg", f"BUILD_IMAGE={base}", "--build-arg", f"CUDA_IMAGE={base}",
-               "--build-arg", f"PYTHON={python}",
+               "--build-arg", f"BUILD_IMAGE={spec.base}",
+               "--build-arg", f"CUDA_IMAGE={spec.base}",
+               "--build-arg", f"PYTHON={spec.python}",
+               "--build-arg", f"TORCH_VERSION={spec.torch_version}",
+               "--build-arg", f"XFORMERS_VERSION={spec.xformers_version}",
                # PyPI's torch==2.13.0 is the CUDA 13.0 build; pip's own index serves it.
                "--build-arg", "TORCH_INDEX_URL="]
-    if ca_bundle:
-        command += ["--secret", f"id=ca,src={ca_bundle}"]
+    if spec.ca_bundle:
+        command += ["--secret", f"id=ca,src={spec.ca_bundle}"]
     started = time.monotonic()
     subprocess.run([*command, "."], cwd=context, check=True,
                    env={**os.environ, "DOCKER_BUILDKIT": "1"})
@@ -113,8 +128,7 @@ CONTEXT_PATHS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "
                  "wheelhouse")
 
 
-def rebuild_after_code_change(tag: str, base: str, python: str,
-                              ca_bundle: str | None) -> tuple[float, int, int, int]:
+def rebuild_after_code_change(tag: str, spec: Build) -> tuple[float, int, int, int]:
     """Rebuild from a copy of the context with one line added to the worker's code.
 
     Returns (seconds, layers shared with ``tag``, layers new, bytes in the new layers):
@@ -132,7 +146,7 @@ def rebuild_after_code_change(tag: str, base: str, python: str,
                 shutil.copy2(source, context / name)
         with (context / "worker" / "__init__.py").open("a") as code:
             code.write("# a code change\n")
-        seconds = build(changed, base, python, ca_bundle, context=context)
+        seconds = build(changed, spec, context=context)
     try:
         before = set(diff_ids(tag))
         layers = diff_ids(changed)
@@ -164,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the base's interpreter command (Ubuntu 24.04: python3.12)")
     parser.add_argument("--ca-bundle", default=os.environ.get("PIP_CERT"),
                         help="CA bundle for pip inside the build (default: $PIP_CERT)")
+    parser.add_argument("--torch-version", default=Build.torch_version,
+                        help="e.g. 2.13.0+cpu for the CPU build (with --xformers-version '')")
+    parser.add_argument("--xformers-version", default=Build.xformers_version)
     parser.add_argument("--compressed", action="store_true",
                         help="also gzip each layer of `docker save` (minutes)")
     parser.add_argument("--code-change", action="store_true",
@@ -171,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the image afterwards")
     args = parser.parse_args(argv)
 
-    seconds = build(args.tag, args.base, args.python, args.ca_bundle)
+    spec = Build(base=args.base, python=args.python, ca_bundle=args.ca_bundle,
+                 torch_version=args.torch_version, xformers_version=args.xformers_version)
+    seconds = build(args.tag, spec)
     try:
         rows = layers(args.tag)
         compressed = compressed_layer_sizes(args.tag) if args.compressed else []
@@ -188,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {_gb(unpacked):>9} -> {_gb(packed)}")
             print(f"to pull (all layers, gzip): {_gb(sum(p for _, p in compressed))}")
         if args.code_change:
-            seconds, shared, new, size = rebuild_after_code_change(
-                args.tag, args.base, args.python, args.ca_bundle)
+            seconds, shared, new, size = rebuild_after_code_change(args.tag, spec)
             print(f"after a code change: rebuilt in {seconds:.0f} s; {shared} layers "
                   f"shared with the first build, {new} new, {_gb(size)} unpacked to pull")
     finally:
