@@ -134,14 +134,19 @@ def test_undelivered_events_alarm_on_the_fleets_own_targets(default: Synth) -> N
     assert refs(props["AlarmActions"]) == {default.alarm_topic_id()}
 
 
+# A service's and an Auto Scaling group's scaling policies (the idle alarm sets both).
+SCALING_POLICY_TYPES = {"AWS::ApplicationAutoScaling::ScalingPolicy",
+                        "AWS::AutoScaling::ScalingPolicy"}
+
+
 def test_every_alarm_notifies_the_alarm_topic() -> None:
     s = synth(EVERYTHING_ON)
     topic = s.alarm_topic_id()
     # Scaling's own alarms act on scaling policies; every other alarm needs a person.
     for alarm in s.alarms():
         actions = refs(alarm.get("AlarmActions", []))
-        if actions and all(s.json["Resources"][a]["Type"]
-                           == "AWS::ApplicationAutoScaling::ScalingPolicy" for a in actions):
+        if actions and all(s.json["Resources"][a]["Type"] in SCALING_POLICY_TYPES
+                           for a in actions):
             continue
         assert topic in actions, alarm.get("AlarmDescription")
 
