@@ -13,8 +13,15 @@
 # xformers release built against that torch move together; change them as a set.
 #   CUDA 13.0 needs an NVIDIA driver >= 580 on the host; for an older driver, override
 #   CUDA_IMAGE and TORCH_INDEX_URL with a matching CUDA 12.x pair (see docs/deploy.md).
-# torch's wheels carry their own cuBLAS/cuDNN; the CUDA image provides the driver contract
-# (NVIDIA_REQUIRE_CUDA, NVIDIA_* variables) and the runtime libraries.
+# torch's wheels (PyPI's torch 2.13.0 is the CUDA 13.0 build too) carry every CUDA library
+# they load: cuBLAS, cuDNN, the runtime, NCCL. So the base is CUDA's `-base-` image, which
+# adds only the driver contract (NVIDIA_REQUIRE_CUDA, NVIDIA_* variables) to Ubuntu; a
+# `-runtime-` base would ship a second copy of those libraries that nothing loads.
+#
+# Layers: the virtualenv of dependencies (gigabytes) and the project (/opt/project,
+# megabytes) are separate layers of the runtime image, so a code change is a small push and
+# a small pull; only a dependency or base change moves the big layer. Measured sizes:
+# docs/deploy.md (section 4).
 #
 # CPU build (`make image`, docker-compose.yml): a Debian base for both stages and the CPU
 # torch wheel, no xformers:
@@ -29,7 +36,7 @@
 #   --secret id=pipconf,src=pip.conf       pip configuration (a private index, credentials)
 # The S3+SQS emulator of the local fleet is the `emulator` target of this file.
 
-ARG CUDA_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04
+ARG CUDA_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04
 ARG BUILD_IMAGE=ubuntu:24.04
 # The interpreter, as the distribution names its package and command (3.11 or newer).
 # It must be the same in BUILD_IMAGE and CUDA_IMAGE: the virtualenv links to it.
@@ -71,7 +78,14 @@ ARG ACCELERATE_VERSION=1.15.0
 # pipconf secret says otherwise). Empty: torch comes from the wheelhouse or pip's index.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
 
-RUN "${PYTHON}" -m venv /opt/venv
+# The project goes into its own folder, /opt/project, not into the virtualenv: the runtime
+# stage copies the two separately, so a code change makes a new layer of megabytes while
+# the virtualenv's gigabytes (torch, CUDA libraries) stay the layer a host already has.
+# A .pth file in the virtualenv puts the folder on sys.path; the project's console scripts
+# (img2img-worker, ...) land in /opt/project/bin.
+RUN "${PYTHON}" -m venv /opt/venv \
+ && /opt/venv/bin/python -c 'import pathlib, sysconfig; \
+pathlib.Path(sysconfig.get_paths()["purelib"], "img2img-project.pth").write_text("/opt/project\n")'
 ENV PATH=/opt/venv/bin:$PATH
 
 # Every dependency, pinned and resolved together, before any of the project's code: this
@@ -94,13 +108,19 @@ print("\n".join(p["build-system"]["requires"] + p["project"]["dependencies"] \
       "transformers==${TRANSFORMERS_VERSION}" \
       "accelerate==${ACCELERATE_VERSION}"
 
-# The project itself: no network, no dependency changes (pip check proves they are met).
-# The sources arrive by a bind mount of the context (.dockerignore's allow-list says what is
-# in it), not one COPY per package: every layer is a full copy of the filesystem on storage
-# drivers without overlays (vfs), so each COPY here would cost the size of the virtualenv.
+# ---------------------------------------------------------------------------------------
+# project: the project itself: no network, no dependency changes (pip check proves they
+# are met). The sources arrive by a bind mount of the context (.dockerignore's allow-list
+# says what is in it), not one COPY per package: every layer is a full copy of the
+# filesystem on storage drivers without overlays (vfs), so each COPY here would cost the
+# size of the virtualenv.
+# ---------------------------------------------------------------------------------------
+FROM build AS project
+ENV PATH=/opt/project/bin:$PATH
 RUN --mount=type=bind,target=/src/project,rw \
-    pip install --no-deps --no-build-isolation --no-index ./project \
- && pip check
+    pip install --no-deps --no-build-isolation --no-index --target /opt/project ./project \
+ && pip check \
+ && img2img-worker --help >/dev/null
 
 # ---------------------------------------------------------------------------------------
 # emulator: the S3+SQS emulator (moto server) for the local fleet; not deployed anywhere
@@ -135,7 +155,7 @@ ARG PYTHON
 ARG PREFETCH_MODELS=""
 
 ENV DEBIAN_FRONTEND=noninteractive \
-    PATH=/opt/venv/bin:$PATH \
+    PATH=/opt/project/bin:/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/models/huggingface \
@@ -157,7 +177,9 @@ RUN if ! command -v "${PYTHON}" >/dev/null || [ ! -f /etc/ssl/certs/ca-certifica
  && mkdir -p /models/huggingface /models/img2img \
  && chown -R 10001:10001 /models
 
+# Dependencies first (gigabytes, unchanged by code edits), then the project (megabytes).
 COPY --from=build /opt/venv /opt/venv
+COPY --from=project /opt/project /opt/project
 
 # Numeric, so orchestrators can verify runAsNonRoot without reading /etc/passwd.
 USER 10001:10001

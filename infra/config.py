@@ -41,7 +41,12 @@ STOP_MARGIN_SECONDS = 15
 SPOT_MIN_RECEIVE_COUNT = 5
 Capacity = Literal["on-demand", "spot"]
 # Fields whose default depends on the capacity type (not in cdk.json for that reason).
-CAPACITY_DEFAULTS: dict[str, dict[Capacity, int]] = {
+CAPACITY_DEFAULTS: dict[str, dict[Capacity, Any]] = {
+    # Spot draws from more pools (each type and AZ is one), so fewer interruptions and
+    # fewer "no capacity" launches; the bigger sizes still hold one GPU (one task).
+    "instance_types": {"on-demand": ("g5.xlarge", "g6.xlarge"),
+                       "spot": ("g5.xlarge", "g6.xlarge", "g5.2xlarge", "g6.2xlarge",
+                                "g6e.xlarge")},
     "max_receive_count": {"on-demand": 5, "spot": 10},
     "stop_timeout": {"on-demand": 120, "spot": SPOT_NOTICE_SECONDS - SPOT_DRAIN_LEAD_SECONDS},
     "stop_deadline": {"on-demand": 100, "spot": 70},
@@ -88,7 +93,8 @@ class FleetConfig(BaseModel):
 
     stack_name: str = Field(DEFAULT_STACK_NAME, pattern=r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
     spot: bool = False
-    instance_types: tuple[str, ...] = ("g5.xlarge", "g6.xlarge")
+    # Filled by capacity type when not given (CAPACITY_DEFAULTS).
+    instance_types: tuple[str, ...]
     max_tasks: int = Field(4, ge=1)
     backlog_per_task: int = Field(32, ge=1)
     # Filled by capacity type when not given (CAPACITY_DEFAULTS).
@@ -103,7 +109,7 @@ class FleetConfig(BaseModel):
     output_expiration_days: int = Field(0, ge=0)
     oldest_message_alarm_seconds: int = Field(3600, ge=60)
     alarm_email: str = ""
-    image_tag: str = Field("latest", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+    image_tag: str = Field("v1", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
     default_models: str = "sd15"
     models_uri: str = ""
     allowed_models: str = ""

@@ -16,13 +16,15 @@ from infra.capacity import gpu_capacity
 from infra.config import FleetConfig
 from infra.events import fleet_events
 from infra.idle_scale_in import idle_scale_in
+from infra.image_repository import worker_repository
+from infra.operations_alerts import operations_alerts
 from infra.producer_policy import producer_policy
 from infra.queues import job_queues
 from infra.scaling import scale_on_queue_depth
 from infra.storage import fleet_bucket, notify_uploads
 from infra.warm_pool import warm_pool
 from infra.worker_role import worker_task_role
-from infra.worker_service import worker_repository, worker_service
+from infra.worker_service import worker_service
 
 
 class Img2ImgFleetStack(Stack):
@@ -60,6 +62,9 @@ class Img2ImgFleetStack(Stack):
             self, config, bucket=self.bucket, queues=self.queues, service=self.worker.service,
             group=self.capacity.auto_scaling_group)
         self.alarm_topic = fleet_alarms(self, config, queues=self.queues)
+        operations_alerts(self, config, topic=self.alarm_topic,
+                          auto_scaling_group=self.capacity.auto_scaling_group,
+                          service=self.worker.service)
         self._outputs()
 
     def _outputs(self) -> None:

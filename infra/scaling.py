@@ -7,6 +7,7 @@ from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
@@ -30,6 +31,8 @@ from infra.scaling_policy import (
 )
 
 _Query = appscaling.CfnScalingPolicy.TargetTrackingMetricDataQueryProperty
+ECS_AUTOSCALING_ROLE = ("aws-service-role/ecs.application-autoscaling.amazonaws.com/"
+                        "AWSServiceRoleForApplicationAutoScaling_ECSService")
 
 
 def scale_on_queue_depth(scope: Construct, config: FleetConfig, *, queues: JobQueues,
@@ -40,6 +43,12 @@ def scale_on_queue_depth(scope: Construct, config: FleetConfig, *, queues: JobQu
         service_namespace=appscaling.ServiceNamespace.ECS,
         resource_id=f"service/{cluster.cluster_name}/{service.service_name}",
         scalable_dimension="ecs:service:DesiredCount",
+        # Application Auto Scaling acts on ECS services through its service-linked role
+        # (created with the first scalable target); without this CDK adds an empty role.
+        role=iam.Role.from_role_arn(
+            scope, "EcsAutoScalingServiceLinkedRole",
+            f"arn:{Aws.PARTITION}:iam::{Aws.ACCOUNT_ID}:role/{ECS_AUTOSCALING_ROLE}",
+            mutable=False),
         min_capacity=MIN_TASKS,
         max_capacity=config.max_tasks,
     )

@@ -1,4 +1,4 @@
-"""The worker: its image repository, task definition (matching the image) and service.
+"""The worker: its task definition (matching the image) and service.
 
 The image (Dockerfile) runs as 10001:10001, writes only to /tmp (its health file) and
 /models (HF_HOME, IMG2IMG_MODEL_CACHE), checks itself with ``img2img-worker
@@ -38,6 +38,9 @@ TMP_MOUNT = "/tmp"
 TMP_SIZE_MIB = 1024
 # /dev/shm: Docker's default is 64 MiB, too small for torch's shared-memory tensors.
 SHARED_MEMORY_MIB = 1024
+# Deployments replace tasks in place (see worker_service): never more tasks than before.
+DEPLOYMENT_MIN_HEALTHY_PERCENT = 0
+DEPLOYMENT_MAX_PERCENT = 100
 # ECS caps a container health check's start period at 300 s.
 ECS_MAX_HEALTH_START_PERIOD = 300
 LOG_RETENTION = {
@@ -54,16 +57,6 @@ class WorkerService:
     service: ecs.Ec2Service
     task_definition: ecs.Ec2TaskDefinition
     log_group: logs.LogGroup
-
-
-def worker_repository(scope: Construct) -> ecr.Repository:
-    return ecr.Repository(
-        scope, "WorkerRepository",
-        image_scan_on_push=True,
-        removal_policy=RemovalPolicy.RETAIN,
-        lifecycle_rules=[ecr.LifecycleRule(
-            description="keep the 20 newest images", max_image_count=20)],
-    )
 
 
 def worker_service(scope: Construct, config: FleetConfig, *, capacity: GpuCapacity,
@@ -128,11 +121,14 @@ def worker_service(scope: Construct, config: FleetConfig, *, capacity: GpuCapaci
         task_definition=task_definition,
         # Scaling owns the count; it starts at zero and follows the queue.
         desired_count=0,
-        # Draining (a Spot notice) stops a task only once its replacement runs if this is
-        # 100%, and a replacement needs a new GPU instance: minutes, past the notice.
-        # On-demand keeps 100% so deployments start new tasks before stopping old ones.
-        min_healthy_percent=0 if config.spot else 100,
-        max_healthy_percent=200,
+        # Stop first, then start: the group holds at most maxTasks instances, one task
+        # each, so a new task can only go where an old one has stopped. At 100%/200% a
+        # deployment under load waits for instances the group cannot add, and stack
+        # updates hang. Busy tasks are scale-in protected: a deployment stops them only
+        # once their jobs are done. Draining (a Spot notice) needs 0% too: at 100% ECS
+        # stops a draining task only once its replacement runs, past the notice.
+        min_healthy_percent=DEPLOYMENT_MIN_HEALTHY_PERCENT,
+        max_healthy_percent=DEPLOYMENT_MAX_PERCENT,
         circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),
         capacity_provider_strategies=[ecs.CapacityProviderStrategy(
             capacity_provider=capacity.provider.capacity_provider_name, weight=1)],

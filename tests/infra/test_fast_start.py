@@ -112,7 +112,8 @@ def test_the_warm_pool_keeps_stopped_instances_with_the_image_pulled() -> None:
     repo_id, _ = s.one("AWS::ECR::Repository")
     assert ("--password-stdin {AWS::AccountId}.dkr.ecr.{AWS::Region}.{AWS::URLSuffix} "
             "&& docker pull ") in user_data
-    assert f".{{AWS::URLSuffix}}/{{{repo_id}}}:latest && echo" in user_data
+    tag = FleetConfig.model_fields["image_tag"].default
+    assert f".{{AWS::URLSuffix}}/{{{repo_id}}}:{tag} && echo" in user_data
     # The instance role may pull the worker image (the pre-pull runs as the instance).
     granted = s.granted(s.instance_role_id())
     (pull,) = granted["ecr:BatchGetImage"]
@@ -144,8 +145,8 @@ def test_the_producer_policy_holds_exactly_what_the_producer_calls(template: Syn
                             template.resources("AWS::IAM::ManagedPolicy").items()
                             if "img2img-producer" in v["Properties"].get("Description", "")]
     statements = {st["Sid"]: st for st in policy["PolicyDocument"]["Statement"]}
-    assert {sid: as_list(st["Action"]) for sid, st in statements.items()} == (
-        PRODUCER_STATEMENTS)
+    assert {sid: sorted(as_list(st["Action"])) for sid, st in statements.items()} == {
+        sid: sorted(actions) for sid, actions in PRODUCER_STATEMENTS.items()}
     assert all(st["Effect"] == "Allow" for st in statements.values())
     main, dlq = template.queue_ids()
     assert main in refs(statements["Enqueue"]["Resource"])

@@ -33,7 +33,7 @@ def test_task_role_may_protect_only_tasks_of_its_own_cluster(template: Synth) ->
         "Roles": [{"Ref": template.task_role_id()}],
         "PolicyDocument": {"Statement": Match.array_with([Match.object_like({
             "Sid": "OwnTaskProtection", "Effect": "Allow",
-            "Action": ["ecs:UpdateTaskProtection", "ecs:GetTaskProtection"]})])}})
+            "Action": ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]})])}})
     granted = template.granted(template.task_role_id())
     for action in ("ecs:UpdateTaskProtection", "ecs:GetTaskProtection"):
         (statement,) = granted[action]

@@ -27,12 +27,16 @@ VARIANTS = {
         {f"availability-zones:account={ACCOUNT}:region={REGION}":
          [f"{REGION}{z}" for z in "abc"], **EVERYTHING_ON}, (ACCOUNT, REGION)),
 }
-# Known redundant DependsOn (W3005), and only these: CDK's bucket-notification handler
-# (library code), and the service's dependency on the cluster construct, which is how it
-# also waits for the capacity-provider association CDK adds at synth time.
+# Known redundant DependsOn (W3005), and only these: CDK's bucket-notification handler and
+# its default-security-group restriction (the feature flag; library code), and the
+# service's dependency on the cluster construct, which is how it also waits for the
+# capacity-provider association CDK adds at synth time.
 KNOWN = [
     re.compile(r":W3005:'(BucketNotifications|JobQueue)\w*' dependency already "
                r"enforced by a '\w+' at 'Resources/BucketNotifications"),
+    re.compile(r":W3005:'CustomVpcRestrictDefaultSGCustomResourceProviderRole[0-9A-F]{8}' "
+               r"dependency already enforced by a 'GetAtt' at "
+               r"'Resources/CustomVpcRestrictDefaultSGCustomResourceProviderHandler"),
     re.compile(r":W3005:'Cluster[0-9A-F]{8}' dependency already enforced by a 'Ref' at "
                r"'Resources/WorkerService[0-9A-F]{8}/Properties/Cluster'"),
 ]
