@@ -90,23 +90,35 @@ def download_all(s3: Any, downloads: list[Download], *, concurrency: int = 8,
             with part.open("wb") as fh:
                 shutil.copyfileobj(body, fh, _CHUNK)
             os.replace(part, item.dest)
-            return "downloaded", item.dest.stat().st_size
+            return "written", item.dest.stat().st_size
         except (ClientError, BotoCoreError, OSError) as exc:
             log.debug("download of s3://%s/%s failed", item.bucket, item.key, exc_info=True)
             return f"s3://{item.bucket}/{item.key}: {_reason(exc)}", 0
         finally:
             on_file(1)
 
-    with ThreadPoolExecutor(concurrency, thread_name_prefix="download") as pool:
-        for outcome, size in pool.map(one, downloads):
-            if outcome == "downloaded":
-                report.downloaded += 1
-                report.bytes += size
-            elif outcome == "unchanged":
-                report.unchanged += 1
-            else:
-                report.failed.append(outcome)
+    tally = each_file(one, downloads, concurrency=concurrency, thread_name="download")
+    report.downloaded, report.unchanged, report.bytes, report.failed = tally
     return report
+
+
+def each_file(one: Callable[[Any], tuple[str, int]], items: list[Any], *, concurrency: int,
+              thread_name: str) -> tuple[int, int, int, list[str]]:
+    """``one(item)`` for every item in a thread pool, tallied: it returns ("written",
+    bytes), ("unchanged", 0) or (a failure line, 0). Returns (written, unchanged, bytes
+    written, failure lines)."""
+    written = unchanged = size_total = 0
+    failed: list[str] = []
+    with ThreadPoolExecutor(concurrency, thread_name_prefix=thread_name) as pool:
+        for outcome, size in pool.map(one, items):
+            if outcome == "written":
+                written += 1
+                size_total += size
+            elif outcome == "unchanged":
+                unchanged += 1
+            else:
+                failed.append(outcome)
+    return written, unchanged, size_total, failed
 
 
 def _reason(exc: BaseException) -> str:

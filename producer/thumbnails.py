@@ -8,13 +8,14 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from producer.downloads import each_file
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def make_thumbnails(s3: Any, items: list[Thumbnail], *, concurrency: int = 8,
             part = item.dest.with_name(item.dest.name + ".part")
             part.write_bytes(shrink(data))
             part.replace(item.dest)
-            return "made", item.dest.stat().st_size
+            return "written", item.dest.stat().st_size
         except (ClientError, BotoCoreError, OSError, UnidentifiedImageError,
                 Image.DecompressionBombError) as exc:
             log.debug("thumbnail of s3://%s/%s failed", item.bucket, item.key, exc_info=True)
@@ -69,15 +70,8 @@ def make_thumbnails(s3: Any, items: list[Thumbnail], *, concurrency: int = 8,
         finally:
             on_file(1)
 
-    with ThreadPoolExecutor(concurrency, thread_name_prefix="thumbnail") as pool:
-        for outcome, size in pool.map(one, items):
-            if outcome == "made":
-                report.made += 1
-                report.bytes += size
-            elif outcome == "unchanged":
-                report.unchanged += 1
-            else:
-                report.failed.append(outcome)
+    tally = each_file(one, items, concurrency=concurrency, thread_name="thumbnail")
+    report.made, report.unchanged, report.bytes, report.failed = tally
     return report
 
 
