@@ -17,6 +17,7 @@ from worker.fleet.callback_policy import parse_networks, parse_patterns
 MemoryMode = Literal["fast", "balanced", "lean"]
 LeanOffload = Literal["sequential", "group"]
 DTypeName = Literal["auto", "float16", "bfloat16", "float32"]
+S3ClientName = Literal["direct", "botocore"]
 
 # Built-in aliases; the default allow-list admits exactly these (tiny included).
 BUILTIN_ALIASES = ["tiny", *HUB_ALIASES]
@@ -69,6 +70,9 @@ class WorkerSettings(CommonSettings):
     release_backoff_seconds: int = Field(30, ge=0, le=SQS_MAX_VISIBILITY_SECONDS)
     io_threads: int = Field(16, ge=1, le=64)
     prefetch_batches: int = Field(2, ge=1, le=16)
+    # How a job's object requests reach S3 (worker/fleet/object_clients.py): signed
+    # directly over a keep-alive pool, or through botocore (as every other call is).
+    s3_client: S3ClientName = "direct"
     worker_id: str | None = None
     health_file: Path = Path("/tmp/img2img-worker.health")
     health_max_age: float = Field(120.0, gt=0)

@@ -35,6 +35,7 @@ from worker.fleet.events import Notifier
 from worker.fleet.fleet_jobs import FleetJob
 from worker.fleet.fleet_source import FleetSource, Summary
 from worker.fleet.lifecycle import JobLifecycle
+from worker.fleet.object_clients import object_client
 from worker.fleet.sqs_queue import MAX_RECEIVE_MESSAGES, SqsQueue
 from worker.fleet.storage import S3Storage
 from worker.fleet.task_protection import TaskProtection
@@ -377,15 +378,17 @@ def build_worker(settings: WorkerSettings) -> Worker:
     """Wire the real clients, engine and queues from settings."""
     from functools import cache
 
-    from common.aws import client, s3_client, sqs_client
+    from common.aws import client, make_session, s3_client, sqs_client
 
     pool = settings.io_threads + 4
     # S3 calls are retried by S3Storage, SQS and SNS calls by botocore (common/aws.py).
-    s3 = s3_client(max_pool_connections=pool, max_attempts=1)
+    session = make_session()
+    s3 = s3_client(session, max_pool_connections=pool, max_attempts=1)
     sqs = sqs_client(max_pool_connections=pool, mode="standard")
     models_s3 = cache(lambda: s3_client(mode="standard"))  # model syncs: botocore retries
     sns = cache(lambda: client("sns", mode="standard"))
     engine = Engine(settings, s3_client_factory=models_s3)
     urls = [u for u in (settings.priority_queue_url, settings.queue_url) if u]
-    return Worker(settings, engine, [SqsQueue(sqs, url) for url in urls], S3Storage(s3),
+    storage = S3Storage(s3, objects=object_client(settings.s3_client, s3, session, pool))
+    return Worker(settings, engine, [SqsQueue(sqs, url) for url in urls], storage,
                   protection=TaskProtection.from_environment(), sns_client=sns)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -19,17 +18,11 @@ from common.aws_errors import (
 )
 from contract.errors import InputNotFound, LocationNotAllowed, StorageUnavailable
 from contract.locations import S3Location
+from worker.fleet.object_clients import BotocoreObjects, ObjectClient, StoredObject
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    body: bytes
-    metadata: dict[str, str] = field(default_factory=dict)
-    etag: str = ""
 
 
 class S3Storage:
@@ -41,8 +34,10 @@ class S3Storage:
     retried like any other network error.
     """
 
-    def __init__(self, s3: Any, *, attempts: int = 4, max_backoff: float = 4.0) -> None:
-        self.s3 = s3
+    def __init__(self, s3: Any, *, objects: ObjectClient | None = None, attempts: int = 4,
+                 max_backoff: float = 4.0) -> None:
+        self.s3 = s3  # a boto3 client: listings, and the object requests by default
+        self.objects = objects or BotocoreObjects(s3)
         self._attempts = attempts
         self._max_backoff = max_backoff
 
@@ -66,10 +61,7 @@ class S3Storage:
         """The object's bytes, metadata and ETag; InputNotFound / LocationNotAllowed."""
         def get() -> StoredObject:
             try:
-                response = self.s3.get_object(Bucket=location.bucket, Key=location.key)
-                return StoredObject(body=response["Body"].read(),
-                                    metadata=dict(response.get("Metadata") or {}),
-                                    etag=str(response.get("ETag", "")))
+                return self.objects.get(location.bucket, location.key)
             except Exception as exc:
                 if is_not_found(exc):
                     raise InputNotFound(f"{location.uri}: no such object") from None
@@ -86,25 +78,23 @@ class S3Storage:
         exist. A body that is not a JSON object reads as an empty dict."""
         def get() -> tuple[dict | None, str | None]:
             try:
-                response = self.s3.get_object(Bucket=location.bucket, Key=location.key)
-                body = response["Body"].read()
+                stored = self.objects.get(location.bucket, location.key)
             except Exception as exc:
                 if is_not_found(exc):
                     return None, None
                 raise
             try:
-                data = json.loads(body)
+                data = json.loads(stored.body)
             except ValueError:
                 data = {}
-            return (data if isinstance(data, dict) else {}), str(response.get("ETag", ""))
+            return (data if isinstance(data, dict) else {}), stored.etag
         return self._call(f"GET {location.uri}", get)
 
     def head_metadata(self, location: S3Location) -> dict[str, str] | None:
         """The object's user metadata, or None when it does not exist."""
         def head() -> dict[str, str] | None:
             try:
-                return dict(self.s3.head_object(Bucket=location.bucket,
-                                                Key=location.key).get("Metadata") or {})
+                return self.objects.head(location.bucket, location.key)
             except Exception as exc:
                 if is_not_found(exc):
                     return None
@@ -115,42 +105,40 @@ class S3Storage:
                       metadata: dict[str, str] | None = None) -> bool:
         """Conditional PUT (If-None-Match: *); False when the object already exists."""
         return self._conditional_put(location, data, content_type, metadata,
-                                     {"IfNoneMatch": "*"}) is not None
+                                     {"if_none_match": True}) is not None
 
     def put_if_match(self, location: S3Location, data: bytes, content_type: str,
                      etag: str) -> bool:
         """PUT only over the version with ``etag``; False when it changed meanwhile."""
         return self._conditional_put(location, data, content_type, None,
-                                     {"IfMatch": etag}) is not None
+                                     {"if_match": etag}) is not None
 
     def replace(self, location: S3Location, data: bytes, content_type: str,
                 etag: str | None) -> str | None:
         """PUT over the version with ``etag`` (None: only where there is no object yet);
         the new version's ETag, or None when the object is not (or no longer) that."""
-        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        condition: dict[str, Any] = {"if_match": etag} if etag else {"if_none_match": True}
         return self._conditional_put(location, data, content_type, None, condition)
 
     def _conditional_put(self, location: S3Location, data: bytes, content_type: str,
                          metadata: dict[str, str] | None,
-                         condition: dict[str, str]) -> str | None:
+                         condition: dict[str, Any]) -> str | None:
         def put() -> str | None:
             try:
-                response = self.s3.put_object(
-                    Bucket=location.bucket, Key=location.key, Body=data,
-                    ContentType=content_type, Metadata=metadata or {}, **condition)
-                return str(response.get("ETag") or "")
+                return self.objects.put(location.bucket, location.key, data, content_type,
+                                        metadata, **condition)
             except Exception as exc:
                 if is_precondition_failed(exc):
                     return None
-                if "IfMatch" in condition and error_code(exc) == "NoSuchKey":
+                if "if_match" in condition and error_code(exc) == "NoSuchKey":
                     return None  # the version to replace was deleted meanwhile
                 raise
         return self._call(f"PUT {location.uri}", put)
 
     def put(self, location: S3Location, data: bytes, content_type: str) -> None:
-        self._call(f"PUT {location.uri}", lambda: self.s3.put_object(
-            Bucket=location.bucket, Key=location.key, Body=data, ContentType=content_type))
+        self._call(f"PUT {location.uri}", lambda: self.objects.put(
+            location.bucket, location.key, data, content_type))
 
     def delete(self, location: S3Location) -> None:
-        self._call(f"DELETE {location.uri}", lambda: self.s3.delete_object(
-            Bucket=location.bucket, Key=location.key))
+        self._call(f"DELETE {location.uri}", lambda: self.objects.delete(
+            location.bucket, location.key))
