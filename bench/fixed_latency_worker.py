@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
 
     from bench.overlap_probes import FixedLatencyEngine, timed_queue_class
-    from common.aws import s3_client, sqs_client
+    from common.aws import make_session, s3_client, sqs_client
+    from worker.fleet.object_clients import object_client
     from worker.fleet.service import Worker
     from worker.fleet.storage import S3Storage
     from worker.settings import WorkerSettings
@@ -57,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     engine = FixedLatencyEngine(args.latency)
     queue = timed_queue_class()(sqs_client(endpoint_url=args.endpoint,
                                            max_pool_connections=pool), args.queue_url)
-    storage = S3Storage(s3_client(endpoint_url=args.endpoint, max_pool_connections=pool,
-                                  max_attempts=1))
+    session = make_session()
+    s3 = s3_client(session, endpoint_url=args.endpoint, max_pool_connections=pool,
+                   max_attempts=1)
+    storage = S3Storage(s3, objects=object_client(settings.s3_client, s3, session, pool))
     worker = Worker(settings, engine, queue, storage, worker_id=args.worker_id)
     if args.ready_file is not None:
         args.ready_file.write_text("ready")

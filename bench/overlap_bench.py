@@ -46,6 +46,7 @@ from bench.overlap_inputs import (
     write_batch_manifest,
 )
 from bench.overlap_probes import (
+    MOTO_SERVERS,
     FixedLatencyEngine,
     ImageCpuMeter,
     RequestMeter,
@@ -79,23 +80,28 @@ def ms(values: list[float]) -> dict[str, float] | None:
 def run_overlap(*, jobs: int = 400, latency: float = 0.2, batch: int = 8, size: int = 512,
                 io_threads: int | None = None, prefetch_batches: int = 2,
                 endpoint: str | None = None, receive_wait: int = 1,
-                output_format: str = "png", input_format: str = "png") -> dict[str, Any]:
-    from common.aws import s3_client, sqs_client
+                output_format: str = "png", input_format: str = "png",
+                s3_client_name: str | None = None,
+                moto_server: str = "keepalive") -> dict[str, Any]:
+    from common.aws import make_session, s3_client, sqs_client
     from local_fleet.embedded_aws import create_fleet_resources
+    from worker.fleet.object_clients import DirectObjects, direct_objects_for, object_client
     from worker.fleet.service import Worker
     from worker.fleet.storage import S3Storage
     from worker.settings import WorkerSettings
 
     if io_threads is None:
         io_threads = WorkerSettings.model_fields["io_threads"].default
+    if s3_client_name is None:
+        s3_client_name = WorkerSettings.model_fields["s3_client"].default
     for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                        ("AWS_DEFAULT_REGION", "us-east-1")):
         os.environ.setdefault(key, value)
     with contextlib.ExitStack() as stack:
         moto_mode, moto_pid = "given endpoint", None
         if endpoint is None:
-            endpoint, moto_pid = stack.enter_context(moto_subprocess())
-            moto_mode = "subprocess"
+            endpoint, moto_pid = stack.enter_context(moto_subprocess(moto_server))
+            moto_mode = f"subprocess, {moto_server} server"
         pool = io_threads + 4
         s3 = s3_client(endpoint_url=endpoint, max_pool_connections=pool)
         sqs = sqs_client(endpoint_url=endpoint, max_pool_connections=pool)
@@ -107,8 +113,10 @@ def run_overlap(*, jobs: int = 400, latency: float = 0.2, batch: int = 8, size: 
         job_list, input_bytes = upload_and_make_jobs(s3, fleet.bucket, jobs, size, params,
                                                      input_format)
         write_batch_manifest(s3, fleet.bucket, fleet.queue_url, job_list)
-        capacity = moto_alone(s3, sqs, fleet.bucket, job_list[0].input.key, output_format,
-                              io_threads)
+        session = make_session()
+        # moto alone is driven by the cheapest client there is, so that it measures moto.
+        capacity = moto_alone(direct_objects_for(s3, session, pool), sqs, fleet.bucket,
+                              job_list[0].input.key, output_format, io_threads)
 
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="overlap-")))
         settings = WorkerSettings(
@@ -119,11 +127,14 @@ def run_overlap(*, jobs: int = 400, latency: float = 0.2, batch: int = 8, size: 
         engine = FixedLatencyEngine(latency)
         queue = timed_queue_class()(sqs, fleet.queue_url)
         # The worker's own S3 client, as the service makes it (no botocore retries).
-        worker_s3 = s3_client(endpoint_url=endpoint, max_pool_connections=pool,
+        worker_s3 = s3_client(session, endpoint_url=endpoint, max_pool_connections=pool,
                               max_attempts=1)
+        objects = object_client(s3_client_name, worker_s3, session, pool)
         requests = RequestMeter()
         requests.install(worker_s3)
-        storage = S3Storage(worker_s3)
+        if isinstance(objects, DirectObjects):
+            requests.install_direct(objects)
+        storage = S3Storage(worker_s3, objects=objects)
         worker = Worker(settings, engine, queue, storage, worker_id="overlap-bench")
 
         bodies = [job.to_json() for job in job_list]
@@ -184,6 +195,7 @@ def run_overlap(*, jobs: int = 400, latency: float = 0.2, batch: int = 8, size: 
         "config": {"jobs": jobs, "latency_s": latency, "batch": batch, "size": size,
                    "input_format": input_format, "input_bytes": input_bytes,
                    "output_format": output_format,
+                   "s3_client": s3_client_name,
                    "io_threads": io_threads,
                    "prefetch_batches": prefetch_batches, "receive_wait_s": receive_wait,
                    "max_visible_messages": MAX_VISIBLE},
@@ -245,7 +257,7 @@ def markdown(result: dict) -> str:
         ("input / output", f"{c['size']} px {c['input_format']}, "
                            f"{c['input_bytes'] / 1024:.0f} KiB / "
                            f"{c['output_format']}"),
-        ("moto", result["moto"]),
+        ("moto / the worker's S3 object client", f"{result['moto']} / {c['s3_client']}"),
         ("done / failed / released", f"{result['done']} / {result['failed']} / "
                                      f"{result['released']}"),
         ("window (first receive -> last delete)", f"{result['window_s']:.2f} s"),
@@ -307,13 +319,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--prefetch-batches", type=int, default=2)
     p.add_argument("--endpoint", default=None, help="use this S3/SQS endpoint (moto) "
                    "instead of starting moto in a subprocess")
+    p.add_argument("--s3-client", default=None, choices=("direct", "botocore"),
+                   help="the worker's object client (default: IMG2IMG_S3_CLIENT's default)")
+    p.add_argument("--moto-server", default="keepalive", choices=MOTO_SERVERS,
+                   help="keepalive: moto behind an HTTP/1.1 keep-alive server like S3's; "
+                        "werkzeug: moto's own server, a new connection per request")
     p.add_argument("--out", default="bench-results/overlap.json")
     p.add_argument("--markdown", default=None)
     args = p.parse_args(argv)
     result = run_overlap(jobs=args.jobs, latency=args.latency, batch=args.batch,
                          size=args.size, io_threads=args.io_threads,
                          prefetch_batches=args.prefetch_batches, endpoint=args.endpoint,
-                         output_format=args.format, input_format=args.input_format)
+                         output_format=args.format, input_format=args.input_format,
+                         s3_client_name=args.s3_client, moto_server=args.moto_server)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -9,6 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+JSON = "application/json"
 # SQS gets slow in moto with deep queues: keep at most this many messages visible.
 MAX_VISIBLE = 40
 
@@ -68,9 +69,10 @@ def write_batch_manifest(s3, bucket: str, queue_url: str, jobs: list) -> None:
                   Body=manifest.model_dump_json(), ContentType="application/json")
 
 
-def moto_alone(s3, sqs, bucket: str, input_key: str, output_format: str, threads: int,
+def moto_alone(objects, sqs, bucket: str, input_key: str, output_format: str, threads: int,
                seconds: float = 3.0) -> float:
     """Job-equivalents per second the S3+SQS endpoint serves alone: ``threads`` threads
+    (S3 object requests through ``objects``, a worker.fleet.object_clients client)
     repeat a job's essential requests with no worker around them: a conditional claim
     PUT, the input GET, a conditional output PUT and the record PUT, and per 10 jobs a
     SendMessageBatch, a ReceiveMessage and a DeleteMessageBatch of 10. The same
@@ -79,8 +81,7 @@ def moto_alone(s3, sqs, bucket: str, input_key: str, output_format: str, threads
     from contract.job import OutputFormat
     from worker.images import decode_image, encode_image
 
-    image = decode_image(s3.get_object(Bucket=bucket, Key=input_key)["Body"].read(),
-                         max_pixels=10**8)
+    image = decode_image(objects.get(bucket, input_key).body, max_pixels=10**8)
     output = encode_image(image, OutputFormat(output_format))
     queue_url = sqs.create_queue(QueueName=f"{bucket}-alone")["QueueUrl"]
     stop = time.perf_counter() + seconds
@@ -91,12 +92,11 @@ def moto_alone(s3, sqs, bucket: str, input_key: str, output_format: str, threads
         n = 0
         while time.perf_counter() < stop:
             i = next(counter)
-            s3.put_object(Bucket=bucket, Key=f"probe/{i}.json", Body=b"{}" * 150,
-                          IfNoneMatch="*")
-            s3.get_object(Bucket=bucket, Key=input_key)["Body"].read()
-            s3.put_object(Bucket=bucket, Key=f"probe/{i}.{output_format}", Body=output,
-                          IfNoneMatch="*")
-            s3.put_object(Bucket=bucket, Key=f"probe/{i}.json", Body=b"{}" * 200)
+            objects.put(bucket, f"probe/{i}.json", b"{}" * 150, JSON, if_none_match=True)
+            objects.get(bucket, input_key)
+            objects.put(bucket, f"probe/{i}.{output_format}", output, "image/" + output_format,
+                        if_none_match=True)
+            objects.put(bucket, f"probe/{i}.json", b"{}" * 200, JSON)
             n += 1
             if n % 10 == 0:
                 sqs.send_message_batch(QueueUrl=queue_url, Entries=[

@@ -105,14 +105,20 @@ def request_kind(operation: str, params: dict[str, Any]) -> str:
     return f"{_VERB.get(operation, operation)} output"
 
 
+class _Operation:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
 _VERB = {"GetObject": "GET", "PutObject": "PUT", "HeadObject": "HEAD",
          "DeleteObject": "DELETE"}
 
 
 class RequestMeter:
-    """Counts every S3 request a boto3 client makes, by kind (``request_kind``), and the
-    calling thread's CPU seconds inside botocore for each (botocore runs a call on the
-    caller's thread, from parameter building to the parsed response)."""
+    """Counts every S3 request a boto3 client or a direct object client makes, by kind
+    (``request_kind``), and the calling thread's CPU seconds inside the client for each
+    (both run a call on the caller's thread, from building the request to the parsed
+    response)."""
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = defaultdict(int)
@@ -125,6 +131,23 @@ class RequestMeter:
         events.register("before-parameter-build.s3", self._started)
         events.register("after-call.s3", self._ended)
         events.register("after-call-error.s3", self._ended)
+
+    def install_direct(self, objects: Any) -> None:
+        """Meter a ``worker.fleet.object_clients.DirectObjects`` (every request goes
+        through its ``_send``)."""
+        send = objects._send
+
+        def metered(operation: str, method: str, bucket: str, key: str,
+                    headers: dict[str, str], body: bytes = b"") -> Any:
+            params = {"Key": key, "IfNoneMatch": headers.get("if-none-match"),
+                      "IfMatch": headers.get("if-match")}
+            self._started(params, _Operation(operation))
+            try:
+                return send(operation, method, bucket, key, headers, body)
+            finally:
+                self._ended()
+
+        objects._send = metered
 
     def _started(self, params: dict[str, Any], model: Any, **_: Any) -> None:
         self._local.current = (request_kind(model.name, params), time.thread_time())
@@ -140,15 +163,23 @@ class RequestMeter:
             self.cpu_seconds[kind] += time.thread_time() - cpu
 
 
+MOTO_SERVERS = ("keepalive", "werkzeug")
+
+
 @contextlib.contextmanager
-def moto_subprocess():
+def moto_subprocess(server: str = "keepalive"):
     """moto in its own process, so the server does not share the worker's GIL (a real S3
-    and SQS are other machines). Yields (endpoint, pid)."""
+    and SQS are other machines). ``keepalive``: served by bench.moto_keepalive (HTTP/1.1
+    keep-alive, as S3 and SQS); ``werkzeug``: moto's own server (a new connection per
+    request). Yields (endpoint, pid)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = ([sys.executable, "-m", "bench.moto_keepalive", str(port)]
+               if server == "keepalive" else
+               [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)])
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=Path(__file__).resolve().parent.parent)
     endpoint = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

@@ -108,3 +108,25 @@ def test_png_bench_compares_the_three_encoders():
     assert {r["encoder"] for r in rows} == {"Pillow compress_level=1", "writer, stdlib zlib",
                                              "writer, zlib-ng"}
     assert len(rows) == 6 and all(r["cpu_ms"] > 0 and r["kib"] > 0 for r in rows)
+
+
+def test_bench_moto_keeps_connections_alive():
+    """The overlap bench's moto answers many requests on one connection, as S3 does."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from bench.overlap_probes import moto_subprocess
+
+    with moto_subprocess("keepalive") as (endpoint, pid):
+        assert pid
+        connection = http.client.HTTPConnection(urlsplit(endpoint).netloc, timeout=10)
+        sockets, closing = [], []
+        for _ in range(3):
+            connection.request("GET", "/")
+            response = connection.getresponse()
+            response.read()
+            sockets.append(connection.sock)
+            closing.append(response.will_close)
+        connection.close()
+    assert closing == [False, False, False]
+    assert sockets[0] is not None and sockets[0] is sockets[1] is sockets[2]

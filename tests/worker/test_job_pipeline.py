@@ -100,10 +100,11 @@ def test_abort_stops_the_running_batch_and_leaves_the_rest_to_the_owner(
 
     assert not loop.is_alive()
     stub_source.wait_settled(1)
-    assert [names for _, names in stub_engine.batches] == [["running"]]
-    assert error_type(stub_source, "running") == "GenerationInterrupted"
+    # The jobs are prepared side by side: whichever was ready first ran.
+    [(_, [ran])] = stub_engine.batches
+    assert error_type(stub_source, ran) == "GenerationInterrupted"
     # Ready jobs are not ended by an abort: the fleet releases their messages itself.
-    assert set(stub_source.outcomes) == {"running"}
+    assert set(stub_source.outcomes) == {ran}
 
 
 def test_a_generation_over_its_timeout_fails_as_timeout(stub_pipeline, stub_engine,
