@@ -184,6 +184,9 @@ def moto_subprocess(server: str = "keepalive"):
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"moto server ({' '.join(command[1:3])}) exited with "
+                                   f"code {proc.returncode}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port),
                                                                         timeout=0.5):
                 break
