@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     session = make_session()
     s3 = s3_client(session, endpoint_url=args.endpoint, max_pool_connections=pool,
                    max_attempts=1)
-    storage = S3Storage(s3, objects=object_client(settings.s3_client, s3, session, pool))
+    storage = S3Storage(s3, objects=object_client(settings.s3_client, s3, session))
     worker = Worker(settings, engine, queue, storage, worker_id=args.worker_id)
     if args.ready_file is not None:
         args.ready_file.write_text("ready")

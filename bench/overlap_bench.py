@@ -115,7 +115,7 @@ def run_overlap(*, jobs: int = 400, latency: float = 0.2, batch: int = 8, size: 
         write_batch_manifest(s3, fleet.bucket, fleet.queue_url, job_list)
         session = make_session()
         # moto alone is driven by the cheapest client there is, so that it measures moto.
-        capacity = moto_alone(direct_objects_for(s3, session, pool), sqs, fleet.bucket,
+        capacity = moto_alone(direct_objects_for(s3, session), sqs, fleet.bucket,
                               job_list[0].input.key, output_format, io_threads)
 
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="overlap-")))
@@ -129,7 +129,7 @@ def run_overlap(*, jobs: int = 400, latency: float = 0.2, batch: int = 8, size: 
         # The worker's own S3 client, as the service makes it (no botocore retries).
         worker_s3 = s3_client(session, endpoint_url=endpoint, max_pool_connections=pool,
                               max_attempts=1)
-        objects = object_client(s3_client_name, worker_s3, session, pool)
+        objects = object_client(s3_client_name, worker_s3, session)
         requests = RequestMeter()
         requests.install(worker_s3)
         if isinstance(objects, DirectObjects):

@@ -1,7 +1,7 @@
 """The worker's single-object S3 requests (GET, HEAD, PUT, DELETE), two ways.
 
-``DirectObjects`` signs each request itself (SigV4) and sends it over a pooled
-keep-alive connection: about a quarter of the CPU botocore spends on the same request
+``DirectObjects`` signs each request itself (SigV4) and sends it over a keep-alive
+connection of the calling thread: about a third of the CPU botocore spends on the same request
 (measured in docs/benchmarks.md), which is most of what a job costs around the engine
 at turbo rates. ``BotocoreObjects`` goes through a boto3 client; it is used where the
 direct path does not apply (a proxy, S3 Accelerate, dual-stack or FIPS endpoints,
@@ -27,17 +27,15 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
-import urllib3
 from botocore.exceptions import ClientError, NoCredentialsError, ResponseStreamingError
 
 from common.sigv4 import UNSIGNED_PAYLOAD, Credentials, S3Signer, object_path
+from worker.fleet.http_connections import Answer, ThreadConnections
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "img2img-fleet-worker"
 META = "x-amz-meta-"
-CONNECT_TIMEOUT_S = 10
-READ_TIMEOUT_S = 60
 # Bucket names S3 can serve as <bucket>.s3.<region>.amazonaws.com with a valid
 # certificate: DNS labels without dots.
 _VIRTUAL_HOSTABLE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
@@ -96,8 +94,9 @@ class BotocoreObjects:
 
 
 class DirectObjects:
-    """Signed object requests over urllib3's keep-alive pool, without botocore's request
-    pipeline. Credentials come from a botocore credential source (refreshed by it).
+    """Signed object requests over each thread's keep-alive connections, without
+    botocore's request pipeline. Credentials come from a botocore credential source
+    (which refreshes them).
 
     ``endpoint_url`` None means AWS: ``<bucket>.s3.<region>.amazonaws.com`` (path style
     for bucket names with dots), with the region of a bucket in another region learnt
@@ -105,8 +104,7 @@ class DirectObjects:
     """
 
     def __init__(self, credentials: Callable[[], Credentials | None], region: str, *,
-                 endpoint_url: str | None = None, pool_size: int = 32,
-                 ca_bundle: str | None = None) -> None:
+                 endpoint_url: str | None = None, ca_bundle: str | None = None) -> None:
         self._credentials = credentials
         self._region = region
         self._endpoint = endpoint_url.rstrip("/") if endpoint_url else None
@@ -114,16 +112,13 @@ class DirectObjects:
         self._signer = S3Signer()
         self._bucket_regions: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._pool = urllib3.PoolManager(
-            num_pools=16, maxsize=pool_size, block=False, retries=False,
-            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
-            ca_certs=ca_bundle)
+        self._connections = ThreadConnections(ca_bundle)
 
     def get(self, bucket: str, key: str) -> StoredObject:
         response = self._send("GetObject", "GET", bucket, key,
                               {"x-amz-checksum-mode": "ENABLED"})
         _check_crc32(response, bucket, key)
-        return StoredObject(body=response.data, metadata=_metadata(response.headers),
+        return StoredObject(body=response.body, metadata=_metadata(response.headers),
                             etag=response.headers.get("etag", ""))
 
     def head(self, bucket: str, key: str) -> dict[str, str]:
@@ -149,14 +144,14 @@ class DirectObjects:
         self._send("DeleteObject", "DELETE", bucket, key, {})
 
     def _send(self, operation: str, method: str, bucket: str, key: str,
-              headers: dict[str, str], body: bytes = b"") -> urllib3.BaseHTTPResponse:
+              headers: dict[str, str], body: bytes = b"") -> Answer:
         for attempt in range(2):  # the second only after S3 named the bucket's region
             region = self._bucket_regions.get(bucket, self._region)
             url, host, path = self.address(bucket, key, region)
-            response = self._pool.request(
-                method, url, body=body or None,
-                headers=self._signed(method, host, path, headers, body, region),
-                preload_content=True, redirect=False)
+            scheme, _, rest = url.partition("://")
+            response = self._connections.request(
+                scheme, rest.split("/", 1)[0], method, path,
+                self._signed(method, host, path, headers, body, region), body)
             if response.status < 300:
                 return response
             moved_to = response.headers.get("x-amz-bucket-region")
@@ -195,17 +190,17 @@ class DirectObjects:
         signed = self._signer.sign(method, path, {"host": host, **headers}, payload,
                                    credentials, region, amz_date)
         signed["user-agent"] = USER_AGENT
-        del signed["host"]  # urllib3 sends it from the URL
+        signed["content-length"] = str(len(body))
         return signed
 
 
-def object_client(name: str, s3: Any, session: Any, pool_size: int) -> ObjectClient:
+def object_client(name: str, s3: Any, session: Any) -> ObjectClient:
     """The client for a job's object requests (``IMG2IMG_S3_CLIENT``): ``direct`` where
     it can send what the boto3 client ``s3`` would, else botocore (saying why)."""
     if name == "direct":
         unsupported = direct_objects_unsupported(s3)
         if unsupported is None:
-            return direct_objects_for(s3, session, pool_size)
+            return direct_objects_for(s3, session)
         log.warning("S3 object requests go through botocore: %s", unsupported)
     return BotocoreObjects(s3)
 
@@ -235,7 +230,7 @@ def direct_objects_unsupported(s3: Any) -> str | None:
     return None
 
 
-def direct_objects_for(s3: Any, session: Any, pool_size: int) -> DirectObjects:
+def direct_objects_for(s3: Any, session: Any) -> DirectObjects:
     """A DirectObjects that sends where ``s3`` (a boto3 client) sends, with its
     session's credentials."""
     source = session.get_credentials() if session is not None else None
@@ -249,7 +244,7 @@ def direct_objects_for(s3: Any, session: Any, pool_size: int) -> DirectObjects:
     endpoint = None if _aws_endpoint(s3) else s3.meta.endpoint_url
     ca_bundle = os.environ.get("AWS_CA_BUNDLE") or _botocore_ca_bundle()
     return DirectObjects(credentials, s3.meta.region_name, endpoint_url=endpoint,
-                         pool_size=pool_size, ca_bundle=ca_bundle)
+                         ca_bundle=ca_bundle)
 
 
 def _aws_endpoint(s3: Any) -> bool:
@@ -261,7 +256,7 @@ def _botocore_ca_bundle() -> str | None:
     try:
         from botocore.httpsession import get_cert_path
         return get_cert_path(True)
-    except Exception:  # noqa: BLE001 - urllib3 then uses the system's store
+    except Exception:  # noqa: BLE001 - the TLS context then uses the system's store
         return None
 
 
@@ -278,25 +273,25 @@ def _sha256(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def _check_crc32(response: urllib3.BaseHTTPResponse, bucket: str, key: str) -> None:
+def _check_crc32(response: Answer, bucket: str, key: str) -> None:
     """S3 sends the stored CRC32 when the object has one; a body that does not match was
     damaged on the way (transient: read again)."""
     expected = response.headers.get("x-amz-checksum-crc32")
-    if expected and "-" not in expected and expected != _crc32(response.data):
+    if expected and "-" not in expected and expected != _crc32(response.body):
         raise ResponseStreamingError(
             error=f"s3://{bucket}/{key}: body does not match its CRC32 {expected}")
 
 
-def _client_error(operation: str, response: urllib3.BaseHTTPResponse,
+def _client_error(operation: str, response: Answer,
                   bucket: str) -> ClientError:
     """S3's error answer as botocore raises it: the XML's Code (the status for a HEAD,
     which has no body), Message and BucketName."""
     error: dict[str, str] = {"Code": str(response.status), "Message": response.reason or ""}
-    if response.data:
+    if response.body:
         try:
-            root = ElementTree.fromstring(response.data)
+            root = ElementTree.fromstring(response.body)
         except ElementTree.ParseError:
-            error["Message"] = response.data[:200].decode("utf-8", "replace")
+            error["Message"] = response.body[:200].decode("utf-8", "replace")
         else:
             for name in ("Code", "Message", "BucketName", "Region"):
                 value = root.findtext(name)
@@ -306,5 +301,5 @@ def _client_error(operation: str, response: urllib3.BaseHTTPResponse,
         error.setdefault("BucketName", bucket)
     return ClientError({"Error": error,
                         "ResponseMetadata": {"HTTPStatusCode": response.status,
-                                             "HTTPHeaders": dict(response.headers)}},
+                                             "HTTPHeaders": response.headers}},
                        operation)

@@ -389,6 +389,6 @@ def build_worker(settings: WorkerSettings) -> Worker:
     sns = cache(lambda: client("sns", mode="standard"))
     engine = Engine(settings, s3_client_factory=models_s3)
     urls = [u for u in (settings.priority_queue_url, settings.queue_url) if u]
-    storage = S3Storage(s3, objects=object_client(settings.s3_client, s3, session, pool))
+    storage = S3Storage(s3, objects=object_client(settings.s3_client, s3, session))
     return Worker(settings, engine, [SqsQueue(sqs, url) for url in urls], storage,
                   protection=TaskProtection.from_environment(), sns_client=sns)

@@ -32,14 +32,14 @@ from worker.fleet.storage import S3Storage
 
 def direct_for(endpoint: str) -> DirectObjects:
     session = make_session()
-    return object_client("direct", s3_client(session, endpoint_url=endpoint), session, 4)
+    return object_client("direct", s3_client(session, endpoint_url=endpoint), session)
 
 
 @pytest.fixture(params=["direct", "botocore"])
 def objects(request: pytest.FixtureRequest, fleet) -> tuple[object, str]:
     session = make_session()
     s3 = s3_client(session, endpoint_url=fleet.endpoint_url, max_attempts=1)
-    client = object_client(request.param, s3, session, 4)
+    client = object_client(request.param, s3, session)
     assert type(client) is (DirectObjects if request.param == "direct" else BotocoreObjects)
     return client, fleet.bucket
 
@@ -191,5 +191,5 @@ def test_botocore_is_used_where_direct_would_send_differently(
     monkeypatch.delenv("HTTPS_PROXY")
     session = make_session()
     chosen = object_client("botocore", s3_client(session, endpoint_url=moto_endpoint),
-                           session, 4)
+                           session)
     assert isinstance(chosen, BotocoreObjects)
