@@ -130,3 +130,14 @@ def test_bench_moto_keeps_connections_alive():
         connection.close()
     assert closing == [False, False, False]
     assert sockets[0] is not None and sockets[0] is sockets[1] is sockets[2]
+
+
+def test_s3_request_cpu_measures_both_clients():
+    from bench import s3_request_cpu
+
+    result = s3_request_cpu.main(["--requests", "5"])
+    per_client = result["cpu_ms_per_request"]
+    assert set(per_client) == {"direct", "botocore"}
+    for measures in per_client.values():
+        assert set(measures) == {"conditional PUT 58 KiB", "GET 58 KiB", "PUT 1 KiB JSON"}
+        assert all(value > 0 for value in measures.values())
