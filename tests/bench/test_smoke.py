@@ -141,3 +141,13 @@ def test_s3_request_cpu_measures_both_clients():
     for measures in per_client.values():
         assert set(measures) == {"conditional PUT 58 KiB", "GET 58 KiB", "PUT 1 KiB JSON"}
         assert all(value > 0 for value in measures.values())
+
+
+def test_codec_cpu_reports_both_formats():
+    from bench import codec_cpu
+
+    result = codec_cpu.main(["--images", "2"])
+    assert set(result) == {"jpg", "png"}
+    for measures in result.values():
+        assert measures["decode_cpu_ms"] > 0 and measures["encode_cpu_ms"] > 0
+        assert measures["images_per_s_2_threads"] > 0
