@@ -41,8 +41,8 @@ class JobRequests:
 
 
 REQUESTS_PER_JOB = JobRequests(
-    s3_put=3 + 2 / 6,  # the overlap bench measures 3.30-3.36
-    s3_get=1.05,  # measured 1.04-1.05
+    s3_put=3 + 2 / 6,  # the overlap bench measures 3.28-3.36
+    s3_get=1.05,  # measured 1.04-1.06
     # send 1/10 + receive 1/8 + delete 1/8 + visibility 1/10
     sqs=1 / 10 + 1 / 8 + 1 / 8 + 1 / 10,
     sns=1,
