@@ -215,6 +215,8 @@ def direct_objects_unsupported(s3: Any) -> str | None:
     for option in ("use_accelerate_endpoint", "use_dualstack_endpoint"):
         if s3_options.get(option):
             return f"the S3 client has {option}"
+    if _other_aws_endpoint(s3):
+        return f"the S3 endpoint {s3.meta.endpoint_url} is not S3's regional one"
     if s3_options.get("addressing_style") == "virtual" and not _aws_endpoint(s3):
         return "virtual addressing on a custom endpoint"
     if getattr(config, "proxies", None):
@@ -248,8 +250,18 @@ def direct_objects_for(s3: Any, session: Any) -> DirectObjects:
 
 
 def _aws_endpoint(s3: Any) -> bool:
+    """The client sends to S3's own regional (or global) endpoint."""
+    region = s3.meta.region_name or ""
     host = urlsplit(s3.meta.endpoint_url or "").hostname or ""
-    return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+    return host in ("s3.amazonaws.com", f"s3.{region}.amazonaws.com",
+                    f"s3.{region}.amazonaws.com.cn")
+
+
+def _other_aws_endpoint(s3: Any) -> bool:
+    """An AWS endpoint that is not S3's regional one: a VPC interface endpoint, an access
+    point, FIPS, dual-stack or Accelerate; botocore knows their addressing rules."""
+    host = urlsplit(s3.meta.endpoint_url or "").hostname or ""
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn")) and not _aws_endpoint(s3)
 
 
 def _botocore_ca_bundle() -> str | None:

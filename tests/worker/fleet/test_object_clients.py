@@ -12,6 +12,7 @@ import socket
 import threading
 from urllib.parse import urlsplit
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -193,3 +194,20 @@ def test_botocore_is_used_where_direct_would_send_differently(
     chosen = object_client("botocore", s3_client(session, endpoint_url=moto_endpoint),
                            session)
     assert isinstance(chosen, BotocoreObjects)
+
+
+@pytest.mark.parametrize(("endpoint", "direct"), [
+    (None, True),  # S3's regional endpoint, as boto3 picks it
+    ("https://s3.eu-west-1.amazonaws.com", True),
+    ("https://bucket.vpce-0a1b2c3d-4e5f.s3.eu-west-1.vpce.amazonaws.com", False),
+    ("https://s3-fips.eu-west-1.amazonaws.com", False),
+    ("https://s3.dualstack.eu-west-1.amazonaws.com", False),
+])
+def test_only_s3s_regional_aws_endpoint_is_addressed_directly(
+        monkeypatch: pytest.MonkeyPatch, endpoint: str | None, direct: bool) -> None:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    session = boto3.session.Session(aws_access_key_id="AK", aws_secret_access_key="SK",
+                                    region_name="eu-west-1")
+    chosen = object_client("direct", session.client("s3", endpoint_url=endpoint), session)
+    assert isinstance(chosen, DirectObjects) is direct
