@@ -13,6 +13,7 @@ import time
 
 
 def codec_cpu(fmt: str, images: int) -> dict[str, float]:
+    from bench.devstats import thread_cpu_per_call
     from bench.overlap_inputs import photo_like_image
     from contract.job import OutputFormat
     from worker.images import decode_image, encode_image
@@ -22,10 +23,7 @@ def codec_cpu(fmt: str, images: int) -> dict[str, float]:
     output = OutputFormat(fmt)
 
     def cpu_ms(work) -> float:
-        started = time.process_time()
-        for _ in range(images):
-            work()
-        return round(1000 * (time.process_time() - started) / images, 2)
+        return round(1000 * thread_cpu_per_call(work, images), 2)
 
     def both() -> None:
         encode_image(decode_image(data, max_pixels=10**8), output)

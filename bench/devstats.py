@@ -1,11 +1,22 @@
-"""Machine facts and GPU memory readings for benchmark reports."""
+"""Machine facts, GPU memory readings and CPU time per call for benchmark reports."""
 
 from __future__ import annotations
 
 import platform
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
+
+
+def thread_cpu_per_call(call: Callable[[], object], repeat: int, warm_up: int = 0) -> float:
+    """CPU seconds per call of ``call`` on this thread, after ``warm_up`` calls."""
+    for _ in range(warm_up):
+        call()
+    started = time.thread_time()
+    for _ in range(repeat):
+        call()
+    return (time.thread_time() - started) / repeat
 
 
 def cpu_model() -> str:

@@ -9,22 +9,19 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import time
 import zlib
 from collections.abc import Callable
 
 from PIL import Image
 
+from bench.devstats import thread_cpu_per_call
 from bench.overlap_inputs import photo_like_image
 
 
 def seconds_per_call(fn: Callable[[], bytes], repeat: int) -> tuple[float, int]:
     """(CPU seconds per call in this thread, bytes of the result)."""
     data = fn()
-    started = time.thread_time()
-    for _ in range(repeat):
-        fn()
-    return (time.thread_time() - started) / repeat, len(data)
+    return thread_cpu_per_call(fn, repeat), len(data)
 
 
 def run(size: int = 512, repeat: int = 30) -> list[dict]:

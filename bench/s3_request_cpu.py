@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from collections.abc import Callable
 from itertools import count
+
+from bench.devstats import thread_cpu_per_call
 
 BUCKET = "request-cpu"
 JSON = "application/json"
@@ -19,12 +20,7 @@ JSON = "application/json"
 
 def cpu_ms(call: Callable[[], object], requests: int) -> float:
     """Thread CPU ms per call, after a warm-up."""
-    for _ in range(min(20, requests)):
-        call()
-    started = time.thread_time()
-    for _ in range(requests):
-        call()
-    return round(1000 * (time.thread_time() - started) / requests, 3)
+    return round(1000 * thread_cpu_per_call(call, requests, warm_up=min(20, requests)), 3)
 
 
 def measure(endpoint: str, requests: int) -> dict[str, dict[str, float]]:

@@ -42,9 +42,10 @@ class ThreadConnections:
 
     def request(self, scheme: str, host: str, method: str, path: str,
                 headers: dict[str, str], body: bytes) -> Answer:
-        connections: dict[tuple[str, str], http.client.HTTPConnection] = getattr(
-            self._local, "connections", None) or {}
-        self._local.connections = connections
+        connections: dict[tuple[str, str], http.client.HTTPConnection] | None = getattr(
+            self._local, "connections", None)
+        if connections is None:
+            connections = self._local.connections = {}
         key = (scheme, host)
         for attempt in range(2):
             connection = connections.pop(key, None)

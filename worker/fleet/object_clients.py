@@ -1,7 +1,7 @@
 """The worker's single-object S3 requests (GET, HEAD, PUT, DELETE), two ways.
 
 ``DirectObjects`` signs each request itself (SigV4) and sends it over a keep-alive
-connection of the calling thread: about a third of the CPU botocore spends on the same request
+connection of the calling thread: about a quarter of the CPU botocore spends on it
 (measured in docs/benchmarks.md), which is most of what a job costs around the engine
 at turbo rates. ``BotocoreObjects`` goes through a boto3 client; it is used where the
 direct path does not apply (a proxy, S3 Accelerate, dual-stack or FIPS endpoints,
@@ -23,7 +23,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
@@ -50,6 +50,18 @@ class StoredObject:
     body: bytes
     metadata: dict[str, str] = field(default_factory=dict)
     etag: str = ""
+
+
+class Address(NamedTuple):
+    """Where one object request goes, and the Host and path it is signed with."""
+
+    scheme: str
+    host: str  # host[:port]
+    path: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}{self.path}"
 
 
 class ObjectClient(Protocol):
@@ -104,15 +116,18 @@ class DirectObjects:
     """
 
     def __init__(self, credentials: Callable[[], Credentials | None], region: str, *,
-                 endpoint_url: str | None = None, ca_bundle: str | None = None) -> None:
+                 endpoint_url: str | None = None, ca_bundle: str | None = None,
+                 connections: ThreadConnections | None = None) -> None:
         self._credentials = credentials
         self._region = region
-        self._endpoint = endpoint_url.rstrip("/") if endpoint_url else None
+        endpoint = urlsplit(endpoint_url) if endpoint_url else None
+        # (scheme, host[:port]) of a given endpoint; None: AWS, addressed per bucket.
+        self._endpoint = (endpoint.scheme, endpoint.netloc) if endpoint else None
         self._domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
         self._signer = S3Signer()
         self._bucket_regions: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._connections = ThreadConnections(ca_bundle)
+        self._connections = connections or ThreadConnections(ca_bundle)
 
     def get(self, bucket: str, key: str) -> StoredObject:
         response = self._send("GetObject", "GET", bucket, key,
@@ -147,11 +162,10 @@ class DirectObjects:
               headers: dict[str, str], body: bytes = b"") -> Answer:
         for attempt in range(2):  # the second only after S3 named the bucket's region
             region = self._bucket_regions.get(bucket, self._region)
-            url, host, path = self.address(bucket, key, region)
-            scheme, _, rest = url.partition("://")
+            address = self.address(bucket, key, region)
             response = self._connections.request(
-                scheme, rest.split("/", 1)[0], method, path,
-                self._signed(method, host, path, headers, body, region), body)
+                address.scheme, address.host, method, address.path,
+                self._signed(method, address, headers, body, region), body)
             if response.status < 300:
                 return response
             moved_to = response.headers.get("x-amz-bucket-region")
@@ -164,31 +178,25 @@ class DirectObjects:
             raise _client_error(operation, response, bucket)
         raise AssertionError("unreachable")
 
-    def address(self, bucket: str, key: str, region: str) -> tuple[str, str, str]:
+    def address(self, bucket: str, key: str, region: str) -> Address:
         if self._endpoint is not None:
-            base = self._endpoint
-            host = urlsplit(base).netloc
-            path = object_path(bucket, key)
-        elif _VIRTUAL_HOSTABLE.match(bucket):
-            host = f"{bucket}.s3.{region}.{self._domain}"
-            base, path = f"https://{host}", object_path(None, key)
-        else:
-            host = f"s3.{region}.{self._domain}"
-            base, path = f"https://{host}", object_path(bucket, key)
-        return base + path, host, path
+            return Address(*self._endpoint, object_path(bucket, key))
+        if _VIRTUAL_HOSTABLE.match(bucket):
+            return Address("https", f"{bucket}.s3.{region}.{self._domain}",
+                           object_path(None, key))
+        return Address("https", f"s3.{region}.{self._domain}", object_path(bucket, key))
 
-    def _signed(self, method: str, host: str, path: str, headers: dict[str, str],
+    def _signed(self, method: str, address: Address, headers: dict[str, str],
                 body: bytes, region: str) -> dict[str, str]:
         credentials = self._credentials()
         if credentials is None:
             raise NoCredentialsError()
-        secure = self._endpoint is None or self._endpoint.startswith("https:")
         # Over TLS S3 takes the payload unsigned (botocore does the same); the CRC32
         # header still has S3 check the bytes. Over plain HTTP the payload is signed.
-        payload = UNSIGNED_PAYLOAD if secure else _sha256(body)
+        payload = UNSIGNED_PAYLOAD if address.scheme == "https" else _sha256(body)
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        signed = self._signer.sign(method, path, {"host": host, **headers}, payload,
-                                   credentials, region, amz_date)
+        signed = self._signer.sign(method, address.path, {"host": address.host, **headers},
+                                   payload, credentials, region, amz_date)
         signed["user-agent"] = USER_AGENT
         signed["content-length"] = str(len(body))
         return signed

@@ -23,6 +23,7 @@ from contract.errors import StorageUnavailable
 from contract.locations import S3Location
 from tests.support.botocore_capture import botocore_request
 from tests.support.local_http import LocalServer, Request
+from worker.fleet.http_connections import Answer, ThreadConnections
 from worker.fleet.object_clients import (
     BotocoreObjects,
     DirectObjects,
@@ -91,21 +92,28 @@ def test_address_is_botocores(monkeypatch: pytest.MonkeyPatch) -> None:
         request = botocore_request(monkeypatch, "get_object", endpoint_url=endpoint,
                                    region="eu-west-1", Bucket=bucket, Key="in/a b.png")
         direct = DirectObjects(credentials, "eu-west-1", endpoint_url=endpoint)
-        url, host, path = direct.address(bucket, "in/a b.png", "eu-west-1")
-        assert url == request.url
-        assert (host, path) == (urlsplit(request.url).netloc, urlsplit(request.url).path)
+        address = direct.address(bucket, "in/a b.png", "eu-west-1")
+        assert address.url == request.url
+        assert (address.host, address.path) == (urlsplit(request.url).netloc,
+                                                urlsplit(request.url).path)
 
 
-class AwsAtLocalServer(DirectObjects):
-    """An AWS-addressed client (regions, redirects) whose requests go to a local server."""
+class ToLocalServer(ThreadConnections):
+    """Connections that all go to one local server, whatever host a request names."""
 
     def __init__(self, base_url: str) -> None:
-        super().__init__(lambda: Credentials("AK", "SK"), "us-east-1")
-        self.base_url = base_url
+        super().__init__()
+        self.server = urlsplit(base_url).netloc
 
-    def address(self, bucket: str, key: str, region: str) -> tuple[str, str, str]:
-        url, host, path = super().address(bucket, key, region)
-        return self.base_url + path, host, path
+    def request(self, scheme: str, host: str, method: str, path: str,
+                headers: dict[str, str], body: bytes) -> Answer:
+        return super().request("http", self.server, method, path, headers, body)
+
+
+def aws_at_local_server(base_url: str) -> DirectObjects:
+    """An AWS-addressed client (regions, redirects) whose requests go to a local server."""
+    return DirectObjects(lambda: Credentials("AK", "SK"), "us-east-1",
+                         connections=ToLocalServer(base_url))
 
 
 def test_follows_the_buckets_region_once_and_remembers_it() -> None:
@@ -121,7 +129,7 @@ def test_follows_the_buckets_region_once_and_remembers_it() -> None:
 
     server = LocalServer(respond)
     try:
-        client = AwsAtLocalServer(server.base_url)
+        client = aws_at_local_server(server.base_url)
         assert client.get("far-bucket", "k.png").body == b"body"
         assert client.get("far-bucket", "k2.png").body == b"body"
     finally:
@@ -134,7 +142,7 @@ def test_a_wrong_region_answer_without_a_hint_is_an_error() -> None:
                                                b"<Message>no</Message></Error>"))
     try:
         with pytest.raises(ClientError) as raised:
-            AwsAtLocalServer(server.base_url).get("bucket-x", "k.png")
+            aws_at_local_server(server.base_url).get("bucket-x", "k.png")
     finally:
         server.close()
     assert error_code(raised.value) == "AccessDenied"
@@ -148,7 +156,7 @@ def test_a_damaged_body_is_transient_and_retried(caplog: pytest.LogCaptureFixtur
 
     server = LocalServer(respond)
     try:
-        storage = S3Storage(None, objects=AwsAtLocalServer(server.base_url), max_backoff=0.01)
+        storage = S3Storage(None, objects=aws_at_local_server(server.base_url), max_backoff=0.01)
         with caplog.at_level(logging.INFO):
             body = storage.read(S3Location(bucket="bucket-x", key="k.png"))
     finally:
@@ -173,7 +181,7 @@ def test_a_body_cut_short_is_transient() -> None:
     threading.Thread(target=serve, daemon=True).start()
     base = f"http://127.0.0.1:{listener.getsockname()[1]}"
     try:
-        storage = S3Storage(None, objects=AwsAtLocalServer(base), attempts=2, max_backoff=0.01)
+        storage = S3Storage(None, objects=aws_at_local_server(base), attempts=2, max_backoff=0.01)
         with pytest.raises(StorageUnavailable) as raised:
             storage.read(S3Location(bucket="bucket-x", key="k.png"))
     finally:
